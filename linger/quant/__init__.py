@@ -1,0 +1,1 @@
+"""Training side: quantized values, layers and the ``init`` entry point (imports torch)."""

@@ -1,0 +1,137 @@
+"""``linger.init`` and friends: turn a float model into a quantization-aware one, in place."""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+from ..config import QuantConfig
+from ..errors import ConfigError
+from . import qtensor
+from .base import STATE_BUFFERS, QuantMixin
+from .layers import PASSTHROUGH_CLASSES, QUANT_CLASSES
+
+#: Layer types ``linger.init`` quantizes when ``quant_modules`` is not given.
+DEFAULT_QUANT_MODULES = tuple(QUANT_CLASSES)
+
+_DISABLED = "_linger_quant_disabled"
+
+
+def init(model: nn.Module, quant_modules=DEFAULT_QUANT_MODULES, data_bits: int = 8,
+         parameter_bits: int = 8, out_bits: int = 8, *, momentum: float = 0.1,
+         on_unsupported: str = "dequant") -> nn.Module:
+    """Make ``model`` quantization-aware, in place, and return it.
+
+    Every sub-module whose type is in ``quant_modules`` becomes its quantized twin (same
+    parameters, same names, plus quantization buffers); ReLU, ReLU6, max-pooling and dropout act
+    on quantized values directly. Everything else, including the model's own ``forward`` code,
+    is left as it is. Train as usual afterwards; ``model.eval()`` then computes with integers.
+
+    Bits: ``data_bits`` in {8, 16}, ``parameter_bits`` in {4, 8, 16}, ``out_bits`` in {8, 16, 32}.
+    ``on_unsupported``: "dequant" (a torch op without a quantized version computes in float on the
+    dequantized value) or "error".
+
+    >>> import torch, linger
+    >>> net = linger.init(torch.nn.Sequential(torch.nn.Linear(4, 2)))
+    >>> net
+    Sequential(
+      (0): QLinear(in_features=4, out_features=2, bias=True, quant(data=8, weight=8, out=8))
+    )
+    """
+    cfg = QuantConfig(data_bits, parameter_bits, out_bits, momentum, on_unsupported)
+    types = _check_types(quant_modules)
+    qtensor.POLICY["on_unsupported"] = on_unsupported
+    model = _convert(model, types, cfg, "")
+    _install_load_hook(model)
+    return model
+
+
+def quant_module(module: nn.Module, quant_modules=DEFAULT_QUANT_MODULES, data_bits: int = 8,
+                 parameter_bits: int = 8, out_bits: int = 8, **kwargs) -> nn.Module:
+    """Quantize one sub-tree with its own settings (e.g. 16-bit data for a sensitive block).
+
+    Call it before ``linger.init`` on the whole model: already-quantized layers are left alone.
+    Returns the (possibly replaced) module; assign it back if ``module`` itself was converted.
+    """
+    return init(module, quant_modules, data_bits, parameter_bits, out_bits, **kwargs)
+
+
+def disable_quant(module: nn.Module) -> nn.Module:
+    """Keep ``module`` (and everything inside it) in float.
+
+    Before ``linger.init``: init skips it. After: its quantized layers are turned back into their
+    float classes (parameters kept). Returns the module.
+    """
+    setattr(module, _DISABLED, True)
+    for name, child in list(module.named_children()):
+        if isinstance(child, QuantMixin):
+            setattr(module, name, _dequantized(child))
+        else:
+            disable_quant(child)
+    return module
+
+
+def _check_types(quant_modules):
+    if isinstance(quant_modules, type):
+        quant_modules = (quant_modules,)
+    types = []
+    for t in quant_modules:
+        if t not in QUANT_CLASSES and t not in PASSTHROUGH_CLASSES:
+            name = getattr(t, "__name__", repr(t))
+            raise ConfigError(
+                f"quant_modules contains {name}, which linger cannot quantize; supported:"
+                f" {sorted(c.__name__ for c in QUANT_CLASSES)} (ReLU, ReLU6, MaxPool and Dropout"
+                f" need no conversion). Remove it from quant_modules.")
+        types.append(t)
+    return tuple(types)
+
+
+def _convert(module, types, cfg, name):
+    if getattr(module, _DISABLED, False) or isinstance(module, QuantMixin):
+        return module
+    if type(module) in types and type(module) in QUANT_CLASSES:
+        return _quantized(module, QUANT_CLASSES[type(module)], cfg, name)
+    for child_name, child in list(module.named_children()):
+        full = f"{name}.{child_name}" if name else child_name
+        new = _convert(child, types, cfg, full)
+        if new is not child:
+            setattr(module, child_name, new)
+    return module
+
+
+def _quantized(module, qcls, cfg, name):
+    """A ``qcls`` instance sharing ``module``'s parameters, buffers and hooks (no copy)."""
+    q = qcls.__new__(qcls)
+    _copy_state(module, q)
+    q._linger_setup(cfg, name)
+    q._check_options()
+    return q
+
+
+def _dequantized(q):
+    float_cls = next(f for f, c in QUANT_CLASSES.items() if isinstance(q, c))
+    m = float_cls.__new__(float_cls)
+    _copy_state(q, m)
+    for b in STATE_BUFFERS:
+        m._buffers.pop(b, None)
+    for attr in ("linger_cfg", "linger_name"):
+        m.__dict__.pop(attr, None)
+    return m
+
+
+def _copy_state(src, dst):
+    dst.__dict__.update(src.__dict__)
+    for key, value in src.__dict__.items():
+        if isinstance(value, dict):  # _parameters, _buffers, _modules, hook dicts
+            dst.__dict__[key] = type(value)(value)
+
+
+def _install_load_hook(model):
+    if _forgive_missing_state not in model._load_state_dict_post_hooks.values():
+        model.register_load_state_dict_post_hook(_forgive_missing_state)
+
+
+def _forgive_missing_state(module, incompatible):
+    """A float checkpoint has no quantization buffers: loading it with strict=True is fine and
+    leaves those buffers as they are (statistics are then gathered by training)."""
+    keep = [k for k in incompatible.missing_keys if k.rsplit(".", 1)[-1] not in STATE_BUFFERS]
+    incompatible.missing_keys[:] = keep

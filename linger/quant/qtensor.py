@@ -1,0 +1,178 @@
+"""QTensor: a float tensor whose values sit exactly on a power-of-two grid, with its exponent.
+
+A quantized layer returns a ``QTensor``: its values are ``q * 2**-exp`` for integers ``q`` of
+``bits`` bits, so the next quantized op knows the incoming scale without re-quantizing. Torch
+functions applied to it are intercepted by ``__torch_function__`` -- scoped to linger's own values,
+nothing in ``torch`` is patched:
+
+- ops registered in :data:`HANDLERS` (layout ops, ReLU, max-pooling, and the quantized functional
+  ops) keep or recompute the exponent;
+- any other op receives the value as what it is, a float tensor, and returns plain tensors: that
+  is the *dequant boundary*, recorded for export; with ``on_unsupported="error"`` it raises
+  instead.
+
+During export every traced value (float ones too) is a ``QTensor``; ``bits is None`` marks a float.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import UnsupportedError
+from . import trace
+
+#: torch function -> handler(func, args, kwargs) for QTensor arguments. Extended by op modules.
+HANDLERS: dict = {}
+
+#: Policy for ops without a handler: "dequant" or "error" (set by ``linger.init``).
+POLICY = {"on_unsupported": "dequant"}
+
+
+class QTensor(torch.Tensor):
+    """A tensor with ``exp`` (0-dim int32 tensor) and ``bits`` (int, or None for traced floats)."""
+
+    exp: torch.Tensor
+    bits: int | None
+
+    @staticmethod
+    def wrap(t: torch.Tensor, exp, bits) -> "QTensor":
+        """View ``t`` as a QTensor (autograd flows through); ``exp`` int or 0-dim tensor."""
+        q = t.as_subclass(QTensor)
+        if bits is not None and not isinstance(exp, torch.Tensor):
+            exp = torch.tensor(int(exp), dtype=torch.int32)
+        q.exp, q.bits = exp, bits
+        return q
+
+    def plain(self) -> torch.Tensor:
+        """The same values as a plain ``torch.Tensor`` (no copy, autograd flows through)."""
+        with torch._C.DisableTorchFunctionSubclass():
+            return self.as_subclass(torch.Tensor)
+
+    @property
+    def is_quantized_value(self) -> bool:
+        return self.bits is not None
+
+    def int_exp(self) -> int:
+        """The exponent as a Python int (synchronises with the device)."""
+        return int(self.exp)
+
+    def __repr__(self, *, tensor_contents=None):
+        body = repr(self.plain())
+        if self.bits is None:
+            return f"QTensor(float, {body})"
+        return f"QTensor(bits={self.bits}, exp={self.int_exp()}, {body})"
+
+    def __reduce_ex__(self, proto):
+        # Pickling (torch.save, multiprocessing) keeps the values as a plain tensor plus metadata.
+        return (_rebuild, (self.plain().detach(), self.exp, self.bits))
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        handler = HANDLERS.get(func)
+        if handler is not None:
+            return handler(func, args, kwargs)
+        with torch._C.DisableTorchFunctionSubclass():
+            out = func(*args, **kwargs)
+        if not _has_tensor(out) or func in _METADATA_FUNCS:
+            return out
+        return _unsupported(func, args, kwargs, out)
+
+
+def _rebuild(t, exp, bits):
+    return QTensor.wrap(t, exp, bits)
+
+
+def _has_tensor(out) -> bool:
+    if isinstance(out, torch.Tensor):
+        return True
+    if isinstance(out, (tuple, list)):
+        return any(isinstance(o, torch.Tensor) for o in out)
+    return False
+
+
+# Functions that return tensors describing the tensor, not values derived from it.
+_METADATA_FUNCS = {torch.Tensor.__bool__} if hasattr(torch.Tensor, "__bool__") else set()
+
+
+def quantized_args(args) -> list:
+    """The quantized QTensors among ``args`` (nested one level for lists/tuples)."""
+    found = []
+    for a in args:
+        if isinstance(a, QTensor) and a.bits is not None:
+            found.append(a)
+        elif isinstance(a, (list, tuple)):
+            found.extend(x for x in a if isinstance(x, QTensor) and x.bits is not None)
+    return found
+
+
+def _unsupported(func, args, kwargs, out):
+    """An op with no quantized version met a QTensor: the dequant boundary (or an error)."""
+    name = getattr(func, "__name__", repr(func))
+    rec = trace.current()
+    if quantized_args(args) and POLICY["on_unsupported"] == "error" and rec is None:
+        raise UnsupportedError(
+            f"torch op '{name}' has no quantized implementation and received a quantized value"
+            f" (on_unsupported='error'). Either quantize it (see docs/ops.md), call"
+            f" `.dequantize()`-style float conversion explicitly with `x.plain()`, or pass"
+            f" on_unsupported='dequant' to linger.init.")
+    if rec is not None:
+        return rec.float_op(func, args, kwargs, out)
+    return _strip(out)
+
+
+def _strip(out):
+    if isinstance(out, QTensor):
+        return out.plain()
+    if isinstance(out, (tuple, list)):
+        return type(out)(_strip(o) for o in out)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Layout ops: the values are moved, never changed, so the exponent is kept.
+
+def _run_plain(func, args, kwargs):
+    with torch._C.DisableTorchFunctionSubclass():
+        return func(*args, **kwargs)
+
+
+def _layout(func, args, kwargs):
+    src = args[0]
+    out = _run_plain(func, args, kwargs)
+    wrapped = _rewrap(out, src)
+    rec = trace.current()
+    if rec is not None:
+        rec.layout_op(func, args, kwargs, wrapped)
+    return wrapped
+
+
+def _rewrap(out, src):
+    if isinstance(out, torch.Tensor):
+        return QTensor.wrap(out, src.exp, src.bits)
+    if isinstance(out, (tuple, list)):
+        return type(out)(_rewrap(o, src) for o in out)
+    return out
+
+
+LAYOUT_FUNCS = [
+    torch.Tensor.view, torch.Tensor.reshape, torch.reshape, torch.Tensor.flatten, torch.flatten,
+    torch.Tensor.permute, torch.permute, torch.Tensor.transpose, torch.transpose, torch.Tensor.t,
+    torch.Tensor.squeeze, torch.squeeze, torch.Tensor.unsqueeze, torch.unsqueeze,
+    torch.Tensor.__getitem__, torch.Tensor.split, torch.split, torch.Tensor.chunk, torch.chunk,
+    torch.Tensor.flip, torch.flip, torch.Tensor.contiguous, torch.Tensor.clone, torch.clone,
+    torch.Tensor.detach, torch.Tensor.view_as, torch.Tensor.reshape_as, torch.Tensor.unflatten,
+    torch.nn.functional.pad, torch.Tensor.expand, torch.Tensor.expand_as, torch.Tensor.to,
+    torch.Tensor.cpu, torch.Tensor.cuda, torch.nn.functional.relu, torch.relu, torch.Tensor.relu,
+    torch.nn.functional.max_pool1d, torch.nn.functional.max_pool2d,
+    torch.nn.functional.dropout, torch.Tensor.unbind, torch.unbind,
+]
+
+
+def register(funcs, handler) -> None:
+    """Route each torch function in ``funcs`` to ``handler(func, args, kwargs)`` for QTensors."""
+    for f in funcs:
+        HANDLERS[f] = handler
+
+
+register(LAYOUT_FUNCS, _layout)
