@@ -1,0 +1,150 @@
+"""``linger.onnx.export``: write a quantized model as an ONNX graph of integer operators."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+import onnx
+import torch
+from onnx import helper
+
+from ..errors import ExportError
+from ..quant import trace
+from ..quant.qtensor import QTensor
+from .recorder import _NP_TO_ONNX, DOMAIN, Recorder
+
+DEFAULT_OPSET = 17
+
+
+def export(model: torch.nn.Module, args, f, input_names=None, output_names=None,
+           opset_version: int = DEFAULT_OPSET, dynamic_axes=None, format: str = "linger",
+           debug_dir=None, check: bool = True) -> onnx.ModelProto:
+    """Export ``model`` (after QAT) to ONNX at path or file object ``f``; returns the ModelProto.
+
+    The model runs once in eval mode on ``args`` (a tensor or a tuple of tensors) and every op it
+    executes becomes a node: quantized layers as ``ai.linger`` integer ops (docs/onnx_ops.md),
+    ``Quant`` where float enters the quantized region, ``Dequant`` where it leaves. The model is
+    not modified: parameters, buffers and its training flag are as before, inside or outside
+    ``torch.no_grad()``.
+
+    ``format="qdq"`` writes standard QuantizeLinear/DequantizeLinear + float ops instead, for
+    onnxruntime and other standard tools (see :mod:`linger.onnx.qdq`). ``debug_dir``: also write
+    the intermediate graphs of each export step there. ``dynamic_axes``: like torch.onnx.export,
+    ``{value_name: {axis: dim_name}}``.
+    """
+    if format not in ("linger", "qdq"):
+        raise ExportError(f"format={format!r} is unknown; use 'linger' or 'qdq'")
+    if opset_version < 13:
+        raise ExportError(f"opset_version={opset_version} is too old; linger needs >= 13")
+    inputs = args if isinstance(args, (tuple, list)) else (args,)
+    graph_model = trace_model(model, inputs, input_names, output_names, opset_version,
+                              dynamic_axes)
+    if debug_dir:
+        os.makedirs(debug_dir, exist_ok=True)
+        onnx.save(graph_model, os.path.join(debug_dir, "1_linger_traced.onnx"))
+    if check:
+        onnx.checker.check_model(graph_model)
+    if format == "qdq":
+        from .qdq import to_qdq
+        graph_model = to_qdq(graph_model)
+        if debug_dir:
+            onnx.save(graph_model, os.path.join(debug_dir, "2_qdq.onnx"))
+        if check:
+            onnx.checker.check_model(graph_model)
+    if f is not None:
+        if isinstance(f, (str, os.PathLike)):
+            onnx.save(graph_model, os.fspath(f))
+        else:
+            f.write(graph_model.SerializeToString())
+    return graph_model
+
+
+def trace_model(model, inputs, input_names=None, output_names=None,
+                opset_version=DEFAULT_OPSET, dynamic_axes=None) -> onnx.ModelProto:
+    """Run ``model`` once in eval mode under a :class:`Recorder` and build the ModelProto."""
+    rec = Recorder(model)
+    input_names = list(input_names or [f"input{'_' + str(i) if i else ''}"
+                                       for i in range(len(inputs))])
+    if len(input_names) != len(inputs):
+        raise ExportError(f"{len(input_names)} input_names for {len(inputs)} inputs")
+    traced = []
+    for name, x in zip(input_names, inputs):
+        if not isinstance(x, torch.Tensor):
+            raise ExportError(f"input '{name}' must be a tensor, got {type(x).__name__}")
+        t = QTensor.wrap(x.detach(), None, None)
+        rec.bind(t, name)
+        traced.append(t)
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad(), trace.recording(rec), _module_stack(model, rec):
+            out = model(*traced)
+    finally:
+        model.train(was_training)
+    outs = _flatten_outputs(out)
+    output_names = list(output_names or [f"output{'_' + str(i) if i else ''}"
+                                         for i in range(len(outs))])
+    if len(output_names) != len(outs):
+        raise ExportError(f"{len(output_names)} output_names for {len(outs)} model outputs")
+    for name, o in zip(output_names, outs):
+        src = rec.float_name(o) if isinstance(o, QTensor) and o.bits is not None \
+            else rec.name_of(o)
+        rec.nodes.append(helper.make_node("Identity", [src], [name], name=f"{name}.identity"))
+        rec.value_info[name] = (rec.value_info[src][0], tuple(o.shape))
+    return _build(rec, input_names, output_names, opset_version, dynamic_axes or {})
+
+
+@contextmanager
+def _module_stack(model, rec):
+    handles = []
+    for name, m in model.named_modules():
+        handles.append(m.register_forward_pre_hook(lambda mod, a, n=name: rec.stack.append(n)))
+        handles.append(m.register_forward_hook(lambda mod, a, o: _pop(rec)))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _pop(rec) -> None:
+    rec.stack.pop()  # a forward hook must return None, or it would replace the output
+
+
+def _flatten_outputs(out):
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _flatten_outputs(o)]
+    if isinstance(out, dict):
+        return [t for k in out for t in _flatten_outputs(out[k])]
+    raise ExportError(f"model output of type {type(out).__name__} is not exportable; return"
+                      f" tensors (or tuples/lists/dicts of them)")
+
+
+def _value_info(name, dtype, shape, dyn):
+    dims = [dyn.get(i, d) for i, d in enumerate(shape)]
+    return helper.make_tensor_value_info(name, _NP_TO_ONNX[dtype], dims)
+
+
+def _build(rec, input_names, output_names, opset, dynamic_axes):
+    batch_dynamic = {ax: n for axes in dynamic_axes.values() for ax, n in
+                     (axes.items() if isinstance(axes, dict) else
+                      ((a, f"dim{a}") for a in axes)) if ax == 0}
+
+    def dyn_for(name):
+        axes = dynamic_axes.get(name, {})
+        return axes if isinstance(axes, dict) else {a: f"{name}_dim{a}" for a in axes}
+    ins = [_value_info(n, *rec.value_info[n], dyn_for(n)) for n in input_names]
+    outs = [_value_info(n, *rec.value_info[n], dyn_for(n)) for n in output_names]
+    io = set(input_names) | set(output_names)
+    inner = [_value_info(n, dt, shape, batch_dynamic) for n, (dt, shape) in
+             rec.value_info.items() if n not in io and n not in rec.initializers]
+    graph = helper.make_graph(rec.nodes, "linger", ins, outs,
+                              initializer=list(rec.initializers.values()), value_info=inner)
+    model = helper.make_model(graph, producer_name="linger",
+                              opset_imports=[helper.make_opsetid("", opset),
+                                             helper.make_opsetid(DOMAIN, 1)])
+    model.ir_version = min(model.ir_version, 8 if opset <= 17 else model.ir_version)
+    return model

@@ -1,0 +1,221 @@
+"""Torch layout ops and exact float ops, written as standard ONNX nodes.
+
+Layout ops move values without changing them, so they apply to integer and float tensors alike
+and the exponent of a quantized value passes through.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ExportError
+from ..quant.qtensor import QTensor
+
+T = torch.Tensor
+
+_ALIAS = {T.contiguous, T.clone, torch.clone, T.detach, T.to, T.cpu, T.cuda, F.dropout}
+_RESHAPE = {T.view, T.reshape, torch.reshape, T.flatten, torch.flatten, T.squeeze, torch.squeeze,
+            T.unsqueeze, torch.unsqueeze, T.view_as, T.reshape_as, T.unflatten}
+_PERMUTE = {T.permute, torch.permute}
+_TRANSPOSE = {T.transpose, torch.transpose, T.t}
+_SPLIT = {T.split, torch.split, T.chunk, torch.chunk, T.unbind, torch.unbind}
+_FLIP = {T.flip, torch.flip}
+_RELU = {F.relu, torch.relu, T.relu}
+_MAXPOOL = {F.max_pool1d, F.max_pool2d}
+_EXPAND = {T.expand, T.expand_as}
+
+_FLOAT_BINARY = {
+    T.__add__: "Add", T.__radd__: "Add", torch.add: "Add", T.add: "Add",
+    T.__sub__: "Sub", T.__rsub__: "Sub", torch.sub: "Sub", T.sub: "Sub",
+    T.__mul__: "Mul", T.__rmul__: "Mul", torch.mul: "Mul", T.mul: "Mul",
+    T.__truediv__: "Div", T.__rtruediv__: "Div", torch.div: "Div", T.div: "Div",
+}
+_FLOAT_UNARY = {T.__neg__: "Neg", torch.neg: "Neg", T.neg: "Neg", T.abs: "Abs", torch.abs: "Abs"}
+_REVERSED = {T.__rsub__, T.__rtruediv__}
+
+
+def _fname(func) -> str:
+    return getattr(func, "__name__", repr(func))
+
+
+def emit_layout(rec, func, args, kwargs, out) -> None:
+    x = args[0]
+    base = f"{rec.module_path()}.{_fname(func).strip('_')}"
+    xn = rec.name_of(x)
+    if func in _ALIAS or (func is F.dropout and not kwargs.get("training", False)):
+        rec.alias(out, x)
+    elif func in _RESHAPE:
+        _reshape(rec, xn, x, out, base)
+    elif func in _PERMUTE:
+        dims = args[1:] if len(args) > 2 or not isinstance(args[1], (tuple, list)) else args[1]
+        dims = kwargs.get("dims", dims)
+        perm = [int(d) % x.dim() for d in dims]
+        rec.emit("Transpose", [xn], [out], name=rec.unique(base), perm=perm)
+    elif func in _TRANSPOSE:
+        perm = list(range(x.dim()))
+        if func is not T.t:
+            a, b = (int(d) % x.dim() for d in args[1:3])
+            perm[a], perm[b] = perm[b], perm[a]
+        else:
+            perm = perm[::-1]
+        rec.emit("Transpose", [xn], [out], name=rec.unique(base), perm=perm)
+    elif func is T.__getitem__:
+        _getitem(rec, xn, x, args[1], out, base)
+    elif func in _SPLIT:
+        _split(rec, xn, x, func, args, kwargs, out, base)
+    elif func in _FLIP:
+        dims = kwargs.get("dims", args[1] if len(args) > 1 else None)
+        dims = [int(d) % x.dim() for d in (dims if isinstance(dims, (tuple, list)) else [dims])]
+        big = np.iinfo(np.int64).max
+        ins = [xn, rec.constant([-1] * len(dims), np.int64),
+               rec.constant([-big] * len(dims), np.int64), rec.constant(dims, np.int64),
+               rec.constant([-1] * len(dims), np.int64)]
+        rec.emit("Slice", ins, [out], name=rec.unique(base))
+    elif func is F.pad:
+        _pad(rec, xn, x, args, kwargs, out, base)
+    elif func in _RELU:
+        rec.emit("Relu", [xn], [out], name=rec.unique(base))
+    elif func in _MAXPOOL:
+        _maxpool(rec, xn, x, func, args, kwargs, out, base)
+    elif func in _EXPAND:
+        rec.emit("Expand", [xn, rec.constant(list(out.shape), np.int64)], [out],
+                 name=rec.unique(base))
+    else:
+        raise ExportError(f"'{_fname(func)}' in '{rec.module_path()}' has no ONNX export yet;"
+                          f" rewrite it with view/permute/slicing or report it")
+
+
+def _reshape(rec, xn, x, out, base):
+    shape = list(out.shape)
+    if shape and x.dim() and shape[0] == x.shape[0]:
+        shape[0] = 0  # copy the batch dimension: the graph then runs at any batch size
+    rec.emit("Reshape", [xn, rec.constant(shape, np.int64)], [out], name=rec.unique(base))
+
+
+def _getitem(rec, xn, x, idx, out, base):
+    idx = idx if isinstance(idx, tuple) else (idx,)
+    if any(isinstance(i, (torch.Tensor, list)) for i in idx):
+        raise ExportError(f"tensor indexing in '{rec.module_path()}' is not exportable; use"
+                          f" slices, integers or torch.index_select")
+    n_explicit = sum(1 for i in idx if i is not None and i is not Ellipsis)
+    starts, ends, axes, steps = [], [], [], []
+    d = 0
+    for i in idx:
+        if i is Ellipsis:
+            d += x.dim() - n_explicit
+        elif i is None:
+            continue
+        elif isinstance(i, int):
+            i = i % x.shape[d]
+            starts.append(i), ends.append(i + 1), axes.append(d), steps.append(1)
+            d += 1
+        elif isinstance(i, slice):
+            s0, s1, st = i.indices(x.shape[d])
+            if (s0, s1, st) != (0, x.shape[d], 1):
+                starts.append(s0), ends.append(s1), axes.append(d), steps.append(st)
+            d += 1
+        else:
+            raise ExportError(f"index {i!r} in '{rec.module_path()}' is not exportable")
+    cur = xn
+    if axes:
+        sl = rec.unique(base + ".slice")
+        ins = [xn] + [rec.constant(v, np.int64) for v in (starts, ends, axes, steps)]
+        cur = f"{sl}:out"
+        rec.emit("Slice", ins, [cur], name=sl)
+    if not axes or list(out.shape) != _sliced_shape(x.shape, starts, ends, axes, steps):
+        rec.emit("Reshape", [cur, rec.constant(list(out.shape), np.int64)], [out],
+                 name=rec.unique(base))
+    else:
+        rec.bind(out, cur)
+
+
+def _sliced_shape(shape, starts, ends, axes, steps):
+    s = list(shape)
+    for a, b, ax, st in zip(starts, ends, axes, steps):
+        s[ax] = len(range(a, b, st))
+    return s
+
+
+def _split(rec, xn, x, func, args, kwargs, out, base):
+    if func in (T.unbind, torch.unbind):
+        dim = int(kwargs.get("dim", args[1] if len(args) > 1 else 0)) % x.dim()
+        pieces = [o.unsqueeze(dim) if False else o for o in out]
+        sizes = [1] * len(pieces)
+    else:
+        dim = int(kwargs.get("dim", args[2] if len(args) > 2 else 0)) % x.dim()
+        sizes = [o.shape[dim] for o in out]
+    name = rec.unique(base)
+    outs = [f"{name}:{i}" for i in range(len(out))]
+    rec.emit("Split", [xn, rec.constant(sizes, np.int64)], outs, name=name, axis=dim)
+    for i, o in enumerate(out):
+        if func in (T.unbind, torch.unbind):
+            rec.value_info[outs[i]] = (rec.value_info[xn][0], tuple(_with(x.shape, dim, 1)))
+            rec.emit("Reshape", [outs[i], rec.constant(list(o.shape), np.int64)], [o],
+                     name=rec.unique(base + ".squeeze"))
+        else:
+            rec.bind(o, outs[i])
+
+
+def _with(shape, dim, v):
+    s = list(shape)
+    s[dim] = v
+    return s
+
+
+def _pad(rec, xn, x, args, kwargs, out, base):
+    pad = list(kwargs.get("pad", args[1]))
+    mode = kwargs.get("mode", args[2] if len(args) > 2 else "constant")
+    value = kwargs.get("value", args[3] if len(args) > 3 else None)
+    if mode != "constant" or value not in (None, 0, 0.0):
+        raise ExportError(f"F.pad(mode={mode!r}, value={value!r}) in '{rec.module_path()}' is"
+                          f" not exportable on quantized values; use constant zero padding")
+    nd = x.dim()
+    begins, ends = [0] * nd, [0] * nd
+    for k in range(len(pad) // 2):  # torch pads the last dimension first
+        begins[nd - 1 - k], ends[nd - 1 - k] = pad[2 * k], pad[2 * k + 1]
+    rec.emit("Pad", [xn, rec.constant(begins + ends, np.int64)], [out], name=rec.unique(base),
+             mode="constant")
+
+
+def _maxpool(rec, xn, x, func, args, kwargs, out, base):
+    names = ["kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"]
+    p = dict(zip(names, args[1:]))
+    p.update(kwargs)
+    nd = 1 if func is F.max_pool1d else 2
+
+    def tup(v, default):
+        v = default if v is None or (isinstance(v, (tuple, list)) and not v) else v
+        return list(v) if isinstance(v, (tuple, list)) else [int(v)] * nd
+    k = tup(p["kernel_size"], None)
+    s = tup(p.get("stride"), k)
+    pad = tup(p.get("padding", 0), 0)
+    dil = tup(p.get("dilation", 1), 1)
+    if p.get("return_indices"):
+        raise ExportError(f"max-pooling with return_indices in '{rec.module_path()}' is not"
+                          f" exportable")
+    rec.emit("MaxPool", [xn], [out], name=rec.unique(base), kernel_shape=k, strides=s,
+             pads=pad + pad, dilations=dil, ceil_mode=int(bool(p.get("ceil_mode", False))))
+
+
+def emit_float(rec, func, args, kwargs, out):
+    """The dequant boundary: dequantize quantized inputs, then an exact IEEE float op."""
+    if func in _FLOAT_BINARY or func in _FLOAT_UNARY:
+        bad = [k for k in kwargs if k not in ("alpha",)] or (kwargs.get("alpha", 1) != 1)
+        if func is torch.div and kwargs.get("rounding_mode"):
+            bad = True
+        if not bad and isinstance(out, torch.Tensor) and out.is_floating_point():
+            operands = list(args[:2]) if func in _FLOAT_BINARY else [args[0]]
+            if func in _REVERSED:
+                operands = operands[::-1]
+            names = [rec.float_name(a) if isinstance(a, torch.Tensor)
+                     else rec.constant(np.asarray(a, dtype=np.float32)) for a in operands]
+            op = _FLOAT_BINARY.get(func) or _FLOAT_UNARY[func]
+            res = QTensor.wrap(out, None, None)
+            rec.emit(op, names, [res], name=rec.unique(f"{rec.module_path()}.{op.lower()}"))
+            return res
+    raise ExportError(
+        f"'{_fname(func)}' in '{rec.module_path()}' runs in float on a dequantized value; only"
+        f" add/sub/mul/div/neg/abs are bit-exact after a Dequant. Quantize the op (see"
+        f" docs/ops.md), or apply it outside the model (e.g. argmax/softmax on the outputs)")
