@@ -10,7 +10,7 @@ import torch
 from onnx import helper
 
 from ..errors import ExportError
-from ..quant import trace
+from ..quant import trace as qtrace
 from ..quant.qtensor import QTensor
 from .recorder import _NP_TO_ONNX, DOMAIN, Recorder
 
@@ -63,6 +63,12 @@ def export(model: torch.nn.Module, args, f, input_names=None, output_names=None,
 def trace_model(model, inputs, input_names=None, output_names=None,
                 opset_version=DEFAULT_OPSET, dynamic_axes=None) -> onnx.ModelProto:
     """Run ``model`` once in eval mode under a :class:`Recorder` and build the ModelProto."""
+    return trace(model, inputs, input_names, output_names, opset_version, dynamic_axes)[0]
+
+
+def trace(model, inputs, input_names=None, output_names=None, opset_version=DEFAULT_OPSET,
+          dynamic_axes=None):
+    """Like :func:`trace_model`, also returning the :class:`Recorder` (its traced tensors)."""
     rec = Recorder(model)
     input_names = list(input_names or [f"input{'_' + str(i) if i else ''}"
                                        for i in range(len(inputs))])
@@ -78,7 +84,7 @@ def trace_model(model, inputs, input_names=None, output_names=None,
     was_training = model.training
     try:
         model.eval()
-        with torch.no_grad(), trace.recording(rec), _module_stack(model, rec):
+        with torch.no_grad(), qtrace.recording(rec), _module_stack(model, rec):
             out = model(*traced)
     finally:
         model.train(was_training)
@@ -92,7 +98,7 @@ def trace_model(model, inputs, input_names=None, output_names=None,
             else rec.name_of(o)
         rec.nodes.append(helper.make_node("Identity", [src], [name], name=f"{name}.identity"))
         rec.value_info[name] = (rec.value_info[src][0], tuple(o.shape))
-    return _build(rec, input_names, output_names, opset_version, dynamic_axes or {})
+    return _build(rec, input_names, output_names, opset_version, dynamic_axes or {}), rec
 
 
 @contextmanager

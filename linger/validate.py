@@ -1,0 +1,126 @@
+"""Validator: compare every intermediate tensor of PyTorch eval with the integer runtime.
+
+``capture(model, args)`` runs the export trace and returns, for every graph value, what PyTorch
+computed (integers for quantized values, floats otherwise), keyed by the ONNX value names.
+``compare(reference, actual, order)`` walks the graph order and reports the first value whose
+numbers differ: node, shape, how many elements differ and by how much. The comparison is exact
+(``numpy.array_equal``): linger's promise is bit-exactness, not closeness.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Mismatch:
+    name: str
+    shape: tuple
+    differing: int
+    total: int
+    max_abs_diff: float
+
+    def __str__(self):
+        return (f"first difference at '{self.name}' shape {self.shape}: {self.differing} of"
+                f" {self.total} elements differ, largest difference {self.max_abs_diff:g}")
+
+
+@dataclass
+class Report:
+    compared: int = 0
+    mismatches: list = field(default_factory=list)
+    missing: list = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches
+
+    def __str__(self):
+        if self.ok:
+            extra = f" ({len(self.missing)} values not in the reference)" if self.missing else ""
+            return f"bit-exact: {self.compared} values compared, all equal{extra}"
+        lines = [str(self.mismatches[0])]
+        if len(self.mismatches) > 1:
+            lines.append(f"{len(self.mismatches) - 1} later values differ too: "
+                         + ", ".join(m.name for m in self.mismatches[1:6])
+                         + (" ..." if len(self.mismatches) > 6 else ""))
+        return "\n".join(lines)
+
+
+def compare(reference: dict, actual: dict, order) -> Report:
+    """Compare ``actual`` against ``reference`` value by value, in graph ``order``."""
+    rep = Report()
+    for name in order:
+        if name not in reference or name not in actual:
+            if name in actual:
+                rep.missing.append(name)
+            continue
+        a, b = np.asarray(reference[name]), np.asarray(actual[name])
+        rep.compared += 1
+        if a.shape != b.shape:
+            rep.mismatches.append(Mismatch(name, b.shape, b.size, b.size, float("inf")))
+        elif not np.array_equal(a, b):
+            diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
+            rep.mismatches.append(Mismatch(name, a.shape, int((diff != 0).sum()), a.size,
+                                           float(np.nanmax(diff))))
+    return rep
+
+
+def capture(model, args, input_names=None, output_names=None):
+    """(ONNX model, {value name: array}) from one eval forward of ``model`` on ``args``."""
+    from .onnx.export import trace
+
+    inputs = args if isinstance(args, (tuple, list)) else (args,)
+    graph, rec = trace(model, inputs, input_names, output_names)
+    values = {}
+    for t in rec.keep:
+        name = rec.values.get(id(t))
+        if name is not None and name not in values:
+            values[name] = _as_graph_array(t, rec.value_info[name][0])
+    return graph, values
+
+
+def _as_graph_array(t, dtype):
+    from .quant.qtensor import QTensor
+
+    if isinstance(t, QTensor) and t.bits is not None:
+        q = t.plain().detach().double().cpu().numpy() * 2.0 ** t.int_exp()
+        return q.astype(dtype)
+    arr = t.plain() if isinstance(t, QTensor) else t
+    return arr.detach().cpu().numpy().astype(dtype)
+
+
+def save_reference(model, args, path, input_names=None) -> None:
+    """Save the model's ONNX export (``path`` + ``.onnx``) and its per-value PyTorch results
+    (``path`` as .npz, inputs included) for ``linger validate`` on another machine."""
+    import onnx
+
+    graph, values = capture(model, args, input_names)
+    onnx.save(graph, str(path) + ".onnx")
+    np.savez(str(path) + ".npz", **{f"value:{k}": v for k, v in values.items()},
+             **{f"input:{i.name}": values[i.name] for i in graph.graph.input})
+
+
+def validate_files(onnx_path, reference_npz) -> Report:
+    """Run the runtime on the saved inputs and compare every value with the saved reference."""
+    from .runtime import InferenceSession
+
+    ref = np.load(reference_npz)
+    feeds = {k[len("input:"):]: ref[k] for k in ref.files if k.startswith("input:")}
+    values = {k[len("value:"):]: ref[k] for k in ref.files if k.startswith("value:")}
+    sess = InferenceSession(onnx_path)
+    actual = sess.run_with_intermediates(feeds)
+    return compare(values, actual, list(actual))
+
+
+def validate_model(model, args, input_names=None) -> Report:
+    """Export ``model`` in memory, run it in the runtime and compare every intermediate value."""
+    from .runtime import InferenceSession
+
+    graph, values = capture(model, args, input_names)
+    sess = InferenceSession(graph)
+    feeds = {i.name: values[i.name] for i in graph.graph.input}
+    actual = sess.run_with_intermediates(feeds)
+    return compare(values, actual, list(actual))
