@@ -293,8 +293,10 @@ class QEmbedding(QuantMixin, nn.Embedding):
             raise UnsupportedError(f"{self._where()}: max_norm renormalises the table during the"
                                    f" forward pass and cannot be quantized; set max_norm=None")
 
-    def forward(self, idx):
+    def forward(self, indices):
         bits = self.linger_cfg.parameter_bits
+        # traced indices arrive as a float-marked QTensor: look up with the plain index tensor
+        idx = indices.plain() if isinstance(indices, QTensor) else indices
         if self.training:
             w, nw = self.fake_weight(self.weight)
             return QTensor.wrap(F.embedding(idx, w, self.padding_idx), nw, bits)
@@ -302,7 +304,7 @@ class QEmbedding(QuantMixin, nn.Embedding):
         out = QTensor.wrap(F.embedding(idx, numerics.dequantize(qw, nw).float()), nw, bits)
         rec = trace.current()
         if rec is not None:
-            rec.node(self, self.onnx_op, [idx], [out], {"exp_w": nw, "bits_w": bits},
+            rec.node(self, self.onnx_op, [indices], [out], {"exp_w": nw, "bits_w": bits},
                      {"weight": (qw, bits)})
         return out
 

@@ -1,0 +1,239 @@
+"""Loading an ONNX file into a checked, topologically ordered list of nodes bound to kernels.
+
+Everything a malformed or unsupported file can get wrong is found here, before any input is
+seen, and reported as :class:`~linger.errors.ModelFileError` naming the file or the node.
+"""
+
+from __future__ import annotations
+
+import heapq
+import inspect
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import AttributeProto, helper, numpy_helper
+
+from ..errors import ModelFileError
+from .kernels import (KERNELS, LINGER_DOMAIN, LINGER_OPSET_VERSION, MIN_ONNX_OPSET,
+                      supported_ops)
+
+
+@dataclass(frozen=True)
+class NodeArg:
+    """A graph input or output as onnxruntime describes it.
+
+    ``shape``: list of ints, or ``str`` for a symbolic dimension, ``None`` for an unknown one;
+    ``None`` altogether when the rank is unknown. ``type``: e.g. ``'tensor(float)'``.
+    ``dtype``: the numpy dtype (``None`` if the element type is not declared).
+    """
+
+    name: str
+    shape: list | None
+    type: str
+    dtype: np.dtype | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, eq=False)
+class Node:
+    """One node, its attributes decoded and its kernel looked up."""
+
+    name: str
+    op_type: str
+    domain: str
+    inputs: tuple[str, ...]       # "" marks an omitted optional input
+    outputs: tuple[str, ...]
+    attrs: dict
+    fn: object
+
+    @property
+    def where(self) -> str:
+        return f"node '{self.name}' ({self.domain or 'ai.onnx'}::{self.op_type})"
+
+
+@dataclass
+class Graph:
+    nodes: list[Node]
+    initializers: dict[str, np.ndarray]
+    inputs: list[NodeArg]
+    outputs: list[NodeArg]
+    source: str                   # file path or "<bytes>" / "<ModelProto>", for messages
+
+
+def load_graph(source) -> Graph:
+    """Read ``source`` (path, bytes or ``onnx.ModelProto``) and check it completely."""
+    model, where = _read(source)
+    if not model.HasField("graph") or not model.graph.output:
+        raise ModelFileError(f"{where} is not an ONNX model (no graph or no graph outputs);"
+                             f" the file may be empty, truncated or of another format")
+    _check_opsets(model, where)
+    g = model.graph
+    inits = {}
+    for t in g.initializer:
+        try:
+            arr = numpy_helper.to_array(t)
+            arr.setflags(write=False)  # shared by every run: a kernel or caller must not edit it
+            inits[t.name] = arr
+        except Exception as e:  # external data missing, bad raw length...
+            raise ModelFileError(f"{where}: initializer '{t.name}' cannot be read: {e}") from e
+    nodes = [_bind(n, i, where) for i, n in enumerate(g.node)]
+    inputs = [_node_arg(v) for v in g.input if v.name not in inits]
+    outputs = [_node_arg(v) for v in g.output]
+    known = {v.name for v in inputs} | set(inits)
+    nodes = _topological(nodes, known, where)
+    produced = known | {o for n in nodes for o in n.outputs}
+    missing = [o.name for o in outputs if o.name not in produced]
+    if missing:
+        raise ModelFileError(f"{where}: graph outputs {missing} are produced by no node")
+    return Graph(nodes, inits, inputs, outputs, where)
+
+
+def _read(source):
+    if isinstance(source, onnx.ModelProto):
+        return source, "<ModelProto>"
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        where = "<bytes>"
+        try:
+            return onnx.load_from_string(bytes(source)), where
+        except Exception as e:
+            raise ModelFileError(f"{where}: not a readable ONNX model: {e}") from e
+    if isinstance(source, (str, os.PathLike)):
+        where = os.fspath(source)
+        if not os.path.isfile(where):
+            raise ModelFileError(f"model file '{where}' does not exist or is not a file")
+        try:
+            return onnx.load(where), f"'{where}'"
+        except Exception as e:  # protobuf DecodeError, external data errors, ...
+            raise ModelFileError(f"'{where}' is not a readable ONNX model: {type(e).__name__}:"
+                                 f" {e}. Re-export it with linger.onnx.export") from e
+    raise ModelFileError(f"expected a file path, bytes or onnx.ModelProto, got"
+                         f" {type(source).__name__}")
+
+
+def _check_opsets(model, where):
+    versions = {o.domain if o.domain != "ai.onnx" else "": o.version for o in model.opset_import}
+    used = {n.domain if n.domain != "ai.onnx" else "" for n in model.graph.node}
+    if "" in used and versions.get("", 0) < MIN_ONNX_OPSET:
+        raise ModelFileError(f"{where} uses ONNX opset {versions.get('', 'none')}; the runtime"
+                             f" needs opset >= {MIN_ONNX_OPSET}. Re-export with"
+                             f" opset_version >= {MIN_ONNX_OPSET}")
+    if LINGER_DOMAIN in versions and versions[LINGER_DOMAIN] > LINGER_OPSET_VERSION:
+        raise ModelFileError(f"{where} uses {LINGER_DOMAIN} opset {versions[LINGER_DOMAIN]};"
+                             f" this runtime implements version {LINGER_OPSET_VERSION}."
+                             f" Upgrade linger")
+
+
+def _bind(n, index, where) -> Node:
+    domain = "" if n.domain == "ai.onnx" else n.domain
+    name = n.name or f"#{index}"
+    label = f"{where}: node '{name}' ({domain or 'ai.onnx'}::{n.op_type})"
+    fn = KERNELS.get((domain, n.op_type))
+    if fn is None:
+        raise ModelFileError(f"{label} is not supported by the linger runtime (domain"
+                             f" '{domain}', op_type '{n.op_type}'). Supported ops: "
+                             + ", ".join(supported_ops()))
+    attrs = {a.name: _attr_value(a, label) for a in n.attribute}
+    _check_signature(fn, attrs, label)
+    if fn.pass_num_outputs and "num_outputs" not in attrs:
+        attrs["num_outputs"] = len(n.output)
+    return Node(name, n.op_type, domain, tuple(n.input), tuple(n.output), attrs, fn)
+
+
+def _attr_value(a, label):
+    if a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS):
+        raise ModelFileError(f"{label}: attribute '{a.name}' holds a subgraph; control flow is"
+                             f" not supported")
+    v = helper.get_attribute_value(a)
+    if isinstance(v, bytes):
+        return v.decode("utf-8")
+    if a.type == AttributeProto.TENSOR:
+        return numpy_helper.to_array(v)
+    if isinstance(v, (list, tuple)) or type(v).__name__.startswith("Repeated"):
+        return [x.decode("utf-8") if isinstance(x, bytes) else x for x in v]
+    return v
+
+
+_SIGNATURES: dict = {}
+
+
+def _check_signature(fn, attrs, label):
+    """Attributes must match the kernel's keyword parameters: required ones present, no
+    unknown ones (a kernel taking ``**attrs`` accepts anything)."""
+    if fn not in _SIGNATURES:
+        params = list(inspect.signature(fn).parameters.values())[1:]  # skip `inputs`
+        _SIGNATURES[fn] = (
+            any(p.kind is p.VAR_KEYWORD for p in params),
+            {p.name for p in params if p.kind is not p.VAR_KEYWORD},
+            {p.name for p in params if p.default is p.empty and p.kind is not p.VAR_KEYWORD})
+    open_ended, allowed, required = _SIGNATURES[fn]
+    missing = sorted(required - set(attrs))
+    if missing:
+        raise ModelFileError(f"{label} lacks required attributes {missing}")
+    unknown = sorted(set(attrs) - allowed)
+    if unknown and not open_ended:
+        raise ModelFileError(f"{label} has attributes {unknown} the runtime does not implement;"
+                             f" supported: {sorted(allowed)}")
+
+
+def _node_arg(v) -> NodeArg:
+    t = v.type.tensor_type
+    dtype = None
+    type_str = "unknown"
+    if v.type.HasField("tensor_type") and t.elem_type:
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type))
+        type_str = f"tensor({_ORT_NAMES.get(dtype.name, dtype.name)})"
+    shape = None
+    if t.HasField("shape"):
+        shape = [d.dim_value if d.HasField("dim_value") else
+                 (d.dim_param if d.HasField("dim_param") else None) for d in t.shape.dim]
+    return NodeArg(v.name, shape, type_str, dtype)
+
+
+_ORT_NAMES = {"float32": "float", "float64": "double", "float16": "float16"}
+
+
+def _topological(nodes, known, where):
+    """Nodes in an order where every input is defined first: the stored order when it already is
+    (the usual case), else Kahn's order, ties broken by stored position. Undefined inputs and
+    cycles are refused."""
+    producer = {}
+    for n in nodes:
+        for o in filter(None, n.outputs):
+            if o in producer or o in known:
+                raise ModelFileError(f"{where}: value '{o}' is produced twice (by {n.where})")
+            producer[o] = n
+    for n in nodes:
+        for i in filter(None, n.inputs):
+            if i not in known and i not in producer:
+                raise ModelFileError(f"{where}: {n.where} reads '{i}', which is no graph input,"
+                                     f" initializer or node output")
+    defined = set(known)
+    for n in nodes:
+        if not all(i in defined for i in filter(None, n.inputs)):
+            break
+        defined.update(filter(None, n.outputs))
+    else:
+        return list(nodes)
+    # Kahn: a node is ready once every node producing one of its inputs has been placed.
+    index = {o: k for k, n in enumerate(nodes) for o in filter(None, n.outputs)}
+    deps = [{index[i] for i in filter(None, n.inputs) if i in index} for n in nodes]
+    waiting = [len(d) for d in deps]
+    users = [[] for _ in nodes]
+    for k, d in enumerate(deps):
+        for p in d:
+            users[p].append(k)
+    ready = [k for k, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
+    ordered = []
+    while ready:
+        k = heapq.heappop(ready)
+        ordered.append(nodes[k])
+        for u in users[k]:
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                heapq.heappush(ready, u)
+    if len(ordered) < len(nodes):
+        stuck = next(n for k, n in enumerate(nodes) if waiting[k])
+        raise ModelFileError(f"{where}: the graph has a cycle through {stuck.where}")
+    return ordered

@@ -1,0 +1,79 @@
+"""Standard ONNX element-wise ops.
+
+On integers (``Relu``, ``Clip``) they keep the dtype and exponent. On float32 (after a
+``Dequant``) they are single IEEE-754 operations, correctly rounded in every library, so numpy
+float32 op float32 (which stays float32) matches any other runtime bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...errors import ModelFileError
+from . import kernel
+
+
+def _same_dtype(op: str, *arrays) -> None:
+    # ONNX requires equal input types; numpy would silently promote (float32 + float64 -> float64).
+    dtypes = {a.dtype for a in arrays if a is not None}
+    if len(dtypes) > 1:
+        raise ModelFileError(f"{op} inputs have different dtypes {sorted(map(str, dtypes))}")
+
+
+@kernel("Relu", domain="")
+def relu(inputs):
+    """``max(x, 0)`` in the input's dtype."""
+    x = inputs[0]
+    return [np.maximum(x, x.dtype.type(0))]
+
+
+@kernel("Clip", domain="")
+def clip(inputs):
+    """``min(max(x, lo), hi)``; ``lo``/``hi`` are optional scalar inputs of x's dtype."""
+    x, lo, hi = (list(inputs) + [None, None])[:3]
+    _same_dtype("Clip", x, lo, hi)
+    if lo is not None:
+        x = np.maximum(x, lo.reshape(()))
+    if hi is not None:
+        x = np.minimum(x, hi.reshape(()))
+    return [x]
+
+
+def _binary(op_type: str, fn):
+    @kernel(op_type, domain="")
+    def run(inputs):
+        a, b = inputs
+        _same_dtype(op_type, a, b)
+        with np.errstate(all="ignore"):  # IEEE inf/nan results are the defined answer
+            return [fn(a, b)]
+    run.__name__ = op_type.lower()
+    run.__doc__ = f"ONNX {op_type} with numpy (multidirectional) broadcasting, dtype kept."
+    return run
+
+
+def _int_div(a, b):
+    """Integer Div truncates towards zero (C semantics, as ONNX runtimes do)."""
+    if np.issubdtype(a.dtype, np.floating):
+        return np.divide(a, b)
+    if (b == 0).any():
+        raise ModelFileError("integer Div by zero")
+    q = np.abs(a.astype(np.int64)) // np.abs(b.astype(np.int64))
+    return (np.sign(a.astype(np.int64)) * np.sign(b.astype(np.int64)) * q).astype(a.dtype)
+
+
+add = _binary("Add", np.add)
+sub = _binary("Sub", np.subtract)
+mul = _binary("Mul", np.multiply)
+div = _binary("Div", _int_div)
+
+
+@kernel("Neg", domain="")
+def neg(inputs):
+    """``-x``."""
+    return [np.negative(inputs[0])]
+
+
+@kernel("Abs", domain="")
+def abs_(inputs):
+    """``|x|``."""
+    return [np.abs(inputs[0])]

@@ -1,0 +1,184 @@
+"""Standard ONNX layout ops (opset >= 13 signatures). They move values without changing them, so
+they are exact on integers and floats alike; exponents pass through unchanged."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...errors import ModelFileError
+from . import kernel
+
+
+def _ints(a) -> list[int]:
+    """A shape/axes/pads input tensor as python ints."""
+    return [int(v) for v in np.asarray(a).reshape(-1)]
+
+
+def _axis(axis: int, ndim: int) -> int:
+    if not -ndim <= axis < ndim:
+        raise ModelFileError(f"axis {axis} is out of range for rank {ndim}")
+    return axis % ndim
+
+
+@kernel("Identity", domain="")
+def identity(inputs):
+    """``y = x``."""
+    return [inputs[0]]
+
+
+@kernel("Constant", domain="")
+def constant(inputs, *, value=None, value_float=None, value_floats=None, value_int=None,
+             value_ints=None):
+    """The tensor in the attribute (``value``, or a scalar/list attribute as float32/int64)."""
+    if value is not None:
+        return [value]
+    for v, dt in ((value_float, np.float32), (value_floats, np.float32),
+                  (value_int, np.int64), (value_ints, np.int64)):
+        if v is not None:
+            return [np.array(v, dtype=dt)]
+    raise ModelFileError("Constant has no supported value attribute (value, value_float(s),"
+                         " value_int(s))")
+
+
+@kernel("Shape", domain="")
+def shape(inputs, *, start=0, end=None):
+    """``int64(x.shape[start:end])``."""
+    return [np.array(inputs[0].shape[start:end], dtype=np.int64)]
+
+
+@kernel("Reshape", domain="")
+def reshape(inputs, *, allowzero=0):
+    """``x.reshape(shape)``; ``0`` copies the input's dimension (unless ``allowzero``), ``-1`` is
+    inferred."""
+    x, shape = inputs
+    dims = _ints(shape)
+    if not allowzero:
+        dims = [x.shape[i] if d == 0 else d for i, d in enumerate(dims)]
+    return [x.reshape(dims)]
+
+
+@kernel("Transpose", domain="")
+def transpose(inputs, *, perm=None):
+    """``x.transpose(perm)``; default reverses the axes."""
+    return [np.ascontiguousarray(inputs[0].transpose(perm))]
+
+
+@kernel("Flatten", domain="")
+def flatten(inputs, *, axis=1):
+    """``(prod(shape[:axis]), prod(shape[axis:]))``; ``axis`` may be ``ndim`` or negative."""
+    x = inputs[0]
+    axis = axis + x.ndim if axis < 0 else axis
+    if not 0 <= axis <= x.ndim:
+        raise ModelFileError(f"Flatten axis {axis} is out of range for rank {x.ndim}")
+    return [x.reshape(int(np.prod(x.shape[:axis])), int(np.prod(x.shape[axis:])))]
+
+
+@kernel("Squeeze", domain="")
+def squeeze(inputs):
+    """Remove the given axes (each of size 1), or every size-1 axis when ``axes`` is omitted."""
+    x, axes = (list(inputs) + [None])[:2]
+    if axes is None:
+        return [x.squeeze()]
+    axes = tuple(_axis(a, x.ndim) for a in _ints(axes))
+    bad = [a for a in axes if x.shape[a] != 1]
+    if bad:
+        raise ModelFileError(f"Squeeze axes {bad} of shape {list(x.shape)} are not of size 1")
+    return [x.squeeze(axes)]
+
+
+@kernel("Unsqueeze", domain="")
+def unsqueeze(inputs):
+    """Insert size-1 axes; ``axes`` index the *output* (negative counts from its end)."""
+    x, axes = inputs
+    return [np.expand_dims(x, tuple(_ints(axes)))]
+
+
+@kernel("Concat", domain="")
+def concat(inputs, *, axis):
+    """Join along ``axis``; all inputs must share the dtype (and so the exponent)."""
+    dtypes = {a.dtype for a in inputs}
+    if len(dtypes) > 1:
+        raise ModelFileError(f"Concat inputs have different dtypes {sorted(map(str, dtypes))}")
+    return [np.concatenate(inputs, axis=_axis(axis, inputs[0].ndim))]
+
+
+@kernel("Split", domain="", pass_num_outputs=True)
+def split(inputs, *, axis=0, num_outputs=None):
+    """Split along ``axis`` into the sizes of the ``split`` input, or into ``num_outputs``
+    pieces of ``ceil(L / num_outputs)`` (the last one smaller)."""
+    x, sizes = (list(inputs) + [None])[:2]
+    axis = _axis(axis, x.ndim)
+    length = x.shape[axis]
+    if sizes is None:
+        chunk = -(-length // num_outputs)
+        sizes = [min(chunk, length - i * chunk) for i in range(num_outputs)]
+    sizes = _ints(sizes)
+    if sum(sizes) != length or min(sizes) < 0:
+        raise ModelFileError(f"Split sizes {sizes} do not add up to the axis length {length}")
+    return np.split(x, np.cumsum(sizes)[:-1], axis=axis)
+
+
+def _slice_bounds(start: int, end: int, step: int, dim: int) -> slice:
+    """ONNX Slice clamping: negatives count from the end; ``[0, dim]`` for positive steps,
+    ``[-1, dim-1]`` for negative ones (-1 meaning "before index 0")."""
+    if step == 0:
+        raise ModelFileError("Slice step must not be 0")
+    start = start + dim if start < 0 else start
+    end = end + dim if end < 0 else end
+    if step > 0:
+        return slice(min(max(start, 0), dim), min(max(end, 0), dim), step)
+    start, end = min(max(start, -1), dim - 1), min(max(end, -1), dim - 1)
+    return slice(start, None if end < 0 else end, step)
+
+
+@kernel("Slice", domain="")
+def slice_(inputs):
+    """``x[starts:ends:steps]`` along ``axes`` (default all leading axes, steps default 1)."""
+    x, starts, ends, axes, steps = (list(inputs) + [None] * 5)[:5]
+    starts, ends = _ints(starts), _ints(ends)
+    axes = list(range(len(starts))) if axes is None else [_axis(a, x.ndim) for a in _ints(axes)]
+    steps = [1] * len(starts) if steps is None else _ints(steps)
+    if not len(starts) == len(ends) == len(axes) == len(steps):
+        raise ModelFileError("Slice starts, ends, axes and steps must have the same length")
+    index = [slice(None)] * x.ndim
+    for s, e, a, st in zip(starts, ends, axes, steps):
+        index[a] = _slice_bounds(s, e, st, x.shape[a])
+    return [np.ascontiguousarray(x[tuple(index)])]
+
+
+@kernel("Pad", domain="")
+def pad(inputs, *, mode="constant"):
+    """Pad by ``pads`` ``[b_1..b_n, e_1..e_n]`` (on ``axes`` when given; negative values crop)
+    with ``constant_value`` (default 0), or by ``edge``/``reflect`` replication."""
+    x, pads, value, axes = (list(inputs) + [None] * 4)[:4]
+    pads = _ints(pads)
+    axes = list(range(x.ndim)) if axes is None else [_axis(a, x.ndim) for a in _ints(axes)]
+    if len(pads) != 2 * len(axes):
+        raise ModelFileError(f"Pad needs {2 * len(axes)} pads for axes {axes}, got {pads}")
+    pairs = [(0, 0)] * x.ndim
+    for i, a in enumerate(axes):
+        pairs[a] = (pads[i], pads[i + len(axes)])
+    crop = tuple(slice(max(-b, 0), x.shape[a] - max(-e, 0)) for a, (b, e) in enumerate(pairs))
+    x = x[crop]
+    grow = [(max(b, 0), max(e, 0)) for b, e in pairs]
+    if mode == "constant":
+        fill = 0 if value is None or value.size == 0 else value.reshape(-1)[0]
+        return [np.pad(x, grow, mode="constant", constant_values=fill).astype(x.dtype, copy=False)]
+    if mode in ("edge", "reflect"):
+        return [np.pad(x, grow, mode=mode)]
+    raise ModelFileError(f"Pad mode {mode!r} is not one of constant, edge, reflect")
+
+
+@kernel("Expand", domain="")
+def expand(inputs):
+    """Broadcast ``x`` against ``shape`` (ONNX bidirectional broadcasting)."""
+    x, shape = inputs
+    out = np.broadcast_shapes(x.shape, tuple(_ints(shape)))
+    return [np.broadcast_to(x, out).copy()]
+
+
+@kernel("Gather", domain="")
+def gather(inputs, *, axis=0):
+    """``take(x, indices, axis)``; negative indices count from the end."""
+    x, indices = inputs
+    return [np.take(x, indices, axis=_axis(axis, x.ndim))]

@@ -1,0 +1,98 @@
+"""Pooling: integer average pooling (custom) and standard ONNX MaxPool."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ... import numerics
+from ...errors import ModelFileError
+from . import kernel
+from ._common import check_dtype, pad_pairs, pad_spatial, spatial, windows
+
+
+@kernel("AvgPoolInt")
+def avg_pool_int(inputs, *, kernel_shape, exp, bits, strides=None, pads=None,
+                 count_include_pad=0, ceil_mode=0):
+    """``y = floor((2s + k) / (2k))``: the window mean rounded half up; exponent unchanged.
+
+    ``s``: int64 sum of the window over the zero-padded input; ``k``: the window size, or the
+    number of non-padding elements in it when ``count_include_pad == 0``.
+    """
+    (x,) = inputs
+    check_dtype(x, bits, "input x")
+    if ceil_mode:
+        raise ModelFileError("AvgPoolInt with ceil_mode=1 is not supported (export refuses it)")
+    nd = len(kernel_shape)
+    k = [int(v) for v in kernel_shape]
+    strides = spatial(strides, nd, 1, "strides")
+    pairs = pad_pairs(pads, nd)
+    ones = [1] * nd
+    sums = windows(pad_spatial(x.astype(np.int64), pairs), k, strides, ones)
+    sums = sums.sum(axis=tuple(range(-nd, 0)))                 # (N, C, *O) int64
+    if count_include_pad or not any(b or e for b, e in pairs):
+        counts = math.prod(k)
+    else:  # per output position: how many window elements are real input
+        mask = pad_spatial(np.ones(x.shape[-nd:], dtype=np.int64), pairs)
+        counts = windows(mask, k, strides, ones).sum(axis=tuple(range(-nd, 0)))  # (*O)
+    return [numerics.rounded_div(sums, counts).astype(numerics.int_dtype(bits))]
+
+
+def _pool_geometry(shape, k, strides, dilations, pads, auto_pad, ceil_mode):
+    """Per-axis ``(pad_begin, pad_end, out)`` of ONNX pooling, PyTorch's ceil_mode rule included.
+
+    ``out = floor_or_ceil((L + pb + pe - span) / s) + 1`` with ``span = d*(k-1) + 1``; in ceil
+    mode a last window starting in the end padding is dropped. ``pad_end`` is raised so that every
+    kept window lies inside the padded input.
+    """
+    auto_pad = auto_pad or "NOTSET"
+    nd = len(k)
+    if auto_pad == "NOTSET":
+        pairs = pad_pairs(pads, nd)
+    elif auto_pad == "VALID":
+        pairs = [(0, 0)] * nd
+    elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        pairs = []
+        for n, kd, s, d in zip(shape, k, strides, dilations):
+            total = max(0, (math.ceil(n / s) - 1) * s + d * (kd - 1) + 1 - n)
+            small, big = total // 2, total - total // 2
+            pairs.append((small, big) if auto_pad == "SAME_UPPER" else (big, small))
+    else:
+        raise ModelFileError(f"auto_pad={auto_pad!r} is not one of NOTSET, VALID, SAME_UPPER,"
+                             f" SAME_LOWER")
+    geom = []
+    for n, kd, s, d, (pb, pe) in zip(shape, k, strides, dilations, pairs):
+        span = d * (kd - 1) + 1
+        room = n + pb + pe - span
+        if room < 0:
+            raise ModelFileError(f"pooling window {span} is larger than the padded input"
+                                 f" {n + pb + pe}")
+        out = (-(-room // s) if ceil_mode else room // s) + 1
+        if ceil_mode and (out - 1) * s >= n + pb:
+            out -= 1
+        geom.append((pb, max(pe, (out - 1) * s + span - n - pb), out))
+    return geom
+
+
+@kernel("MaxPool", domain="")
+def max_pool(inputs, *, kernel_shape, auto_pad="NOTSET", ceil_mode=0, dilations=None,
+             pads=None, storage_order=0, strides=None):
+    """ONNX MaxPool (``Indices`` output not supported): max over each window, padding never wins.
+
+    Padding uses -inf (floats) or the dtype's minimum (integers), so the output dtype and
+    exponent are the input's.
+    """
+    (x,) = inputs
+    nd = len(kernel_shape)
+    k = [int(v) for v in kernel_shape]
+    strides = spatial(strides, nd, 1, "strides")
+    dilations = spatial(dilations, nd, 1, "dilations")
+    if x.ndim != nd + 2:
+        raise ModelFileError(f"MaxPool input must be (N, C, *{nd} spatial), got {list(x.shape)}")
+    geom = _pool_geometry(x.shape[2:], k, strides, dilations, pads, auto_pad, ceil_mode)
+    fill = -np.inf if np.issubdtype(x.dtype, np.floating) else np.iinfo(x.dtype).min
+    xp = pad_spatial(x, [(pb, pe) for pb, pe, _ in geom], fill)
+    win = windows(xp, k, strides, dilations)
+    win = win[(Ellipsis,) + tuple(slice(0, o) for _, _, o in geom) + (slice(None),) * nd]
+    return [win.max(axis=tuple(range(-nd, 0)))]
