@@ -56,10 +56,15 @@ def qmax(bits: int) -> int:
 def round_half_up(v):
     """``floor(v + 0.5)``: ties go towards +inf (``-2.5 -> -2``, ``2.5 -> 3``).
 
-    >>> round_half_up(np.array([-2.5, -0.5, 0.5, 2.5]))
-    array([-2., -0.,  1.,  3.])
+    Evaluated as ``floor(v) + (frac(v) >= 0.5)``, which is exact for every finite float: the
+    literal ``floor(v + 0.5)`` is not, because ``v + 0.5`` itself rounds (``0.49999999999999994
+    + 0.5 == 1.0`` in float64, and odd integers above ``2**52`` gain 1).
+
+    >>> round_half_up(np.array([-2.5, -0.5, 0.5, 2.5, 0.49999999999999994]))
+    array([-2.,  0.,  1.,  3.,  0.])
     """
-    return (v + 0.5) // 1
+    f = v // 1
+    return f + ((v - f) >= 0.5)  # v - f is exact (the fractional part of v)
 
 
 def saturate(q, bits: int):
@@ -104,7 +109,7 @@ def exponent_for_range(r: float, bits: int) -> int:
     if r <= 0.0:
         return ZERO_RANGE_EXP
     top = qmax(bits)
-    n = math.floor(math.log2(top / r))
+    n = math.floor(math.log2(top) - math.log2(r))  # not log2(top / r): that overflows for tiny r
     # log2 may be off by one ulp near exact powers of two: settle with exact ldexp comparisons.
     while math.ldexp(r, n + 1) <= top:
         n += 1

@@ -1,0 +1,156 @@
+"""``linger demo``: the whole flow on a small CNN and scikit-learn's digits, in well under a minute.
+
+Stages: train in float -> ``linger.init`` + quantization-aware fine-tuning -> evaluate the int8
+model (``model.eval()`` computes with integers). Every stage is timed and ends up as one row of the
+printed table. Later stages (export, runtime, bit-exactness) are added as further
+``with stages.run(...)`` blocks in :func:`run_demo`.
+
+>>> r = run_demo(epochs=1, qat_epochs=1, quiet=True)   # doctest: +SKIP
+>>> sorted(k for k in r if k.endswith("acc"))           # doctest: +SKIP
+['float_acc', 'int8_acc']
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from contextlib import contextmanager
+
+import torch
+import torch.nn as nn
+
+from .examples_models import DigitsCNN, load_digits_data, set_seed
+
+
+def train_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float,
+                 batch_size: int = 64, seed: int = 0, desc: str = "train",
+                 quiet: bool = False) -> list:
+    """Plain PyTorch training loop (Adam, cross-entropy, shuffled mini-batches).
+
+    The same loop serves float training and QAT: that is the point of ``linger.init``.
+    Returns the mean loss of every epoch.
+    """
+    from tqdm import tqdm
+
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
+    gen = torch.Generator().manual_seed(seed)
+    loss_fn = nn.CrossEntropyLoss()
+    losses = []
+    model.train()
+    for _ in tqdm(range(epochs), desc=desc, unit="epoch", disable=quiet, leave=False):
+        order = torch.randperm(len(x), generator=gen)
+        total = 0.0
+        for i in range(0, len(x), batch_size):
+            idx = order[i:i + batch_size]
+            loss = loss_fn(_as_float(model(x[idx])), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        sched.step()
+        losses.append(total / len(x))
+    return losses
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
+    """Top-1 accuracy in percent, with the model in eval mode (integer arithmetic once init-ed)."""
+    model.eval()
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        logits = _as_float(model(x[i:i + batch_size]))
+        correct += int((logits.argmax(1) == y[i:i + batch_size]).sum())
+    return 100.0 * correct / len(x)
+
+
+def _epochs_and_loss(epochs: int, losses: list) -> str:
+    return f"{epochs} epochs, loss {losses[-1]:.3f}" if losses else "0 epochs"
+
+
+def _as_float(out: torch.Tensor) -> torch.Tensor:
+    """A quantized model's output (a QTensor) as the plain float tensor it holds (autograd kept),
+    so the loss and argmax work under ``on_unsupported="error"`` too."""
+    from .quant.qtensor import QTensor
+
+    return out.plain() if isinstance(out, QTensor) else out
+
+
+class Stages:
+    """Times named stages and collects the rows of the result table."""
+
+    def __init__(self):
+        self.rows = []  # (stage, result text, seconds)
+
+    @contextmanager
+    def run(self, name: str):
+        """``with stages.run("float training") as row: ...; row["result"] = "98.0 %"``."""
+        row = {"result": ""}
+        t0 = time.perf_counter()
+        yield row
+        self.rows.append((name, row["result"], time.perf_counter() - t0))
+
+    def table(self) -> str:
+        w = max(len("stage"), *(len(n) for n, _, _ in self.rows))
+        rw = max(len("result"), *(len(r) for _, r, _ in self.rows))
+        lines = [f"{'stage':<{w}}  {'result':>{rw}}  {'time':>8}", "-" * (w + rw + 12)]
+        lines += [f"{n:<{w}}  {r:>{rw}}  {s:7.2f}s" for n, r, s in self.rows]
+        return "\n".join(lines)
+
+
+def run_demo(out_dir: str | None = None, epochs: int = 20, qat_epochs: int | None = None,
+             quiet: bool = False, seed: int = 0) -> dict:
+    """Train a :class:`~linger.examples_models.DigitsCNN` in float, then QAT; report accuracies.
+
+    ``epochs``: float training epochs; ``qat_epochs``: fine-tuning epochs (default
+    ``max(1, epochs // 2)``). Checkpoints are written to ``out_dir`` (a new temporary directory
+    when None): ``digits_float.pt`` and ``digits_qat.pt``.
+
+    Returns a dict with ``float_acc`` and ``int8_acc`` (percent on the 450 test images),
+    ``times`` (stage -> seconds), ``table`` (the printed text), ``model`` (the QAT model, in
+    eval mode), ``x_test``/``y_test`` and ``out_dir``.
+    """
+    import linger
+
+    qat_epochs = max(1, epochs // 2) if qat_epochs is None else qat_epochs
+    out_dir = out_dir or tempfile.mkdtemp(prefix="linger-demo-")
+    os.makedirs(out_dir, exist_ok=True)
+    threads = torch.get_num_threads()
+    stages = Stages()
+
+    with stages.run("load digits") as row:
+        xtr, ytr, xte, yte = load_digits_data(seed)
+        row["result"] = f"{len(xtr)} train / {len(xte)} test"
+
+    with stages.run("float training") as row:
+        set_seed(seed)
+        model = DigitsCNN()
+        losses = train_epochs(model, xtr, ytr, epochs, lr=1e-2, seed=seed, desc="float",
+                              quiet=quiet)
+        torch.save(model.state_dict(), os.path.join(out_dir, "digits_float.pt"))
+        row["result"] = _epochs_and_loss(epochs, losses)
+
+    with stages.run("float accuracy") as row:
+        float_acc = accuracy(model, xte, yte)
+        row["result"] = f"{float_acc:.2f} %"
+
+    with stages.run("linger.init + QAT") as row:
+        model = linger.init(model)
+        losses = train_epochs(model, xtr, ytr, qat_epochs, lr=1e-3, seed=seed + 1, desc="QAT",
+                              quiet=quiet)
+        torch.save(model.state_dict(), os.path.join(out_dir, "digits_qat.pt"))
+        row["result"] = _epochs_and_loss(qat_epochs, losses)
+
+    with stages.run("int8 accuracy (eval)") as row:
+        int8_acc = accuracy(model, xte, yte)
+        row["result"] = f"{int8_acc:.2f} %  ({int8_acc - float_acc:+.2f})"
+
+    table = stages.table()
+    if not quiet:
+        print(f"linger demo: DigitsCNN on scikit-learn digits ({threads} torch thread"
+              f"{'s' if threads > 1 else ''}), checkpoints in {out_dir}")
+        print(table)
+    return {"float_acc": float_acc, "int8_acc": int8_acc,
+            "times": {n: s for n, _, s in stages.rows}, "table": table, "model": model,
+            "x_test": xte, "y_test": yte, "out_dir": out_dir}
