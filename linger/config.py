@@ -56,7 +56,7 @@ class Switches:
     flags: dict = field(default_factory=lambda: {
         "add": True, "sub": True, "mul": True, "div": True, "cat": True, "stack": True,
         "clamp": True, "sigmoid": True, "tanh": True, "softmax": True, "log_softmax": True,
-        "sum": True, "mean": True, "layer_norm": True, "matmul": False, "gelu": True, "silu": True,
+        "sum": True, "mean": True, "layer_norm": True, "matmul": True, "gelu": True, "silu": True,
     })
     bn_momentum_update: bool = False
 
@@ -72,3 +72,45 @@ class Switches:
 
 
 SWITCHES = Switches()
+
+
+def _setter(name: str, *ops: str):
+    def setter(enable: bool = True) -> None:
+        for op in ops:
+            SWITCHES.set(op, enable)
+    setter.__name__ = setter.__qualname__ = name
+    setter.__doc__ = (f"Quantize ``{'``, ``'.join(ops)}`` on quantized values (True, the default)"
+                      f" or run {'it' if len(ops) == 1 else 'them'} in float on the dequantized values"
+                      f" (False: a Dequant boundary in the exported graph). Checked at call time.")
+    return setter
+
+
+SetIQTensorAdd = _setter("SetIQTensorAdd", "add")
+SetIQTensorSub = _setter("SetIQTensorSub", "sub")
+SetIQTensorMul = _setter("SetIQTensorMul", "mul")
+SetIQTensorDiv = _setter("SetIQTensorDiv", "div")
+SetIQTensorCat = _setter("SetIQTensorCat", "cat")
+SetIQTensorStack = _setter("SetIQTensorStack", "stack")
+SetIQTensorClamp = _setter("SetIQTensorClamp", "clamp")
+SetIQTensorSigmoid = _setter("SetIQTensorSigmoid", "sigmoid")
+SetIQTensorTanh = _setter("SetIQTensorTanh", "tanh")
+SetIQTensorSoftmax = _setter("SetIQTensorSoftmax", "softmax")
+SetIQTensorLogSoftmax = _setter("SetIQTensorLogSoftmax", "log_softmax")
+SetIQTensorSum = _setter("SetIQTensorSum", "sum")
+SetIQTensorMean = _setter("SetIQTensorMean", "mean")
+SetIQTensorLayerNorm = _setter("SetIQTensorLayerNorm", "layer_norm")
+SetIQTensorGelu = _setter("SetIQTensorGelu", "gelu")
+SetIQTensorSilu = _setter("SetIQTensorSilu", "silu")
+SetFunctionBmmQuant = _setter("SetFunctionBmmQuant", "matmul")
+
+
+def SetBnMomentumUpdate(enable: bool = True) -> None:
+    """Original linger name: freeze the BatchNorm running statistics during QAT when True
+    (``SWITCHES.bn_momentum_update``). Checked by the quantized BatchNorm layers."""
+    if not isinstance(enable, bool):
+        raise ConfigError(f"SetBnMomentumUpdate takes True or False, got {enable!r}")
+    SWITCHES.bn_momentum_update = enable
+
+
+#: The switch functions, exported at the top level of ``linger``.
+SWITCH_FUNCTIONS = tuple(n for n in dir() if n.startswith("Set"))

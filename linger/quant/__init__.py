@@ -1,3 +1,4 @@
 """Training side: quantized values, layers and the ``init`` entry point (imports torch)."""
 
 from . import functional  # noqa: F401  (registers the QTensor handlers of functional ops)
+from . import ops_elementwise, ops_layernorm, ops_matmul, ops_nonlinear  # noqa: F401,E402

@@ -1,8 +1,13 @@
-"""Element-wise functional ops on quantized values that keep the exponent: ReLU6 / hardtanh.
+"""Element-wise functional ops on quantized values that keep the exponent: ReLU6 / hardtanh,
+dropout.
 
 ``hardtanh(x, lo, hi)`` on integers: ``q_o = clip(q, ceil(lo * 2**n), floor(hi * 2**n))``, the
 exponent ``n`` is unchanged (export: a standard ``Clip`` with integer bounds). ``relu6`` is
 ``hardtanh(x, 0, 6)``.
+
+``dropout``: identity in eval. In training, dropout scales the kept values by ``1/(1-p)``, which
+moves them off the grid, so the result is fake-quantized back onto the input's grid (same
+exponent and bits, saturating; straight-through gradient).
 """
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from . import trace
-from .qtensor import QTensor, _run_plain, register
+from .functions import fake_quant
+from .qtensor import QTensor, _layout, _run_plain, register
 
 
 def clip_on_grid(x: QTensor, lo: float, hi: float) -> QTensor:
@@ -43,5 +49,16 @@ def _relu6(func, args, kwargs):
     return clip_on_grid(x, 0.0, 6.0)
 
 
+def _dropout(func, args, kwargs):
+    x = args[0]
+    p = kwargs.get("p", args[1] if len(args) > 1 else 0.5)
+    training = kwargs.get("training", args[2] if len(args) > 2 else True)
+    if x.bits is None or not training or p == 0:
+        return _layout(func, args, kwargs)
+    y = _run_plain(func, args, kwargs)  # kept values scaled by 1/(1-p)
+    return QTensor.wrap(fake_quant(y, x.exp, x.bits), x.exp, x.bits)
+
+
 register([F.hardtanh], _hardtanh)
+register([F.dropout], _dropout)
 register([F.relu6], _relu6)

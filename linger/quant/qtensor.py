@@ -165,8 +165,8 @@ LAYOUT_FUNCS = [
     torch.nn.functional.pad, torch.Tensor.expand, torch.Tensor.expand_as, torch.Tensor.to,
     torch.Tensor.cpu, torch.Tensor.cuda, torch.nn.functional.relu, torch.relu, torch.Tensor.relu,
     torch.nn.functional.max_pool1d, torch.nn.functional.max_pool2d,
-    torch.nn.functional.dropout, torch.Tensor.unbind, torch.unbind,
-]
+    torch.Tensor.unbind, torch.unbind,
+]  # dropout: see linger.quant.functional (training rescales by 1/(1-p), off the grid)
 
 
 def register(funcs, handler) -> None:

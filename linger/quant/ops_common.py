@@ -1,0 +1,175 @@
+"""Shared plumbing of the quantized tensor ops (``ops_*.py``): one :class:`OpCall` per execution.
+
+Every quantized op handler follows the same three-way pattern::
+
+    call = OpCall.start("add", "add", stateful=True)   # op, switch; None -> float fallback
+    if call.training:  float op + fake quantization (straight-through gradients), statistics
+    else:              integers -> linger.iqmath (the runtime's own code) -> QTensor
+                       + call.record(...) while exporting
+
+The *fallback* is the dequant boundary of :mod:`linger.quant.qtensor`: the op runs in float on the
+dequantized values (export writes a ``Dequant``). It is taken when the op's switch is off
+(``linger.SetIQTensorAdd(False)``...), when an operand is neither a quantized value nor a supported
+constant, when the op runs outside a ``linger.init``-ed model's forward or inside a module passed to
+``linger.disable_quant``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .. import numerics
+from ..config import SWITCHES
+from . import scope, trace
+from .base import _value_dtype
+from .functions import exponent_for_range_t, fake_quant
+from .qtensor import QTensor, _run_plain, _unsupported
+
+
+def is_q(t) -> bool:
+    """A quantized QTensor (not a traced float)."""
+    return isinstance(t, QTensor) and t.bits is not None
+
+
+def is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def fallback(func, args, kwargs):
+    """Run ``func`` in float on the dequantized values: the documented dequant boundary."""
+    return _unsupported(func, args, kwargs, _run_plain(func, args, kwargs))
+
+
+def to_int(x: QTensor) -> np.ndarray:
+    """The integer payload of a quantized QTensor as int64 numpy (exact)."""
+    v = x.plain().detach().double() * (2.0 ** x.int_exp())
+    return np.rint(v.cpu().numpy()).astype(np.int64)
+
+
+def from_int(q: np.ndarray, exp: int, bits: int, like: torch.Tensor) -> QTensor:
+    """A QTensor holding integers ``q`` (numpy) at exponent ``exp``, on ``like``'s device."""
+    t = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float64)).to(like.device)
+    return QTensor.wrap((t * 2.0 ** -int(exp)).to(_value_dtype(like, bits)), int(exp), bits)
+
+
+def fq(x: torch.Tensor, exp, bits: int) -> torch.Tensor:
+    """Fake-quantize (straight-through) at an int or 0-dim tensor exponent."""
+    if not isinstance(exp, torch.Tensor):
+        exp = torch.tensor(int(exp), dtype=torch.int32, device=x.device)
+    return fake_quant(x, exp.to(x.device), bits)
+
+
+def weight_int(w: torch.Tensor, bits: int):
+    """A float constant (parameter, Python number) quantized like a weight: ``(q, n)`` with
+    ``n = floor(log2(qmax / max|w|))``; ``q`` as int64 numpy."""
+    w = torch.as_tensor(w).detach().double()
+    n = int(exponent_for_range_t(w.abs().amax() if w.numel() else w.new_zeros(()), bits))
+    q = numerics.quantize(w, n, bits)
+    return np.rint(q.cpu().numpy()).astype(np.int64), n
+
+
+def weight_fake(w: torch.Tensor, bits: int):
+    """Training twin of :func:`weight_int`: ``(fake-quantized w, n)``."""
+    n = exponent_for_range_t(w.detach().abs().amax(), bits)
+    return fq(w, n, bits), n
+
+
+def switch_on(op: str) -> bool:
+    return SWITCHES.enabled(op)
+
+
+class OpCall:
+    """One execution of a quantized op: owner module, site, statistic and mode."""
+
+    __slots__ = ("op", "frame", "key", "stat", "cfg", "training")
+
+    @classmethod
+    def start(cls, op: str, switch: str, stateful: bool):
+        """The call context, or None when the op must fall back to float."""
+        if not switch_on(switch):
+            return None
+        frame = scope.owner()
+        if frame is None or frame.disabled:
+            return None
+        call = cls.__new__(cls)
+        call.op, call.frame = op, frame
+        call.cfg = scope.config_of(frame)
+        call.training = frame.module.training
+        call.key = scope.site_key(frame, op) if stateful or trace.current() is not None else op
+        call.stat = None
+        return call
+
+    @property
+    def where(self) -> str:
+        rec = trace.current()
+        path = rec.module_path() if rec is not None else type(self.frame.module).__name__
+        return f"op '{self.key}' in '{path}'"
+
+    # -- statistics ---------------------------------------------------------------------------
+    def observe(self, y: torch.Tensor, bits: int) -> torch.Tensor:
+        """Training: update this site's range with ``y``; the exponent (0-dim int32 tensor)."""
+        if self.stat is None:
+            self.stat = scope.get_stat(self.frame.module, self.key, True, y.device)
+        return self.stat.observe(y, bits, self.cfg.momentum, self.where)
+
+    def stored_exp(self) -> int:
+        """Eval: the exponent gathered in training (NotCalibratedError if none)."""
+        stat = scope.get_stat(self.frame.module, self.key, False)
+        if stat is None:
+            from ..errors import NotCalibratedError
+            raise NotCalibratedError(
+                f"{self.where} has no output range yet: run at least one training-mode forward"
+                f" pass (model.train()) before eval or export, or load a checkpoint that has it")
+        return stat.stored_exp(self.where)
+
+    # -- export -------------------------------------------------------------------------------
+    def record(self, op_type: str, inputs: list, out, attrs: dict, outputs=None) -> None:
+        """Write one ``ai.linger`` node when exporting. ``inputs``: tensors (traced values or
+        constants) or ``("const", array)`` pairs for integer initializers."""
+        rec = trace.current()
+        if rec is None:
+            return
+        from ..onnx.recorder import DOMAIN  # only while exporting: quant never imports onnx
+        names = []
+        for t in inputs:
+            if isinstance(t, tuple) and t and t[0] == "const":
+                names.append(rec.constant(t[1], base=f"{self.key}.c"))
+            else:
+                names.append(rec.name_of(t))
+        name = rec.unique(f"{rec.module_path()}.{self.key}")
+        rec.emit(op_type, names, outputs if outputs is not None else [out], name=name,
+                 domain=DOMAIN, **attrs)
+
+
+def inplace(handler):
+    """Wrap ``handler`` for an in-place torch function (``x.add_(y)``, ``x += y``, ``x.clamp_()``):
+    the quantized result is copied into ``x``, whose exponent and bits are updated, and ``x`` is
+    returned, as torch does (autograd sees a ``copy_``). If the op fell back to float, ``x`` now
+    holds float values and stops being a quantized value (``bits = None``)."""
+    def run(func, args, kwargs):
+        x = args[0]
+        copied = is_q(x) and x.requires_grad and torch.is_grad_enabled()
+        if copied:  # the op may save its input for backward: give it a copy, x is overwritten
+            c = x.clone()
+            args = tuple(c if a is x else a for a in args)
+        out = handler(func, args, kwargs)
+        if out is x or not isinstance(x, QTensor):
+            return out
+        if is_q(out) or copied:
+            with torch._C.DisableTorchFunctionSubclass():
+                torch.Tensor.copy_(x, out)
+        rec = trace.current()
+        if rec is not None and isinstance(out, torch.Tensor):
+            rec.alias(x, out)  # later uses of x read the new graph value
+        if not is_q(out):  # float fallback: x now holds float values, off any grid
+            x.bits = None
+            return out
+        x.exp, x.bits = out.exp, out.bits
+        return x
+    return run
+
+
+def int_const(q: np.ndarray, bits: int) -> tuple:
+    """An integer initializer for :meth:`OpCall.record`, stored in the dtype of ``bits``."""
+    return ("const", np.asarray(q).astype(numerics.int_dtype(bits)))

@@ -1,0 +1,294 @@
+"""Quantized element-wise arithmetic, concatenation, clamping and reductions on QTensors.
+
+=============  =====================================================================  ==========
+op             eval integer algorithm (:mod:`linger.iqmath`)                          output grid
+=============  =====================================================================  ==========
+add, sub       ``sat(sat32(rs(qx, nx-no)) +/- sat32(rs(qy, ny-no)))``                 statistic
+mul            ``sat(rs(qx * qy, nx + ny - no))``                                      statistic
+div by const   mul by ``1/c`` quantized to int16 (own exponent)                        statistic
+cat, stack     ``sat(rs(q_i, n_i - no))`` then concatenate                             ``min(n_i)``
+clamp, clip    ``clip(q, ceil(lo 2**n), floor(hi 2**n))`` (standard ``Clip``)           input's
+sum            ``sat(rs(sum q, n - no))``                                               statistic
+mean           ``sat(rs(sum q * m, t + n - no))``, ``m = rhu(2**t / k)``                statistic
+=============  =====================================================================  ==========
+
+Constants: a Python number or ``nn.Parameter`` added/subtracted is quantized on the output grid
+(int32); one multiplied is quantized like a weight (numbers to int16, parameters to the owner's
+``parameter_bits``). Anything else that is not a quantized value (a float activation, a plain
+tensor) makes the op fall back to float (dequant boundary). In-place forms (``x += y``,
+``x.add_(y)``, ``x.clamp_()``) update ``x`` as torch does (see :func:`ops_common.inplace`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .. import iqmath, numerics
+from . import trace
+from .functional import clip_on_grid
+from .ops_common import (OpCall, fallback, fq, from_int, inplace, int_const, is_number, is_q,
+                         to_int, weight_fake, weight_int)
+from .qtensor import QTensor, register
+
+T = torch.Tensor
+
+
+def _funcs(*names_and_objs):
+    out = []
+    for f in names_and_objs:
+        if isinstance(f, tuple):  # (owner, attribute) that may not exist in this torch version
+            f = getattr(*f, None)
+        if f is not None:
+            out.append(f)
+    return out
+
+
+def _const(v):
+    """A supported constant operand (Python number or nn.Parameter), else None."""
+    if is_number(v):
+        return torch.tensor(float(v), dtype=torch.float64)
+    if isinstance(v, nn.Parameter) and not isinstance(v, QTensor):
+        return v
+    return None
+
+
+def _like(*vals):
+    return next(v for v in vals if is_q(v))
+
+
+def _out_bits(*vals) -> int:
+    return max(v.bits for v in vals if is_q(v))
+
+
+# -- add / sub ----------------------------------------------------------------------------------
+
+def _addsub(func, args, kwargs, subtract: bool, reverse: bool = False):
+    a = args[0]
+    b = args[1] if len(args) > 1 else kwargs.get("other")
+    if kwargs.get("alpha", 1) != 1 or "out" in kwargs or len(args) > 2:
+        return fallback(func, args, kwargs)
+    if reverse:  # Tensor.__rsub__(x, c) computes c - x
+        a, b = b, a
+    if not (is_q(a) or is_q(b)) or not all(is_q(v) or _const(v) is not None for v in (a, b)):
+        return fallback(func, args, kwargs)
+    op = "sub" if subtract else "add"
+    call = OpCall.start(op, op, stateful=True)
+    if call is None:
+        return fallback(func, args, kwargs)
+    bits = _out_bits(a, b)
+    like = _like(a, b)
+    if call.training:
+        fa, fb = (v.plain() if is_q(v) else _const(v).to(like.device, like.dtype) for v in (a, b))
+        exp = call.observe(fa - fb if subtract else fa + fb, bits)
+        ra, rb = fq(fa, exp, 32), fq(fb, exp, 32)  # each operand on the output grid, as in eval
+        return QTensor.wrap(fq(ra - rb if subtract else ra + rb, exp, bits), exp, bits)
+    no = call.stored_exp()
+    ints, ins, attrs = [], [], {}
+    for tag, v in (("x", a), ("y", b)):
+        if is_q(v):
+            q, n, vb = to_int(v), v.int_exp(), v.bits
+            ins.append(v)
+        else:  # constant on the output grid, int32
+            q = np.rint(numerics.quantize(_const(v).detach().double(), no, 32).cpu().numpy())
+            q, n, vb = q.astype(np.int64), no, 32
+            ins.append(int_const(q, 32))
+        ints.append(q)
+        attrs.update({f"exp_{tag}": n, f"bits_{tag}": vb})
+    q = iqmath.add(ints[0], attrs["exp_x"], ints[1], attrs["exp_y"], no, bits, subtract)
+    out = from_int(q, no, bits, like)
+    call.record("iqSub" if subtract else "iqAdd", ins, out,
+                dict(attrs, exp_o=no, bits_o=bits))
+    return out
+
+
+# -- mul / div ----------------------------------------------------------------------------------
+
+def _mul_like(func, args, kwargs, a, b, op: str, op_type: str):
+    """``a * b`` with ``a`` quantized; ``b`` quantized or a constant (given as float tensor)."""
+    call = OpCall.start(op, op, stateful=True)
+    if call is None:
+        return fallback(func, args, kwargs)
+    bits = _out_bits(a, b)
+    const_bits = 16 if not isinstance(b, nn.Parameter) else call.cfg.parameter_bits
+    if call.training:
+        fb = b.plain() if is_q(b) else weight_fake(b.to(a.device, a.dtype), const_bits)[0]
+        y = a.plain() * fb
+        exp = call.observe(y, bits)
+        return QTensor.wrap(fq(y, exp, bits), exp, bits)
+    no = call.stored_exp()
+    if is_q(b):
+        qb, nb, bb, b_in = to_int(b), b.int_exp(), b.bits, b
+    else:
+        qb, nb = weight_int(b, const_bits)
+        bb, b_in = const_bits, int_const(qb, const_bits)
+    q = iqmath.mul(to_int(a), a.int_exp(), qb, nb, no, bits)
+    out = from_int(q, no, bits, a)
+    call.record(op_type, [a, b_in], out, {"exp_x": a.int_exp(), "bits_x": a.bits, "exp_y": nb,
+                                         "bits_y": bb, "exp_o": no, "bits_o": bits})
+    return out
+
+
+def _mul(func, args, kwargs):
+    a = args[0]
+    b = args[1] if len(args) > 1 else kwargs.get("other")
+    if "out" in kwargs or len(args) > 2:
+        return fallback(func, args, kwargs)
+    if not is_q(a):
+        a, b = b, a
+    if not is_q(a) or not (is_q(b) or _const(b) is not None):
+        return fallback(func, args, kwargs)
+    return _mul_like(func, args, kwargs, a, b if is_q(b) else _const(b), "mul", "iqMul")
+
+
+def _div(func, args, kwargs):
+    a = args[0]
+    b = args[1] if len(args) > 1 else kwargs.get("other")
+    if (not is_q(a) or not is_number(b) or float(b) == 0.0 or not math.isfinite(float(b))
+            or kwargs.get("rounding_mode") is not None or "out" in kwargs):
+        return fallback(func, args, kwargs)
+    recip = torch.tensor(1.0 / float(b), dtype=torch.float64)
+    return _mul_like(func, args, kwargs, a, recip, "div", "iqDiv")
+
+
+# -- cat / stack --------------------------------------------------------------------------------
+
+def _cat(func, args, kwargs, new_axis: bool):
+    tensors = list(args[0] if args else kwargs.get("tensors", kwargs.get("seq")))
+    dim = args[1] if len(args) > 1 else kwargs.get("dim", kwargs.get("axis", 0))
+    if "out" in kwargs or not tensors or not all(is_q(t) for t in tensors):
+        return fallback(func, args, kwargs)
+    op = "stack" if new_axis else "cat"
+    call = OpCall.start(op, op, stateful=False)
+    if call is None:
+        return fallback(func, args, kwargs)
+    exps, bits_in = [t.int_exp() for t in tensors], [t.bits for t in tensors]
+    no, bits = iqmath.cat_format(exps, bits_in)
+    axis = int(dim) % (tensors[0].dim() + (1 if new_axis else 0))
+    join = torch.stack if new_axis else torch.cat
+    if call.training:
+        y = join([fq(t.plain(), no, bits) for t in tensors], axis)
+        return QTensor.wrap(y, no, bits)
+    q = iqmath.cat([to_int(t) for t in tensors], exps, no, bits, axis, new_axis)
+    out = from_int(q, no, bits, tensors[0])
+    call.record("iqCat", tensors, out, {"axis": axis, "new_axis": int(new_axis),
+                                        "exp_inputs": exps, "bits_inputs": bits_in,
+                                        "exp_o": no, "bits_o": bits})
+    return out
+
+
+# -- clamp --------------------------------------------------------------------------------------
+
+def _clamp(func, args, kwargs):
+    x = args[0]
+    lo = args[1] if len(args) > 1 else kwargs.get("min")
+    hi = args[2] if len(args) > 2 else kwargs.get("max")
+    if (not is_q(x) or "out" in kwargs or not all(v is None or is_number(v) for v in (lo, hi))
+            or (lo is None and hi is None)):
+        return fallback(func, args, kwargs)
+    if OpCall.start("clamp", "clamp", stateful=False) is None:
+        return fallback(func, args, kwargs)
+    n = x.int_exp()
+    qlo = math.ceil(lo * 2.0 ** n) if lo is not None else numerics.qmin(x.bits)
+    qhi = math.floor(hi * 2.0 ** n) if hi is not None else numerics.qmax(x.bits)
+    qlo, qhi = max(qlo, numerics.qmin(x.bits)), min(qhi, numerics.qmax(x.bits))
+    return clip_on_grid(x, qlo * 2.0 ** -n, max(qlo, qhi) * 2.0 ** -n)
+
+
+# -- sum / mean ---------------------------------------------------------------------------------
+
+def _reduce_args(args, kwargs):
+    dim = args[1] if len(args) > 1 else kwargs.get("dim", kwargs.get("axis"))
+    keepdim = bool(args[2] if len(args) > 2 else kwargs.get("keepdim", False))
+    if isinstance(dim, (list, tuple)):
+        dim = tuple(int(d) for d in dim)
+        dim = dim or None
+    return dim, keepdim
+
+
+def _axes_list(x, dim) -> list:
+    if dim is None:
+        return list(range(x.dim()))
+    dims = dim if isinstance(dim, tuple) else (dim,)
+    return sorted(int(d) % x.dim() for d in dims)
+
+
+def _sum(func, args, kwargs):
+    x = args[0]
+    if not is_q(x) or kwargs.get("dtype") is not None or "out" in kwargs:
+        return fallback(func, args, kwargs)
+    dim, keepdim = _reduce_args(args, kwargs)
+    call = OpCall.start("sum", "sum", stateful=True)
+    if call is None:
+        return fallback(func, args, kwargs)
+    bits = x.bits
+    if call.training:
+        y = x.plain().sum() if dim is None and not keepdim else \
+            x.plain().sum(_axes_list(x, dim), keepdim=keepdim)
+        exp = call.observe(y, bits)
+        return QTensor.wrap(fq(y, exp, bits), exp, bits)
+    no, axes = call.stored_exp(), _axes_list(x, dim)
+    out = from_int(iqmath.reduce_sum(to_int(x), x.int_exp(), no, bits, axes, keepdim), no, bits, x)
+    call.record("iqSum", [x], out, {"axes": axes, "keepdims": int(keepdim), "exp_x": x.int_exp(),
+                                    "bits_x": bits, "exp_o": no, "bits_o": bits})
+    return out
+
+
+def _mean(func, args, kwargs):
+    x = args[0]
+    if not is_q(x) or x.bits > 16 or kwargs.get("dtype") is not None or "out" in kwargs:
+        return fallback(func, args, kwargs)
+    dim, keepdim = _reduce_args(args, kwargs)
+    call = OpCall.start("mean", "mean", stateful=True)
+    if call is None:
+        return fallback(func, args, kwargs)
+    axes, bits = _axes_list(x, dim), x.bits
+    if call.training:
+        y = x.plain().mean(axes, keepdim=keepdim) if axes else x.plain()
+        exp = call.observe(y, bits)
+        return QTensor.wrap(fq(y, exp, bits), exp, bits)
+    n, no = x.int_exp(), call.stored_exp()
+    out = from_int(iqmath.reduce_mean(to_int(x), n, no, bits, axes, keepdim), no, bits, x)
+    call.record("iqMean", [x], out, {"axes": axes, "keepdims": int(keepdim), "exp_x": n,
+                                     "bits_x": bits, "exp_o": no, "bits_o": bits})
+    return out
+
+
+# -- channel shuffle (layout) -------------------------------------------------------------------
+
+def _channel_shuffle(func, args, kwargs):
+    """``(N, C, *) -> (N, g, C/g, *) -> swap 1,2 -> (N, C, *)``: pure layout, exponent kept; written
+    with the QTensor layout ops so export records Reshape/Transpose/Reshape."""
+    x = args[0]
+    groups = int(args[1] if len(args) > 1 else kwargs["groups"])
+    if not isinstance(x, QTensor) or (x.bits is None and trace.current() is None):
+        return fallback(func, args, kwargs)
+    n, c = x.shape[0], x.shape[1]
+    return x.reshape(n, groups, c // groups, *x.shape[2:]).transpose(1, 2).reshape(x.shape)
+
+
+_ADD = lambda f, a, k: _addsub(f, a, k, False)  # noqa: E731
+_SUB = lambda f, a, k: _addsub(f, a, k, True)  # noqa: E731
+register(_funcs(T.add, torch.add, T.__add__, T.__radd__), _ADD)
+register(_funcs(T.__iadd__, T.add_), inplace(_ADD))
+register(_funcs(T.sub, torch.sub, T.__sub__, (T, "subtract"), (torch, "subtract")), _SUB)
+register(_funcs(T.__isub__, T.sub_, (T, "subtract_")), inplace(_SUB))
+register(_funcs(T.__rsub__, (torch, "rsub")), lambda f, a, k: _addsub(f, a, k, True, True))
+register(_funcs(T.mul, torch.mul, T.__mul__, T.__rmul__, (T, "multiply"), (torch, "multiply")),
+         _mul)
+register(_funcs(T.__imul__, T.mul_, (T, "multiply_")), inplace(_mul))
+register(_funcs(T.div, torch.div, T.__truediv__, (T, "divide"), (torch, "divide"),
+                (T, "true_divide"), (torch, "true_divide")), _div)
+register(_funcs(T.__itruediv__, T.div_, (T, "divide_"), (T, "true_divide_")), inplace(_div))
+register(_funcs(torch.cat, (torch, "concat"), (torch, "concatenate")),
+         lambda f, a, k: _cat(f, a, k, False))
+register([torch.stack], lambda f, a, k: _cat(f, a, k, True))
+register(_funcs(T.clamp, torch.clamp, T.clip, torch.clip), _clamp)
+register(_funcs(T.clamp_, (T, "clip_")), inplace(_clamp))
+register(_funcs(T.sum, torch.sum), _sum)
+register(_funcs(T.mean, torch.mean), _mean)
+register(_funcs(torch.channel_shuffle, (torch.nn.functional, "channel_shuffle")),
+         _channel_shuffle)
