@@ -15,7 +15,11 @@ The training-side names (``init``, ``QTensor``, ``onnx``...) import torch on fir
 
 import importlib
 
-from .config import QuantConfig
+from .config import (SWITCH_FUNCTIONS, QuantConfig, SetBnMomentumUpdate, SetFunctionBmmQuant,
+                     SetIQTensorAdd, SetIQTensorCat, SetIQTensorClamp, SetIQTensorDiv,
+                     SetIQTensorGelu, SetIQTensorLayerNorm, SetIQTensorLogSoftmax, SetIQTensorMean,
+                     SetIQTensorMul, SetIQTensorSigmoid, SetIQTensorSilu, SetIQTensorSoftmax,
+                     SetIQTensorStack, SetIQTensorSub, SetIQTensorSum, SetIQTensorTanh)
 from .errors import (ConfigError, ExportError, InputError, LingerError, ModelFileError,
                      NotCalibratedError, NumericError, UnsupportedError)
 
@@ -27,10 +31,17 @@ _LAZY = {
     "quant_module": "linger.quant.api",
     "disable_quant": "linger.quant.api",
     "QTensor": "linger.quant.qtensor",
+    "normalize_layers": "linger.quant.normalize",
+    "normalize_module": "linger.quant.normalize",
+    "disable_normalize": "linger.quant.normalize",
+    "trace_layers": "linger.quant.fuse",
+    "quant_tensor": "linger.quant.ops_tensor",
+    "wb_analyse": "linger.analysis",
+    "Dumper": "linger.analysis",
 }
 _LAZY_MODULES = ("onnx", "runtime", "quant")
 
-__all__ = sorted(list(_LAZY) + list(_LAZY_MODULES) + [
+__all__ = sorted(list(_LAZY) + list(_LAZY_MODULES) + list(SWITCH_FUNCTIONS) + [
     "QuantConfig", "LingerError", "ConfigError", "UnsupportedError", "NotCalibratedError",
     "ExportError", "ModelFileError", "InputError", "NumericError"])
 

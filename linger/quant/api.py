@@ -6,7 +6,7 @@ import torch.nn as nn
 
 from ..config import QuantConfig
 from ..errors import ConfigError
-from . import qtensor
+from . import qtensor, scope
 from .base import STATE_BUFFERS, QuantMixin
 from .layers import PASSTHROUGH_CLASSES, QUANT_CLASSES
 
@@ -18,7 +18,7 @@ _DISABLED = "_linger_quant_disabled"
 
 def init(model: nn.Module, quant_modules=DEFAULT_QUANT_MODULES, data_bits: int = 8,
          parameter_bits: int = 8, out_bits: int = 8, *, momentum: float = 0.1,
-         on_unsupported: str = "dequant") -> nn.Module:
+         on_unsupported: str = "dequant", target=None) -> nn.Module:
     """Make ``model`` quantization-aware, in place, and return it.
 
     Every sub-module whose type is in ``quant_modules`` becomes its quantized twin (same
@@ -29,6 +29,10 @@ def init(model: nn.Module, quant_modules=DEFAULT_QUANT_MODULES, data_bits: int =
     Bits: ``data_bits`` in {8, 16}, ``parameter_bits`` in {4, 8, 16}, ``out_bits`` in {8, 16, 32}.
     ``on_unsupported``: "dequant" (a torch op without a quantized version computes in float on the
     dequantized value) or "error".
+    ``target``: a chip (``"venus"``, ``"venusA"``, ``"arcs"`` or a profile path, see
+    docs/packer.md): every layer is first checked against its limits, and a
+    :class:`~linger.errors.TargetError` listing each violating layer is raised before anything
+    changes. ``None`` (default): no check.
 
     >>> import torch, linger
     >>> net = linger.init(torch.nn.Sequential(torch.nn.Linear(4, 2)))
@@ -39,9 +43,14 @@ def init(model: nn.Module, quant_modules=DEFAULT_QUANT_MODULES, data_bits: int =
     """
     cfg = QuantConfig(data_bits, parameter_bits, out_bits, momentum, on_unsupported)
     types = _check_types(quant_modules)
+    if target is not None:  # report layers the chip cannot run before training starts
+        from ..targets import check_layers
+        check_layers(model, target, cfg, {t: QUANT_CLASSES[t] for t in types
+                                          if t in QUANT_CLASSES}, _DISABLED)
     qtensor.POLICY["on_unsupported"] = on_unsupported
     model = _convert(model, types, cfg, "")
     _install_load_hook(model)
+    scope.install(model, cfg)  # owners and stable state names of quantized tensor ops
     return model
 
 
@@ -58,15 +67,15 @@ def quant_module(module: nn.Module, quant_modules=DEFAULT_QUANT_MODULES, data_bi
 def disable_quant(module: nn.Module) -> nn.Module:
     """Keep ``module`` (and everything inside it) in float.
 
-    Before ``linger.init``: init skips it. After: its quantized layers are turned back into their
-    float classes (parameters kept). Returns the module.
+    Before ``linger.init``: init skips it. After: its quantized layers, ``module`` itself
+    included, turn back into their float classes in place (same objects, parameters kept,
+    quantization buffers dropped), so ``linger.disable_quant(model.fc)`` works without
+    re-assigning. Returns the module.
     """
     setattr(module, _DISABLED, True)
-    for name, child in list(module.named_children()):
-        if isinstance(child, QuantMixin):
-            setattr(module, name, _dequantized(child))
-        else:
-            disable_quant(child)
+    for m in module.modules():
+        if isinstance(m, QuantMixin):
+            _to_float_in_place(m)
     return module
 
 
@@ -88,8 +97,11 @@ def _check_types(quant_modules):
 def _convert(module, types, cfg, name):
     if getattr(module, _DISABLED, False) or isinstance(module, QuantMixin):
         return module
-    if type(module) in types and type(module) in QUANT_CLASSES:
-        return _quantized(module, QUANT_CLASSES[type(module)], cfg, name)
+    # a stage-1 layer of the two-stage flow (normalize.py) converts like the torch class it
+    # stands for; its settings travel in its __dict__ (two_stage.py)
+    ftype = getattr(type(module), "linger_float_type", type(module))
+    if ftype in types and ftype in QUANT_CLASSES:
+        return _quantized(module, QUANT_CLASSES[ftype], cfg, name)
     for child_name, child in list(module.named_children()):
         full = f"{name}.{child_name}" if name else child_name
         new = _convert(child, types, cfg, full)
@@ -102,20 +114,20 @@ def _quantized(module, qcls, cfg, name):
     """A ``qcls`` instance sharing ``module``'s parameters, buffers and hooks (no copy)."""
     q = qcls.__new__(qcls)
     _copy_state(module, q)
+    q.__dict__["_linger_pre_quant_cls"] = type(module)  # what disable_quant turns it back into
     q._linger_setup(cfg, name)
     q._check_options()
     return q
 
 
-def _dequantized(q):
-    float_cls = next(f for f, c in QUANT_CLASSES.items() if isinstance(q, c))
-    m = float_cls.__new__(float_cls)
-    _copy_state(q, m)
+def _to_float_in_place(q):
+    float_cls = q.__dict__.pop("_linger_pre_quant_cls", None) or \
+        next(f for f, c in QUANT_CLASSES.items() if isinstance(q, c))
     for b in STATE_BUFFERS:
-        m._buffers.pop(b, None)
+        q._buffers.pop(b, None)
     for attr in ("linger_cfg", "linger_name"):
-        m.__dict__.pop(attr, None)
-    return m
+        q.__dict__.pop(attr, None)
+    q.__class__ = float_cls  # same layout: the quantized class only adds methods and buffers
 
 
 def _copy_state(src, dst):

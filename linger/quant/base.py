@@ -21,7 +21,7 @@ import torch
 from .. import numerics
 from ..config import QuantConfig
 from ..errors import NotCalibratedError, NumericError
-from . import trace
+from . import trace, two_stage
 from .functions import batch_absmax, exponent_for_range_t, fake_quant, update_range
 from .qtensor import QTensor
 
@@ -59,15 +59,16 @@ class QuantMixin:
         return f"{type(self).__name__} '{self.linger_name or '<root>'}'"
 
     # -- statistics ----------------------------------------------------------------------------
-    def _observe(self, prefix: str, x: torch.Tensor, bits: int) -> torch.Tensor:
-        """Update the running range of ``prefix`` with batch ``x``; return the new exponent."""
+    def _observe(self, prefix: str, x: torch.Tensor, bits: int, min_exp=None) -> torch.Tensor:
+        """Update the running range of ``prefix`` with batch ``x``; return the new exponent
+        (at least ``min_exp`` when given)."""
         m = batch_absmax(x)
         if not torch.isfinite(m):
             raise NumericError(f"{self._where()}: {prefix} contains NaN or infinity; check the"
                                f" data and the learning rate (quantization needs finite values)")
         rng, ready = getattr(self, f"{prefix}_range"), getattr(self, f"{prefix}_ready")
         update_range(rng, ready, m, self.linger_cfg.momentum)
-        exp = exponent_for_range_t(rng, bits)
+        exp = two_stage.at_least(exponent_for_range_t(rng, bits), min_exp)
         getattr(self, f"{prefix}_exp").copy_(exp)
         return exp
 
@@ -111,7 +112,10 @@ class QuantMixin:
         m = w.detach().abs().amax()
         if not torch.isfinite(m):
             raise NumericError(f"{self._where()}: weights contain NaN or infinity")
-        return exponent_for_range_t(m, self.linger_cfg.parameter_bits)
+        bits = self.linger_cfg.parameter_bits
+        # two-stage flow: normalize_weight_value v caps the weight range (exponent >= floor)
+        return two_stage.at_least(exponent_for_range_t(m, bits),
+                                  two_stage.weight_min_exp(self, bits))
 
     def fake_weight(self, w: torch.Tensor):
         exp = self.weight_exp(w)
@@ -125,7 +129,10 @@ class QuantMixin:
     # -- output -------------------------------------------------------------------------------
     def quant_output_train(self, y: torch.Tensor) -> QTensor:
         bits = self.linger_cfg.out_bits
-        exp = self._observe("output", y, bits)
+        # two-stage flow: an "ahead ReLU" layer takes its range from relu(y); the
+        # normalize_output_value v caps the range (exponent >= floor). See two_stage.py.
+        exp = self._observe("output", two_stage.output_statistic(self, y), bits,
+                            min_exp=two_stage.output_min_exp(self, bits))
         return QTensor.wrap(fake_quant(y, exp, bits), exp, bits)
 
     def int_output(self, acc: torch.Tensor, exp_acc: int, like: torch.Tensor):

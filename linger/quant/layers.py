@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from .. import numerics
 from ..errors import UnsupportedError
-from . import trace
+from . import trace, two_stage
 from .base import QuantMixin, int_values
 from .functions import fake_quant
 from .qtensor import QTensor
@@ -33,14 +33,18 @@ class _WeightedQuant(QuantMixin):
         return {}
 
     def forward(self, x):
+        # two-stage flow (two_stage.py): a conv with a BatchNorm fused by trace_layers trains on
+        # batch statistics until they are frozen; otherwise it computes with folded weight/bias.
+        if self.training and two_stage.trains_with_batch_stats(self):
+            return two_stage.fused_train_quant(self, x)
         xq = self.quant_input(x)
-        bias = self.bias
+        weight, bias = two_stage.quant_parameters(self)  # (self.weight, self.bias) if not fused
         if self.training:
-            w, nw = self.fake_weight(self.weight)
+            w, nw = self.fake_weight(weight)
             b = None if bias is None else fake_quant(bias, xq.exp + nw, numerics.BIAS_BITS)
             return self.quant_output_train(self._float_op(xq.plain(), w, b))
         nx = xq.int_exp()
-        qw, nw = self.int_weight(self.weight)
+        qw, nw = self.int_weight(weight)
         qb = None if bias is None else numerics.quantize_bias(bias.detach().double(), nx, nw)
         acc = self._float_op(int_values(xq), qw, qb)  # exact int accumulator, float64
         out, no = self.int_output(acc, nx + nw, like=xq)
@@ -136,16 +140,19 @@ class _BatchNormQuant(QuantMixin):
 
     def _affine(self, mean, var):
         a = self.weight / torch.sqrt(var + self.eps)
-        return a, self.bias - mean * a
+        return a, two_stage.clamp_bias(self, self.bias - mean * a)  # normalize_bias_value, if set
 
     def forward(self, x):
         xq = self.quant_input(x)
         shape = [1, -1] + [1] * (xq.dim() - 2)  # broadcast over (N, C, *)
         if self.training:
             xf = xq.plain()
-            dims = [d for d in range(xf.dim()) if d != 1]
-            mean, var = xf.mean(dims), xf.var(dims, unbiased=False)
-            self._update_running(mean, var, xf.numel() // xf.shape[1])
+            if two_stage.bn_stats_frozen():  # linger.SetBnMomentumUpdate(True): train as eval
+                mean, var = self.running_mean, self.running_var
+            else:
+                dims = [d for d in range(xf.dim()) if d != 1]
+                mean, var = xf.mean(dims), xf.var(dims, unbiased=False)
+                self._update_running(mean, var, xf.numel() // xf.shape[1])
             a, c = self._affine(mean, var)
             aq, na = self.fake_weight(a)
             cq = fake_quant(c, xq.exp + na, numerics.BIAS_BITS)

@@ -1,0 +1,181 @@
+"""Stage 1 of the two-stage flow: float training with clamped weights, biases and outputs.
+
+``normalize_layers`` turns each matching layer, in place, into its *stage-1 class*
+(``nn.Conv2d`` -> :class:`NormalizeConv2d`): the same object, the same parameters under the same
+names, a forward that clamps. Float checkpoints therefore load before or after the call with
+``strict=True``. ``linger.init`` later turns a stage-1 layer into the quantized layer of its torch
+class and keeps the settings, which become quantization ranges (docs/two_stage.md):
+
+- weight value ``v``: minimum weight exponent ``bits-1-ceil(log2 v)`` (int8, v = 8: the weight grid
+  is ``[-8, 7.9375]``, saturation is the clamp);
+- bias value: the float bias is clamped before it is quantized to int32;
+- output value: minimum output exponent, by the same rule as weights.
+
+Clamps are ``torch.clamp``: gradient 1 inside ``[-v, v]``, 0 where clamped.
+"""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+from ..errors import ConfigError
+from . import two_stage
+from .base import QuantMixin
+from .layers import (QUANT_CLASSES, QConv1d, QConv2d, QConvTranspose1d, QConvTranspose2d,
+                     QLinear)
+from .two_stage import AHEAD_RELU_ATTR, BN_ATTR, SPEC_ATTR, NormalizeSpec
+
+_DISABLED = "_linger_normalize_disabled"
+
+
+class _Stage1:
+    """Float layer of the two-stage flow. ``linger_float_type``: the torch class it stands for
+    (``linger.init`` converts it like that class)."""
+
+    linger_float_type: type = nn.Module
+
+    def extra_repr(self) -> str:
+        parts = [super().extra_repr()]
+        spec = two_stage.spec_of(self)
+        if spec is not None:
+            parts.append(str(spec))
+        bn = two_stage.fused_bn(self)
+        if bn is not None:
+            parts.append(f"fused_bn={type(bn).__name__}({bn.num_features})")
+        if self.__dict__.get(AHEAD_RELU_ATTR):
+            parts.append("ahead_relu")
+        return ", ".join(p for p in parts if p)
+
+
+class _Stage1Weighted(_Stage1):
+    def forward(self, x):
+        return two_stage.stage1_forward(self, x)
+
+
+class NormalizeConv1d(_Stage1Weighted, nn.Conv1d):
+    linger_float_type = nn.Conv1d
+    _float_op = QConv1d._float_op
+
+
+class NormalizeConv2d(_Stage1Weighted, nn.Conv2d):
+    linger_float_type = nn.Conv2d
+    _float_op = QConv2d._float_op
+
+
+class NormalizeConvTranspose1d(_Stage1Weighted, nn.ConvTranspose1d):
+    linger_float_type = nn.ConvTranspose1d
+    _float_op = QConvTranspose1d._float_op
+
+
+class NormalizeConvTranspose2d(_Stage1Weighted, nn.ConvTranspose2d):
+    linger_float_type = nn.ConvTranspose2d
+    _float_op = QConvTranspose2d._float_op
+
+
+class NormalizeLinear(_Stage1Weighted, nn.Linear):
+    linger_float_type = nn.Linear
+    _float_op = QLinear._float_op
+
+
+class _Stage1BatchNorm(_Stage1):
+    def forward(self, x):
+        return two_stage.stage1_batchnorm(self, x)
+
+
+class NormalizeBatchNorm1d(_Stage1BatchNorm, nn.BatchNorm1d):
+    linger_float_type = nn.BatchNorm1d
+
+
+class NormalizeBatchNorm2d(_Stage1BatchNorm, nn.BatchNorm2d):
+    linger_float_type = nn.BatchNorm2d
+
+
+#: torch class -> stage-1 class.
+STAGE1_CLASSES = {c.linger_float_type: c for c in (
+    NormalizeConv1d, NormalizeConv2d, NormalizeConvTranspose1d, NormalizeConvTranspose2d,
+    NormalizeLinear, NormalizeBatchNorm1d, NormalizeBatchNorm2d)}
+
+#: Layer types normalize_layers / normalize_module clamp when no types are given.
+DEFAULT_NORMALIZE_MODULES = tuple(STAGE1_CLASSES)
+
+def normalize_layers(model: nn.Module, normalize_modules=DEFAULT_NORMALIZE_MODULES,
+                     normalize_weight_value: float | None = 8,
+                     normalize_bias_value: float | None = 8,
+                     normalize_output_value: float | None = 8) -> nn.Module:
+    """Clamp weights, biases and outputs of every layer of ``normalize_modules`` types, in place.
+
+    Forward of a normalized conv/linear: ``y = clamp(op(x, clamp(W, wv), clamp(b, bv)), ov)``
+    (with a BatchNorm fused by ``trace_layers``: ``W``, ``b`` are the folded ones). A value of
+    None disables that clamp. Layers set by :func:`normalize_module` keep their settings; sub-trees
+    passed to :func:`disable_normalize` are skipped. Returns ``model``.
+
+    >>> import torch, linger
+    >>> net = linger.normalize_layers(torch.nn.Sequential(torch.nn.Linear(4, 2)))
+    >>> type(net[0]).__name__, net[0].linger_normalize
+    ('NormalizeLinear', NormalizeSpec(weight=8.0, bias=8.0, output=8.0, explicit=False))
+    """
+    spec = NormalizeSpec(normalize_weight_value, normalize_bias_value, normalize_output_value)
+    _apply(model, _check_types(normalize_modules), spec)
+    return model
+
+
+def normalize_module(module: nn.Module, type_modules=DEFAULT_NORMALIZE_MODULES,
+                     normalize_weight_value: float | None = 8,
+                     normalize_bias_value: float | None = 8,
+                     normalize_output_value: float | None = None) -> nn.Module:
+    """Like :func:`normalize_layers` for one sub-tree, with its own values; later
+    ``normalize_layers`` calls leave these layers as they are. Returns ``module``."""
+    spec = NormalizeSpec(normalize_weight_value, normalize_bias_value, normalize_output_value,
+                         explicit=True)
+    _apply(module, _check_types(type_modules), spec)
+    return module
+
+
+def disable_normalize(module: nn.Module) -> nn.Module:
+    """Keep ``module`` and its sub-tree unclamped: before ``normalize_layers`` it is skipped,
+    after it the clamps are removed (a fused BatchNorm stays fused). Returns ``module``."""
+    module.__dict__[_DISABLED] = True
+    for m in module.modules():
+        m.__dict__.pop(SPEC_ATTR, None)
+        if isinstance(m, _Stage1) and m.__dict__.get(BN_ATTR) is None:
+            m.__class__ = m.linger_float_type  # nothing left for the stage-1 class to do
+    return module
+
+
+def float_type(m: nn.Module) -> type:
+    """The torch class a module stands for (stage-1 and quantized classes included)."""
+    if isinstance(m, QuantMixin):
+        return next((f for f, q in QUANT_CLASSES.items() if q is type(m)), type(m))
+    return getattr(type(m), "linger_float_type", type(m))
+
+
+def _check_types(types):
+    if isinstance(types, type):
+        types = (types,)
+    for t in types:
+        if t not in STAGE1_CLASSES:
+            name = getattr(t, "__name__", repr(t))
+            raise ConfigError(
+                f"{name} cannot be normalized; supported: "
+                f"{sorted(c.__name__ for c in STAGE1_CLASSES)}. Remove it from normalize_modules"
+                f" / type_modules (layers without weights need no normalization)")
+    return tuple(types)
+
+
+def _apply(module, types, spec):
+    if module.__dict__.get(_DISABLED, False):
+        return
+    if float_type(module) in types and _can_normalize(module):
+        old = two_stage.spec_of(module)
+        if old is None or not old.explicit or spec.explicit:
+            module.__dict__[SPEC_ATTR] = spec
+        if type(module) in STAGE1_CLASSES:  # plain torch layer: same object, clamping forward
+            module.__class__ = STAGE1_CLASSES[type(module)]
+    for child in module.children():
+        _apply(child, types, spec)
+
+
+def _can_normalize(m) -> bool:
+    # exact torch classes, their stage-1 classes and linger's quantized layers; not a fused
+    # BatchNorm (it is a pass-through) and not a user subclass with its own forward.
+    return type(m) in STAGE1_CLASSES or isinstance(m, (_Stage1, QuantMixin))
