@@ -39,7 +39,7 @@ _LAZY = {
     "wb_analyse": "linger.analysis",
     "Dumper": "linger.analysis",
 }
-_LAZY_MODULES = ("onnx", "runtime", "quant")
+_LAZY_MODULES = ("onnx", "runtime", "quant", "analysis", "validate")
 
 __all__ = sorted(list(_LAZY) + list(_LAZY_MODULES) + list(SWITCH_FUNCTIONS) + [
     "QuantConfig", "LingerError", "ConfigError", "UnsupportedError", "NotCalibratedError",

@@ -21,13 +21,19 @@ SystemExit: 0
 from __future__ import annotations
 
 import argparse
+import importlib
 import inspect
+import os
 import sys
 
 from .errors import LingerError
 
 #: subcommand name -> (function, help, arguments); filled by :func:`command`, in definition order.
 COMMANDS: dict = {}
+
+#: (module, function) pairs whose ``function(subparsers)`` adds subcommands defined next to the
+#: code they drive (each sets ``_run`` on its parser).
+EXTERNAL_PARSERS = [("linger.analysis.cli", "add_parser")]
 
 
 def arg(*flags, **kwargs):
@@ -51,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
         "export, pack and run models bit-exactly.")
     parser.add_argument("--version", action="version", version=f"linger {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module, func in EXTERNAL_PARSERS:
+        getattr(importlib.import_module(module), func)(sub)
     for name, (fn, help_text, arguments) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text,
                            description=inspect.cleandoc(fn.__doc__ or help_text),
@@ -103,6 +111,117 @@ def demo(args) -> int:
     run_demo(out_dir=args.out_dir, epochs=args.epochs, qat_epochs=args.qat_epochs,
              quiet=args.quiet, seed=args.seed)
     return 0
+
+
+@command("run", "run an exported (.onnx) or packed (.bin) model in the integer runtime",
+         arg("model", help="path to the .onnx or .bin model"),
+         arg("inputs", nargs="+",
+             help="input arrays: X.npy (for the first input) or NAME=X.npy, or one .npz with"
+                  " an array per input name"),
+         arg("-o", "--output", default=None,
+             help="write the outputs: .npy (first output) or .npz (all, by name)"))
+def run(args) -> int:
+    """Run MODEL on the given inputs with linger's numpy integer runtime and print each output's
+    name, shape, dtype and range. The runtime reproduces PyTorch eval outputs bit for bit."""
+    import numpy as np
+
+    from .runtime import InferenceSession
+
+    sess = InferenceSession(args.model)
+    feeds = _load_feeds(args.inputs, [i.name for i in sess.get_inputs()])
+    names = [o.name for o in sess.get_outputs()]
+    outs = sess.run(None, feeds)
+    for name, out in zip(names, outs):
+        rng = f"min {out.min():g}, max {out.max():g}" if out.size else "empty"
+        print(f"{name}: shape {list(out.shape)}, {out.dtype}, {rng}")
+    if args.output:
+        if args.output.endswith(".npz"):
+            np.savez(args.output, **dict(zip(names, outs)))
+        else:
+            np.save(args.output, outs[0])
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _load_feeds(specs, input_names):
+    import numpy as np
+
+    from .errors import InputError
+
+    feeds = {}
+    for i, spec in enumerate(specs):
+        name, _, path = spec.rpartition("=")
+        if not os.path.exists(path):
+            raise InputError(f"input file {path!r} does not exist")
+        try:
+            data = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise InputError(f"cannot read {path!r} as .npy/.npz: {e}") from None
+        if isinstance(data, np.lib.npyio.NpzFile):
+            feeds.update({k: data[k] for k in data.files})
+            continue
+        if not name:
+            if i >= len(input_names):
+                raise InputError(f"{len(specs)} input files for {len(input_names)} model inputs"
+                                 f" {input_names}; name them NAME=FILE.npy")
+            name = input_names[i]
+        feeds[name] = data
+    return feeds
+
+
+@command("validate", "compare every intermediate tensor of PyTorch eval with the runtime",
+         arg("model", nargs="?", help="exported .onnx (with REFERENCE) or omitted with --script"),
+         arg("reference", nargs="?",
+             help=".npz written by linger.validate.save_reference (PyTorch per-value results)"),
+         arg("--script", help="python file defining build_model() -> the linger.init-ed model"
+                              " and example_input() -> a tensor"),
+         arg("--checkpoint", help="state_dict to load into build_model()'s model"
+                                  " (loaded with weights_only=True)"))
+def validate(args) -> int:
+    """Report the first graph value whose integers differ between PyTorch eval and linger's
+    runtime: its name, shape, number of differing elements and largest difference. Exit status
+    1 on any difference, 0 when everything is bit-exact.
+
+    Either give an exported MODEL.onnx and the REFERENCE.npz saved next to it by
+    linger.validate.save_reference(model, x, path), or --script (and --checkpoint) to export
+    and compare in one go."""
+    from . import validate as v
+    from .errors import ConfigError
+
+    if args.script:
+        model, x = _model_from_script(args.script, args.checkpoint)
+        report = v.validate_model(model, x)
+    elif args.model and args.reference:
+        report = v.validate_files(args.model, args.reference)
+    else:
+        raise ConfigError("give MODEL.onnx REFERENCE.npz, or --script FILE.py")
+    print(report)
+    return 0 if report.ok else 1
+
+
+def _model_from_script(script, checkpoint):
+    import importlib.util
+
+    from .errors import ConfigError, ModelFileError
+
+    spec = importlib.util.spec_from_file_location("linger_user_script", script)
+    if spec is None or not os.path.exists(script):
+        raise ConfigError(f"script {script!r} not found")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for fn in ("build_model", "example_input"):
+        if not hasattr(mod, fn):
+            raise ConfigError(f"{script} must define {fn}()")
+    model = mod.build_model()
+    if checkpoint:
+        import torch
+
+        try:
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises many types for a bad file
+            raise ModelFileError(f"cannot load checkpoint {checkpoint!r}: {e}") from None
+        model.load_state_dict(state)
+    return model.eval(), mod.example_input()
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -146,11 +147,29 @@ def run_demo(out_dir: str | None = None, epochs: int = 20, qat_epochs: int | Non
         int8_acc = accuracy(model, xte, yte)
         row["result"] = f"{int8_acc:.2f} %  ({int8_acc - float_acc:+.2f})"
 
+    with stages.run("ONNX export") as row:
+        onnx_path = os.path.join(out_dir, "digits_int8.onnx")
+        graph = linger.onnx.export(model, xte[:1], onnx_path, input_names=["image"],
+                                   output_names=["logits"],
+                                   dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
+        row["result"] = f"{len(graph.graph.node)} nodes, {os.path.getsize(onnx_path) // 1024} KiB"
+
+    with stages.run("integer runtime") as row:
+        from linger.runtime import InferenceSession
+
+        runtime_out = InferenceSession(onnx_path).run(None, {"image": xte.numpy()})[0]
+        with torch.no_grad():
+            torch_out = _as_float(model(xte)).numpy()
+        exact = int(np.all(runtime_out == torch_out, axis=1).sum())
+        runtime_acc = 100.0 * float((runtime_out.argmax(1) == yte.numpy()).mean())
+        row["result"] = f"bit-exact: {exact}/{len(xte)} samples, accuracy {runtime_acc:.2f} %"
+
     table = stages.table()
     if not quiet:
         print(f"linger demo: DigitsCNN on scikit-learn digits ({threads} torch thread"
               f"{'s' if threads > 1 else ''}), checkpoints in {out_dir}")
         print(table)
-    return {"float_acc": float_acc, "int8_acc": int8_acc,
+    return {"float_acc": float_acc, "int8_acc": int8_acc, "runtime_acc": runtime_acc,
+            "bit_exact": exact, "onnx_path": onnx_path,
             "times": {n: s for n, _, s in stages.rows}, "table": table, "model": model,
             "x_test": xte, "y_test": yte, "out_dir": out_dir}
