@@ -53,12 +53,15 @@ class _Ctx:
     def scale(self, base, exp):
         return self.const(f"{base}.scale", np.float32(2.0 ** -int(exp)))
 
-    def zero(self, base, bits):
-        return self.const(f"{base}.zp", np.zeros((), numerics.int_dtype(_storage_bits(bits))))
 
     def add(self, op, inputs, outputs, name, **attrs):
         self.nodes.append(helper.make_node(op, inputs, outputs, name=self.fresh(name), **attrs))
         return outputs[0]
+
+    def zero(self, base, bits):
+        """Zero point 0 of the integer type: symmetric quantization. Explicit, because
+        onnxruntime's fused QLinear* kernels take the integer type from it."""
+        return self.const(f"{base}.zp", np.zeros((), numerics.int_dtype(_storage_bits(bits))))
 
     def dq(self, value, exp, bits, name):
         out = self.fresh(f"{name}.dq")
@@ -123,10 +126,24 @@ def _conv_transpose(ctx, n, a, x, w, b):
 
 
 def _linear(ctx, n, a, x, w, b):
-    wt = ctx.add("Transpose", [w], [ctx.fresh(n.name + ".wT")], name=n.name + ".wT", perm=[1, 0])
-    y = ctx.add("MatMul", [x, wt], [ctx.fresh(n.name + ".mm")], name=n.name + ".matmul")
+    del w  # MatMul wants (in, out): store the integer weight transposed instead
+    wq = numpy_helper.to_array(ctx.inits[n.input[1]]).T.copy()
+    wt = ctx.dq(ctx.const(n.name + ".weightT", wq), a["exp_w"], a["bits_w"], n.name + ".wT")
+    rank = ctx.ranks.get(n.input[0], 2)
+    x2 = x
+    if rank > 2:  # (..., in) -> (M, in): onnxruntime's MatMul+Add fusion mishandles N-D QDQ
+        flat = ctx.const(n.name + ".flat", np.array([-1, wq.shape[0]], np.int64))
+        x2 = ctx.add("Reshape", [x, flat], [ctx.fresh(n.name + ".x2")], name=n.name + ".flat")
+    y = ctx.add("MatMul", [x2, wt], [ctx.fresh(n.name + ".mm")], name=n.name + ".matmul")
     if b:
         y = ctx.add("Add", [y, b], [ctx.fresh(n.name + ".f")], name=n.name + ".add")
+    if rank > 2:  # back to (..., out)
+        shape = ctx.add("Shape", [x], [ctx.fresh(n.name + ".shape")], name=n.name + ".shape",
+                        end=-1)
+        out = ctx.const(n.name + ".outdim", np.array([wq.shape[1]], np.int64))
+        full = ctx.add("Concat", [shape, out], [ctx.fresh(n.name + ".oshape")],
+                       name=n.name + ".oshape", axis=0)
+        y = ctx.add("Reshape", [y, full], [ctx.fresh(n.name + ".y")], name=n.name + ".unflat")
     return y
 
 
@@ -152,6 +169,74 @@ def _embedding(ctx, n, a):
     ctx.add("Gather", [n.input[1], n.input[0]], [n.output[0]], name=n.name, axis=0)
 
 
+def _binary(op):
+    def rule(ctx, n, a):
+        x = ctx.dq(n.input[0], a["exp_x"], a["bits_x"], n.name + ".x")
+        y = ctx.dq(n.input[1], a["exp_y"], a["bits_y"], n.name + ".y")
+        f = ctx.add(op, [x, y], [ctx.fresh(n.name + ".f")], name=f"{n.name}.{op.lower()}")
+        ctx.q(f, a["exp_o"], a["bits_o"], n.output[0], n.name)
+    return rule
+
+
+def _unary(build):
+    """``build(ctx, n, a, x) -> float value``: dq the input, build the float op, q the result."""
+    def rule(ctx, n, a):
+        x = ctx.dq(n.input[0], a["exp_x"], a["bits_x"], n.name + ".x")
+        ctx.q(build(ctx, n, a, x), a["exp_o"], a["bits_o"], n.output[0], n.name)
+    return rule
+
+
+def _op(op, **attrs):
+    return lambda ctx, n, a, x: ctx.add(op, [x], [ctx.fresh(n.name + ".f")],
+                                        name=f"{n.name}.{op.lower()}",
+                                        **{k: (a[v] if isinstance(v, str) else v)
+                                           for k, v in attrs.items()})
+
+
+def _silu(ctx, n, a, x):
+    s = _op("Sigmoid")(ctx, n, a, x)
+    return ctx.add("Mul", [x, s], [ctx.fresh(n.name + ".f")], name=n.name + ".mul")
+
+
+def _reduce(op):
+    def build(ctx, n, a, x):
+        axes = ctx.const(n.name + ".axes", np.array(a["axes"], np.int64))
+        return ctx.add(op, [x, axes], [ctx.fresh(n.name + ".f")], name=f"{n.name}.reduce",
+                       keepdims=a["keepdims"])
+    return build
+
+
+def _cat(ctx, n, a):
+    parts = []
+    for i, (v, e, b) in enumerate(zip(n.input, a["exp_inputs"], a["bits_inputs"])):
+        f = ctx.dq(v, e, b, f"{n.name}.in{i}")
+        if a.get("new_axis"):
+            axes = ctx.const(f"{n.name}.axes{i}", np.array([a["axis"]], np.int64))
+            f = ctx.add("Unsqueeze", [f, axes], [ctx.fresh(f"{n.name}.u{i}")],
+                        name=f"{n.name}.unsqueeze{i}")
+        parts.append(f)
+    y = ctx.add("Concat", parts, [ctx.fresh(n.name + ".f")], name=n.name + ".concat",
+                axis=a["axis"])
+    ctx.q(y, a["exp_o"], a["bits_o"], n.output[0], n.name)
+
+
+def _layernorm(ctx, n, a):
+    x = ctx.dq(n.input[0], a["exp_x"], a["bits_x"], n.name + ".x")
+    ins = [x]
+    ins.append(ctx.dq(n.input[1], a["exp_w"], a["bits_w"], n.name + ".w")
+               if len(n.input) > 1 and n.input[1] else None)
+    ins.append(ctx.dq(n.input[2], a["exp_w"] + 10, 32, n.name + ".b")
+               if len(n.input) > 2 and n.input[2] else None)
+    rank = ctx.ranks.get(n.input[0], 2)
+    axis = a["axis"] if a["axis"] >= 0 else rank + a["axis"]
+    if ins[1] is None:  # LayerNormalization needs a scale: ones
+        raise ExportError(f"node '{n.name}': LayerNorm without weight has no QDQ form yet")
+    y = ctx.add("LayerNormalization", [i for i in ins if i is not None],
+                [ctx.fresh(n.name + ".f")], name=n.name + ".ln", axis=axis,
+                epsilon=1e-5)
+    ctx.q(y, a["exp_o"], a["bits_o"], n.output[0], n.name)
+
+
 RULES = {
     "Quant": _quant, "Dequant": _dequant, "Requant": _requant,
     "Conv1dInt": _weighted(_conv), "Conv2dInt": _weighted(_conv),
@@ -159,6 +244,14 @@ RULES = {
     "ConvTranspose2dInt": _weighted(_conv_transpose),
     "LinearInt": _weighted(_linear), "BatchNormInt": _weighted(_batchnorm),
     "AvgPoolInt": _avgpool, "EmbeddingInt": _embedding,
+    "iqAdd": _binary("Add"), "iqSub": _binary("Sub"), "iqMul": _binary("Mul"),
+    "iqDiv": _binary("Mul"), "MatMulInt": _binary("MatMul"), "iqCat": _cat,
+    "iqSum": _unary(_reduce("ReduceSum")), "iqMean": _unary(_reduce("ReduceMean")),
+    "iqSigmoid": _unary(_op("Sigmoid")), "iqTanh": _unary(_op("Tanh")),
+    "iqSiLU": _unary(_silu), "iqGELU": _unary(_op("Gelu")),
+    "SoftmaxInt": _unary(_op("Softmax", axis="axis")),
+    "LogSoftmaxInt": _unary(_op("LogSoftmax", axis="axis")),
+    "LayerNormInt": _layernorm,
 }
 
 
