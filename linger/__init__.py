@@ -21,7 +21,7 @@ from .config import (SWITCH_FUNCTIONS, QuantConfig, SetBnMomentumUpdate, SetFunc
                      SetIQTensorMul, SetIQTensorSigmoid, SetIQTensorSilu, SetIQTensorSoftmax,
                      SetIQTensorStack, SetIQTensorSub, SetIQTensorSum, SetIQTensorTanh)
 from .errors import (ConfigError, ExportError, InputError, LingerError, ModelFileError,
-                     NotCalibratedError, NumericError, UnsupportedError)
+                     NotCalibratedError, NumericError, TargetError, UnsupportedError)
 
 __version__ = "0.1.0"
 
@@ -39,11 +39,11 @@ _LAZY = {
     "wb_analyse": "linger.analysis",
     "Dumper": "linger.analysis",
 }
-_LAZY_MODULES = ("onnx", "runtime", "quant", "analysis", "validate")
+_LAZY_MODULES = ("onnx", "runtime", "quant", "analysis", "validate", "packer", "targets")
 
 __all__ = sorted(list(_LAZY) + list(_LAZY_MODULES) + list(SWITCH_FUNCTIONS) + [
     "QuantConfig", "LingerError", "ConfigError", "UnsupportedError", "NotCalibratedError",
-    "ExportError", "ModelFileError", "InputError", "NumericError"])
+    "ExportError", "ModelFileError", "InputError", "NumericError", "TargetError"])
 
 
 def __getattr__(name):

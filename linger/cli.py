@@ -33,7 +33,7 @@ COMMANDS: dict = {}
 
 #: (module, function) pairs whose ``function(subparsers)`` adds subcommands defined next to the
 #: code they drive (each sets ``_run`` on its parser).
-EXTERNAL_PARSERS = [("linger.analysis.cli", "add_parser")]
+EXTERNAL_PARSERS = [("linger.analysis.cli", "add_parser"), ("linger.packer.cli", "add_parser")]
 
 
 def arg(*flags, **kwargs):

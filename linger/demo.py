@@ -154,10 +154,19 @@ def run_demo(out_dir: str | None = None, epochs: int = 20, qat_epochs: int | Non
                                    dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
         row["result"] = f"{len(graph.graph.node)} nodes, {os.path.getsize(onnx_path) // 1024} KiB"
 
-    with stages.run("integer runtime") as row:
+    with stages.run("pack for venus") as row:
+        from linger.packer import pack
+
+        bin_path = os.path.join(out_dir, "digits_int8.bin")
+        packed = pack(onnx_path, bin_path, target="venus")
+        sram = packed.plan.memories["share"]
+        row["result"] = (f"{os.path.getsize(bin_path) // 1024} KiB file, SRAM peak"
+                         f" {sram.peak / 1024:.1f} of {sram.capacity // 1024} KiB")
+
+    with stages.run("integer runtime (.bin)") as row:
         from linger.runtime import InferenceSession
 
-        runtime_out = InferenceSession(onnx_path).run(None, {"image": xte.numpy()})[0]
+        runtime_out = InferenceSession(bin_path).run(None, {"image": xte.numpy()})[0]
         with torch.no_grad():
             torch_out = _as_float(model(xte)).numpy()
         exact = int(np.all(runtime_out == torch_out, axis=1).sum())
@@ -170,6 +179,6 @@ def run_demo(out_dir: str | None = None, epochs: int = 20, qat_epochs: int | Non
               f"{'s' if threads > 1 else ''}), checkpoints in {out_dir}")
         print(table)
     return {"float_acc": float_acc, "int8_acc": int8_acc, "runtime_acc": runtime_acc,
-            "bit_exact": exact, "onnx_path": onnx_path,
+            "bit_exact": exact, "onnx_path": onnx_path, "bin_path": bin_path,
             "times": {n: s for n, _, s in stages.rows}, "table": table, "model": model,
             "x_test": xte, "y_test": yte, "out_dir": out_dir}

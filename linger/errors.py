@@ -35,3 +35,11 @@ class InputError(LingerError, ValueError):
 
 class NumericError(LingerError, ValueError):
     """NaN or infinity met where a finite value is required (inputs, weights, ranges)."""
+
+
+class TargetError(ConfigError):
+    """A layer, graph or memory plan does not fit the target chip (``.violations`` lists all)."""
+
+    def __init__(self, message: str, violations=()):
+        super().__init__(message)
+        self.violations = list(violations)

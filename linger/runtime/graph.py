@@ -62,7 +62,8 @@ class Graph:
 
 
 def load_graph(source) -> Graph:
-    """Read ``source`` (path, bytes or ``onnx.ModelProto``) and check it completely."""
+    """Read ``source`` (path, bytes or ``onnx.ModelProto``; an ONNX model or a model packed by
+    ``linger pack``) and check it completely."""
     model, where = _read(source)
     if not model.HasField("graph") or not model.graph.output:
         raise ModelFileError(f"{where} is not an ONNX model (no graph or no graph outputs);"
@@ -89,11 +90,17 @@ def load_graph(source) -> Graph:
     return Graph(nodes, inits, inputs, outputs, where)
 
 
+_PACKED_MAGIC = b"LINGERPK"  # = linger.packer.format.MAGIC; an ONNX load never imports the packer
+
+
 def _read(source):
     if isinstance(source, onnx.ModelProto):
         return source, "<ModelProto>"
     if isinstance(source, (bytes, bytearray, memoryview)):
         where = "<bytes>"
+        if bytes(source[:8]) == _PACKED_MAGIC:  # a file written by `linger pack`
+            from ..packer.reader import load_model_proto
+            return load_model_proto(source, where), where
         try:
             return onnx.load_from_string(bytes(source)), where
         except Exception as e:
@@ -102,6 +109,12 @@ def _read(source):
         where = os.fspath(source)
         if not os.path.isfile(where):
             raise ModelFileError(f"model file '{where}' does not exist or is not a file")
+        with open(where, "rb") as f:
+            packed = f.read(8) == _PACKED_MAGIC
+        if packed:  # a file written by `linger pack`: the same graph, rebuilt from its sections
+            from ..packer.reader import load_model_proto
+            with open(where, "rb") as f:
+                return load_model_proto(f.read(), f"'{where}'"), f"'{where}'"
         try:
             return onnx.load(where), f"'{where}'"
         except Exception as e:  # protobuf DecodeError, external data errors, ...

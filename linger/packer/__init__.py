@@ -1,0 +1,29 @@
+"""The packer: check an exported linger ONNX model against a target chip, plan its memory and
+write one binary model file that ``linger.runtime.InferenceSession`` runs bit-exactly.
+
+Imports numpy, onnx and the standard library only -- never torch (a test checks it).
+
+Typical use::
+
+    from linger import packer
+    res = packer.check("model.onnx", target="venus")       # every violation, memory plan
+    for v in res.violations: print(v)
+    res = packer.pack("model.onnx", "model.bin", target="venus", report_html="model.html")
+    print(res.summary())
+    sess = linger.runtime.InferenceSession("model.bin")     # same outputs as the ONNX
+
+Pieces: :mod:`.graphinfo` (shapes by running the graph), :mod:`linger.targets` (profiles and
+the checker), :mod:`.planner` and :mod:`.plancheck` (memory), :mod:`.format` and :mod:`.reader`
+(the file), :mod:`.report` (text and HTML), :mod:`.cli` (``linger pack`` / ``linger check``).
+The file format, limits and planner are described in ``docs/packer.md``.
+"""
+
+from .format import FORMAT_VERSION, MAGIC, PackedModel
+from .pack import CheckResult, PackResult, check, pack
+from .plancheck import PlanError, check_plan
+from .planner import MemoryPlan, plan_memory
+from .reader import is_packed, load_model_proto, read, read_file
+
+__all__ = ["FORMAT_VERSION", "MAGIC", "CheckResult", "MemoryPlan", "PackResult", "PackedModel",
+           "PlanError", "check", "check_plan", "is_packed", "load_model_proto", "pack",
+           "plan_memory", "read", "read_file"]

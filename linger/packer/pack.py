@@ -1,0 +1,221 @@
+"""``check`` and ``pack``: an exported ONNX model against a target, then into one binary file."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+from onnx import AttributeProto
+
+from ..errors import ExportError
+from ..targets import Target, Violation, check_op, from_node, load_target, raise_if_errors
+from . import format as F
+from .graphinfo import PackGraph, load
+from .plancheck import assert_plan_valid
+from .planner import MemoryPlan, plan_memory
+from .report import MEMORY_NAMES, html_report, peak_tensors, summary_text, text_report
+
+
+@dataclass
+class CheckResult:
+    """Every violation of a graph on a target, and the memory plan (``None`` if not planned)."""
+
+    target: Target
+    graph: PackGraph
+    violations: list
+    plan: MemoryPlan | None = None
+
+    @property
+    def errors(self) -> list:
+        return [v for v in self.violations if v.severity == "error"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def report(self, full: bool = True) -> str:
+        """Text memory report (requires a plan); ``full=False``: memories and peaks only."""
+        return text_report(self.graph, self.plan, self.target, self.violations, full)
+
+    def html(self) -> str:
+        return html_report(self.graph, self.plan, self.target, self.violations)
+
+
+@dataclass
+class PackResult(CheckResult):
+    data: bytes = b""
+    path: str | None = None
+    seconds: float = 0.0
+    timings: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        return summary_text(self.plan, self.target)
+
+
+def check_graph(pg: PackGraph, target: Target) -> list[Violation]:
+    """Every node of the graph against the target's rules, in execution order."""
+    out = []
+    for node in pg.nodes:
+        ins = [pg.values[i] if i else None for i in node.inputs]
+        outs = [pg.values[o] for o in node.outputs if o]
+        q = from_node(node.op_type, node.attrs,
+                      [v.shape if v is not None else None for v in ins],
+                      [v.dtype.name if v is not None else None for v in ins],
+                      [v.shape for v in outs], [v.dtype.name for v in outs])
+        out += check_op(target, node.op_type, node.name, q)
+    return out
+
+
+def memory_violations(pg, plan, target) -> list[Violation]:
+    """Memories whose plan exceeds their capacity, naming the layers at the peak."""
+    out = []
+    for kind, u in plan.memories.items():
+        if u.peak <= u.capacity:
+            continue
+        name = MEMORY_NAMES[kind]
+        what = f"{u.params_bytes} bytes of parameters" if u.params_bytes else ""
+        if u.peak_step >= 0:
+            node = pg.nodes[u.peak_step]
+            live = peak_tensors(plan, kind)[:4]
+            made = ", ".join(f"`{p.name}` ({p.size} bytes)" for p in live)
+            act = (f"activations peak at step {u.peak_step} `{node.name}` ({node.op_type}) with"
+                   f" {made}")
+            what = f"{what} and {act}" if what else act
+        cap = f"{u.capacity} bytes" + (f" ({u.capacity / 1024:g} KiB)" if u.capacity >= 1024
+                                        else "")
+        msg = (f"{name} needs {u.peak} bytes on target {target.name} but has {cap}: {what}."
+               f" Shrink those layers (fewer channels or a"
+               f" smaller input), put parameters in another memory (--params), or choose a"
+               f" target with more memory.")
+        out.append(Violation(target.name, "memory", name, f"memory.{kind}", "error", msg,
+                             u.peak, u.capacity))
+    return out
+
+
+def check(source, target="venus", dims=None, params=None, memory: bool = True) -> CheckResult:
+    """List every violation of ``source`` (ONNX path, bytes or ModelProto) on ``target``:
+    op support and limits of every node, then (``memory=True``) the memory plan's capacity."""
+    target = load_target(target)
+    pg = load(source, dims)
+    violations = check_graph(pg, target)
+    plan = None
+    if memory:
+        plan = _plan(pg, target, params)
+        violations += memory_violations(pg, plan, target)
+    return CheckResult(target, pg, violations, plan)
+
+
+def _plan(pg, target, params):
+    plan = plan_memory(pg.values, [n.name for n in pg.nodes], target, params)
+    assert_plan_valid(plan, pg.nodes, [a.name for a in pg.graph.inputs],
+                      [o.name for o in pg.graph.outputs],
+                      {k for k, v in pg.values.items() if v.kind == "param"},
+                      {k: v.nbytes for k, v in pg.values.items()},
+                      {k: m.capacity for k, m in target.memories.items()})
+    return plan
+
+
+def pack(source, output=None, target="venus", dims=None, params=None, force: bool = False,
+         report_html=None) -> PackResult:
+    """Check, plan and write ``source`` as a packed model for ``target``.
+
+    ``output``: path to write (``None``: only returned in ``.data``). ``dims``: sizes of symbolic
+    input dimensions (a symbolic batch axis defaults to 1). ``params``: memory of parameters
+    (``"flash"``/``"psram"``; default: the profile's). ``force``: write even if there are
+    violations (they stay listed in the result). Raises
+    :class:`~linger.errors.TargetError` listing every violation otherwise.
+    """
+    t0 = time.perf_counter()
+    res = check(source, target, dims, params)
+    t1 = time.perf_counter()
+    if not force:
+        raise_if_errors(res.violations, f"{res.graph.source} (use force=True / --force to pack"
+                                        f" anyway)")
+    pm = build_packed(res.graph, res.plan, res.target)
+    data = F.write(pm)
+    t2 = time.perf_counter()
+    out = PackResult(res.target, res.graph, res.violations, res.plan, data, None)
+    if output is not None:
+        path = os.fspath(output)
+        with open(path, "wb") as f:
+            f.write(data)
+        out.path = path
+    if report_html is not None:
+        with open(os.fspath(report_html), "w", encoding="utf-8") as f:
+            f.write(out.html())
+    out.seconds = time.perf_counter() - t0
+    out.timings = {"check_and_plan": t1 - t0, "write": t2 - t1}
+    return out
+
+
+# -- PackGraph + plan -> PackedModel -------------------------------------------------------------
+def build_packed(pg: PackGraph, plan: MemoryPlan, target: Target) -> F.PackedModel:
+    from .. import __version__
+
+    ids = {name: i for i, name in enumerate(pg.values)}
+    outputs = {o.name for o in pg.graph.outputs}
+    inputs = {a.name for a in pg.graph.inputs}
+    tensors, params = [], {}
+    for name, v in pg.values.items():
+        p = plan.placements[name]
+        flags = ((F.F_INPUT if name in inputs else 0) | (F.F_OUTPUT if name in outputs else 0)
+                 | (F.F_PARAM if v.kind == "param" else 0) | (F.F_ALIAS if p.alias_of else 0))
+        if v.dtype.name not in F.DTYPE_CODES or len(v.shape) > F.MAX_DIMS:
+            raise ExportError(f"value '{name}' ({v.dtype}, rank {len(v.shape)}) cannot be packed:"
+                              f" supported dtypes {sorted(F.DTYPE_CODES)}, rank <= {F.MAX_DIMS}")
+        tensors.append(F.TensorRecord(name, v.dtype.name, v.shape, flags, p.memory,
+                                      ids[p.alias_of] if p.alias_of else -1, p.first, p.last,
+                                      p.offset, v.nbytes, p.size))
+        if v.kind == "param":
+            params[ids[name]] = pg.graph.initializers[name]
+    protos = {tuple(n.output): n for n in pg.model.graph.node}
+    ops = []
+    for node in pg.nodes:
+        proto = protos[tuple(node.outputs)]
+        ops.append(F.OpRecord(node.op_type, node.domain, node.name,
+                              [ids[i] if i else -1 for i in node.inputs],
+                              [ids[o] if o else -1 for o in node.outputs],
+                              [_attr(a, node) for a in proto.attribute]))
+    inits = set(pg.graph.initializers)
+    ios = ([_io(v, ids) for v in pg.model.graph.input if v.name not in inits],
+           [_io(v, ids) for v in pg.model.graph.output])
+    memories = [F.MemoryRecord(k, plan.alignment, u.capacity, u.params_bytes, u.peak,
+                               u.lower_bound) for k, u in plan.memories.items()]
+    return F.PackedModel(target.id, target.name,
+                         [(o.domain, o.version) for o in pg.model.opset_import],
+                         pg.model.ir_version, pg.model.graph.name, f"linger {__version__}",
+                         dict(pg.dims), tensors, ops, ios[0], ios[1], memories, plan.strategy,
+                         params)
+
+
+def _attr(a, node):
+    from onnx import numpy_helper
+
+    t = a.type
+    if t == AttributeProto.INT:
+        return a.name, F.A_INT, a.i
+    if t == AttributeProto.FLOAT:
+        return a.name, F.A_FLOAT, a.f
+    if t == AttributeProto.STRING:
+        return a.name, F.A_STRING, a.s
+    if t == AttributeProto.INTS:
+        return a.name, F.A_INTS, list(a.ints)
+    if t == AttributeProto.FLOATS:
+        return a.name, F.A_FLOATS, list(a.floats)
+    if t == AttributeProto.STRINGS:
+        return a.name, F.A_STRINGS, list(a.strings)
+    if t == AttributeProto.TENSOR:
+        arr = numpy_helper.to_array(a.t)
+        if arr.dtype.name in F.DTYPE_CODES and arr.ndim <= F.MAX_DIMS:
+            return a.name, F.A_TENSOR, arr
+    raise ExportError(f"{node.where}: attribute '{a.name}' (type {t}) cannot be packed")
+
+
+def _io(v, ids) -> F.IORecord:
+    tt = v.type.tensor_type
+    dims = None
+    if tt.HasField("shape"):
+        dims = [d.dim_value if d.HasField("dim_value") else
+                (d.dim_param if d.HasField("dim_param") else None) for d in tt.shape.dim]
+    return F.IORecord(ids[v.name], tt.elem_type, dims)
