@@ -99,11 +99,28 @@ class Decoder(nn.Module):
         return self.up2(y.permute(0, 1, 3, 2)).permute(0, 1, 3, 2)
 
 
+class Indexing(nn.Module):
+    """Integer, None, Ellipsis and strided indexing of quantized values (exported without fixed
+    shapes, so the graph runs at another batch size)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(3, 6, 3, padding=1)
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x):
+        y = self.conv(x)                       # (N, 6, T)
+        first, last = y[:, :, 0], y[..., -1]   # (N, 6) each
+        z = self.fc(first) + self.fc(last)     # (N, 4)
+        return z[:, None, ::2], y[:, 1:5:2, None]
+
+
 MODEL_TABLE = [
     ("digits_cnn", DigitsCNN, (3, 1, 8, 8), {}),
     ("depthwise_relu6", lambda: DepthwiseCNN(in_channels=1, stem_stride=1), (3, 1, 8, 8), {}),
     ("depthwise_32x32", lambda: DepthwiseCNN(in_channels=3), (2, 3, 32, 32), {}),
     ("decoder", Decoder, (2, 1, 8, 8), {}),
+    ("indexing", Indexing, (3, 3, 7), {}),
     ("digits_cnn_16bit", DigitsCNN, (2, 1, 8, 8), {"data_bits": 16, "parameter_bits": 16}),
 ]
 
@@ -123,10 +140,12 @@ def _check(model, x, name="input"):
                                dynamic_axes={name: {0: "batch"}})
     sess = linger.runtime.InferenceSession(graph)
     for batch in (x, x * 1000.0, x[:1]):  # ordinary, saturating everywhere, batch 1
-        want = model(batch).detach().numpy()
-        got = sess.run(None, {name: batch.numpy()})[0]
-        assert got.dtype == want.dtype
-        assert np.array_equal(got, want), f"max diff {np.abs(got - want).max()}"
+        out = model(batch)
+        wants = out if isinstance(out, tuple) else (out,)
+        for got, want in zip(sess.run(None, {name: batch.numpy()}), wants):
+            want = want.detach().numpy()
+            assert got.dtype == want.dtype
+            assert np.array_equal(got, want), f"max diff {np.abs(got - want).max()}"
 
 
 @pytest.mark.parametrize("name,factory,shape,kwargs", LAYER_TABLE, ids=[r[0] for r in LAYER_TABLE])

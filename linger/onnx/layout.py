@@ -95,47 +95,58 @@ def _reshape(rec, xn, x, out, base):
 
 
 def _getitem(rec, xn, x, idx, out, base):
+    """Basic indexing as Slice (ints and slices), Squeeze (the int axes) and Unsqueeze (None):
+    no fixed shapes, so the graph still runs at any batch size."""
     idx = idx if isinstance(idx, tuple) else (idx,)
     if any(isinstance(i, (torch.Tensor, list)) for i in idx):
         raise ExportError(f"tensor indexing in '{rec.module_path()}' is not exportable; use"
                           f" slices, integers or torch.index_select")
     n_explicit = sum(1 for i in idx if i is not None and i is not Ellipsis)
-    starts, ends, axes, steps = [], [], [], []
-    d = 0
+    starts, ends, axes, steps, int_axes, new_axes = [], [], [], [], [], []
+    d = o = 0  # current input axis, current output axis
     for i in idx:
         if i is Ellipsis:
             d += x.dim() - n_explicit
+            o += x.dim() - n_explicit
         elif i is None:
-            continue
+            new_axes.append(o)
+            o += 1
         elif isinstance(i, int):
             i = i % x.shape[d]
             starts.append(i), ends.append(i + 1), axes.append(d), steps.append(1)
+            int_axes.append(d)
             d += 1
         elif isinstance(i, slice):
             s0, s1, st = i.indices(x.shape[d])
             if (s0, s1, st) != (0, x.shape[d], 1):
                 starts.append(s0), ends.append(s1), axes.append(d), steps.append(st)
-            d += 1
+            d, o = d + 1, o + 1
         else:
             raise ExportError(f"index {i!r} in '{rec.module_path()}' is not exportable")
-    cur = xn
+    stages = []
     if axes:
-        sl = rec.unique(base + ".slice")
-        ins = [xn] + [rec.constant(v, np.int64) for v in (starts, ends, axes, steps)]
-        cur = f"{sl}:out"
-        rec.emit("Slice", ins, [cur], name=sl)
-    if not axes or list(out.shape) != _sliced_shape(x.shape, starts, ends, axes, steps):
-        rec.emit("Reshape", [cur, rec.constant(list(out.shape), np.int64)], [out],
-                 name=rec.unique(base))
-    else:
-        rec.bind(out, cur)
-
-
-def _sliced_shape(shape, starts, ends, axes, steps):
-    s = list(shape)
+        stages.append(("Slice", [rec.constant(v, np.int64) for v in (starts, ends, axes, steps)]))
+    if int_axes:
+        stages.append(("Squeeze", [rec.constant(int_axes, np.int64)]))
+    if new_axes:
+        stages.append(("Unsqueeze", [rec.constant(new_axes, np.int64)]))
+    if not stages:
+        rec.alias(out, x)
+        return
+    shape = list(x.shape)  # traced shape after each stage, for the graph's value_info
     for a, b, ax, st in zip(starts, ends, axes, steps):
-        s[ax] = len(range(a, b, st))
-    return s
+        shape[ax] = len(range(a, b, st))
+    after = {"Slice": tuple(shape),
+             "Squeeze": tuple(n for k, n in enumerate(shape) if k not in int_axes)}
+    cur = xn
+    for k, (op, extra) in enumerate(stages):
+        name = rec.unique(f"{base}.{op.lower()}")
+        if k == len(stages) - 1:
+            rec.emit(op, [cur] + extra, [out], name=name)
+        else:
+            rec.emit(op, [cur] + extra, [f"{name}:out"], name=name)
+            rec.value_info[f"{name}:out"] = (rec.value_info[cur][0], after[op])
+            cur = f"{name}:out"
 
 
 def _split(rec, xn, x, func, args, kwargs, out, base):
