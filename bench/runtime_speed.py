@@ -1,0 +1,135 @@
+"""linger's integer runtime vs onnxruntime on the small ResNet-style CNN, 1 thread.
+
+Three graphs of the same calibrated model: linger's integer graph run by ``linger.runtime``,
+its QDQ export run by onnxruntime, and the float model exported by ``torch.onnx.export`` run by
+onnxruntime. Batch 1 and 32; every repetition runs the three in turn (interleaved, so load
+changes hit all alike); prints medians with the 25-75 % range, the ratios runtime / onnxruntime,
+the machine and its load. ``--profile`` adds the runtime's time per op type.
+
+Usage: ``python bench/runtime_speed.py [--reps 50] [--profile] [--openblas-coretype SkylakeX]``
+
+``--openblas-coretype`` sets ``OPENBLAS_CORETYPE`` before numpy loads: OpenBLAS 0.3.31 does not
+recognise AMD Zen 5 and falls back to its AVX2 (Haswell) kernels; ``SkylakeX`` selects its
+AVX-512 kernels (only on a CPU with AVX-512). Outputs are the same bits either way.
+"""
+
+import os
+import sys
+
+# Thread counts and OpenBLAS's kernel choice are read when numpy / onnxruntime load: set first.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+if "--openblas-coretype" in sys.argv[:-1]:
+    os.environ["OPENBLAS_CORETYPE"] = sys.argv[sys.argv.index("--openblas-coretype") + 1]
+
+import argparse  # noqa: E402
+import io  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+import torch  # noqa: E402
+
+import linger  # noqa: E402
+from linger.examples_models import SmallResNet, set_seed  # noqa: E402
+
+
+def _ort(model_bytes):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    blas = "?"
+    try:
+        from threadpoolctl import threadpool_info
+        blas = ", ".join(f"{d['internal_api']} {d['version']} ({d.get('architecture')} kernels,"
+                         f" {d['num_threads']} thread)" for d in threadpool_info()
+                         if d["user_api"] == "blas")
+    except ImportError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, numpy"
+            f" {np.__version__}, BLAS {blas}, onnxruntime {ort.__version__}, torch"
+            f" {torch.__version__}")
+
+
+def _models():
+    torch.set_num_threads(1)
+    set_seed(0)
+    float_model = SmallResNet().eval()
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(float_model, torch.randn(1, 3, 32, 32), buf, dynamo=False,
+                          input_names=["input"], dynamic_axes={"input": {0: "batch"}})
+    model = linger.init(SmallResNet())
+    model.load_state_dict(float_model.state_dict())
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(32, 3, 32, 32))
+    model.eval()
+    x1 = torch.randn(1, 3, 32, 32)
+    dyn = {"input": {0: "batch"}, "output": {0: "batch"}}
+    ours = linger.runtime.InferenceSession(linger.onnx.export(model, x1, None, dynamic_axes=dyn))
+    qdq = _ort(linger.onnx.export(model, x1, None, format="qdq",
+                                  dynamic_axes=dyn).SerializeToString())
+    return model, ours, qdq, _ort(buf.getvalue())
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--reps", type=int, default=50)
+    p.add_argument("--profile", action="store_true", help="print the runtime's time per op type")
+    p.add_argument("--openblas-coretype", metavar="NAME",
+                   help="OPENBLAS_CORETYPE for this run (e.g. SkylakeX), set before numpy loads")
+    args = p.parse_args(argv)
+    model, ours, qdq, flt = _models()
+    runners = {"linger runtime": lambda x: ours.run(None, {"input": x}),
+               "onnxruntime QDQ": lambda x: qdq.run(None, {"input": x}),
+               "onnxruntime float": lambda x: flt.run(None, {"input": x})}
+    print(f"SmallResNet 3x32x32, 1 thread, median [25-75 %] of {args.reps} interleaved reps")
+    print(f"machine: {_machine()}")
+    if os.environ.get("OPENBLAS_CORETYPE"):
+        print(f"OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']}")
+    print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    for batch in (1, 32):
+        x = np.random.default_rng(0).standard_normal((batch, 3, 32, 32)).astype(np.float32)
+        with torch.no_grad():
+            exact = np.array_equal(runners["linger runtime"](x)[0], model(torch.from_numpy(x)))
+        times = {k: [] for k in runners}
+        for fn in runners.values():
+            fn(x)  # warm-up
+        for _ in range(args.reps):
+            for name, fn in runners.items():
+                t = time.perf_counter()
+                fn(x)
+                times[name].append(time.perf_counter() - t)
+        print(f"batch {batch:2d} (runtime bit-exact with PyTorch eval: {exact}):")
+        med = {}
+        for name, ts in times.items():
+            q1, med[name], q3 = (v * 1e3 for v in statistics.quantiles(ts, n=4))
+            print(f"  {name:18s} {med[name]:7.2f} ms  [{q1:.2f}-{q3:.2f}]")
+        print(f"  linger/ort-QDQ = {med['linger runtime'] / med['onnxruntime QDQ']:.2f},"
+              f" linger/ort-float = {med['linger runtime'] / med['onnxruntime float']:.2f}")
+        if args.profile:
+            prof = ours.profile({"input": x}, repeat=args.reps)
+            total = sum(prof.values())
+            print(f"  runtime profile (sum of steps {total * 1e3:.2f} ms):")
+            for op, sec in prof.items():
+                print(f"    {op:22s} {sec * 1e3:7.3f} ms {100 * sec / total:5.1f} %")
+    print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
