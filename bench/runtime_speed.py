@@ -127,7 +127,7 @@ def main(argv=None):
             total = sum(prof.values())
             print(f"  runtime profile (sum of steps {total * 1e3:.2f} ms):")
             for op, sec in prof.items():
-                print(f"    {op:22s} {sec * 1e3:7.3f} ms {100 * sec / total:5.1f} %")
+                print(f"    {op:30s} {sec * 1e3:7.3f} ms {100 * sec / total:5.1f} %")
     print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 

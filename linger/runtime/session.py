@@ -6,15 +6,18 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..errors import InputError, LingerError, ModelFileError
+from ..errors import InputError
 from .graph import Graph, NodeArg, load_graph
+from .program import compile_program, execute
 
 
 class InferenceSession:
     """Execute a linger ONNX model on numpy arrays, bit-exact with the trained model's ``eval()``.
 
     ``source``: a file path, the serialized bytes or an ``onnx.ModelProto``. ``sess_options`` and
-    ``providers`` are accepted for onnxruntime compatibility and ignored.
+    ``providers`` are accepted for onnxruntime compatibility and ignored. ``fast=False`` runs
+    every node with its plain kernel: the reference the fast path (docs/runtime.md) is tested
+    against, bit for bit, and a way to rule it out when investigating a difference.
 
     >>> import numpy as np
     >>> from onnx import TensorProto, helper
@@ -32,8 +35,9 @@ class InferenceSession:
     array([[ 0.125 , -0.0625,  7.9375]], dtype=float32)
     """
 
-    def __init__(self, source, sess_options=None, providers=None):
+    def __init__(self, source, sess_options=None, providers=None, *, fast: bool = True):
         self._graph: Graph = load_graph(source)
+        self._fast = bool(fast)
         self._value_names = (set(self._graph.initializers)
                              | {a.name for a in self._graph.inputs}
                              | {o for n in self._graph.nodes for o in n.outputs if o})
@@ -74,6 +78,18 @@ class InferenceSession:
         """
         return self._execute(self._check_feed(input_feed), None)
 
+    def profile(self, input_feed, repeat: int = 10) -> dict[str, float]:
+        """Mean seconds per op type over ``repeat`` runs of the graph outputs (after one
+        warm-up run), slowest first. A Relu/Clip folded into its producer counts under
+        ``"Conv2dInt+Relu"``..., layout conversions of the fast path under ``"<convert>"``."""
+        feed = self._check_feed(input_feed)
+        wanted = tuple(o.name for o in self._graph.outputs)
+        self._execute(feed, wanted)
+        totals: dict = {}
+        for _ in range(repeat):
+            self._execute(feed, wanted, totals)
+        return dict(sorted(((k, v / repeat) for k, v in totals.items()), key=lambda kv: -kv[1]))
+
     # -- internals ---------------------------------------------------------------------------
     def _check_feed(self, feed) -> dict[str, np.ndarray]:
         if not isinstance(feed, Mapping):
@@ -93,38 +109,15 @@ class InferenceSession:
             _check_one(arg, feed[name], symbols)
         return dict(feed)
 
-    def _plan(self, wanted):
-        """(nodes to run, per node the values no longer needed after it) for these outputs."""
-        if wanted not in self._plans:
-            needed, nodes = set(wanted), []
-            for node in reversed(self._graph.nodes):
-                if any(o in needed for o in node.outputs):
-                    nodes.append(node)
-                    needed.update(i for i in node.inputs if i)
-            nodes.reverse()
-            last = {}
-            for k, node in enumerate(nodes):
-                for i in node.inputs:
-                    last[i] = k
-            frees = [[] for _ in nodes]
-            for name, k in last.items():
-                if name and name not in wanted:
-                    frees[k].append(name)
-            self._plans[wanted] = (nodes, frees)
-        return self._plans[wanted]
+    def _program(self, wanted):
+        """The compiled steps for these wanted values (``None``: every value), cached."""
+        program = self._plans.get(wanted)
+        if program is None:
+            program = self._plans[wanted] = compile_program(self._graph, wanted, self._fast)
+        return program
 
-    def _execute(self, feed, wanted):
-        values = dict(self._graph.initializers)
-        values.update(feed)
-        if wanted is None:  # keep everything
-            nodes, frees = self._graph.nodes, [()] * len(self._graph.nodes)
-        else:
-            nodes, frees = self._plan(wanted)
-        for node, free in zip(nodes, frees):
-            _run_node(node, values)
-            for name in free:  # drop activations as soon as nothing reads them (memory)
-                values.pop(name, None)
-        return values
+    def _execute(self, feed, wanted, profile=None):
+        return execute(self._program(wanted), self._graph.initializers, feed, profile)
 
 
 def _check_one(arg: NodeArg, value, symbols: dict) -> None:
@@ -150,25 +143,3 @@ def _check_one(arg: NodeArg, value, symbols: dict) -> None:
             if seen[0] != got:
                 raise InputError(f"{where}: dimension {axis} ('{want}') is {got}, but input"
                                  f" '{seen[1]}' gave '{want}' = {seen[0]}")
-
-
-def _run_node(node, values) -> None:
-    args = [values[i] if i else None for i in node.inputs]
-    try:
-        outs = node.fn(args, **node.attrs)
-    except LingerError as e:  # a kernel's own message: add where it happened
-        raise type(e)(f"{node.where}: {e}") from e
-    except MemoryError:
-        raise
-    except Exception as e:  # numpy error on a graph the loader could not fully check
-        shapes = [None if a is None else f"{a.dtype}{list(a.shape)}" for a in args]
-        raise ModelFileError(f"{node.where} failed on inputs {shapes}: {type(e).__name__}:"
-                             f" {e}") from e
-    used = [k for k, o in enumerate(node.outputs) if o]  # "" marks an unused optional output
-    if used and used[-1] >= len(outs):
-        raise ModelFileError(f"{node.where} declares output '{node.outputs[used[-1]]}' at"
-                             f" position {used[-1]}; the runtime's kernel produces only"
-                             f" {len(outs)} output(s)")
-    for name, arr in zip(node.outputs, outs):
-        if name:
-            values[name] = arr

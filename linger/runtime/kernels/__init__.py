@@ -24,6 +24,11 @@ Checklist: adding an op
    :class:`~linger.errors.ModelFileError`, never ``assert``); the session adds the node's name.
 6. Test it in ``tests/test_runtime_*.py`` against an outside reference (onnxruntime for standard
    ops, a torch/python computation for custom ones) with ``np.array_equal``.
+7. Optional, for speed: a *fast* version, ``@fast("MyOpInt")`` on a preparer
+   ``prep(attrs, args) -> FastOp | None`` that works on the float32 channels-last form
+   (:mod:`._fast`). It must give the plain kernel's bits: prove each float32 step exact from the
+   constants it sees (return ``None`` where it cannot), and add the op to the fast-vs-plain
+   tests of ``tests/test_runtime_fast.py``.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ MIN_ONNX_OPSET = 13
 
 #: (domain, op_type) -> kernel function.
 KERNELS: dict[tuple[str, str], Callable] = {}
+#: (domain, op_type) -> preparer of the op's fast version (see :mod:`._fast`).
+FAST: dict[tuple[str, str], Callable] = {}
 
 
 def kernel(op_type: str, domain: str = LINGER_DOMAIN, *, pass_num_outputs: bool = False):
@@ -57,6 +64,24 @@ def kernel(op_type: str, domain: str = LINGER_DOMAIN, *, pass_num_outputs: bool 
         fn.pass_num_outputs = pass_num_outputs
         KERNELS[key] = fn
         return fn
+    return register
+
+
+def fast(op_type: str, domain: str = LINGER_DOMAIN):
+    """Register ``prep`` as the preparer of the fast version of ``(domain, op_type)``.
+
+    ``prep(attrs, args)`` runs when a session compiles the graph (once per set of wanted
+    outputs): ``attrs`` the node's attributes, ``args[i]`` a :class:`._fast.Arg` (the initializer
+    or ``None``, the dtype when known before running) or ``None`` for an omitted input. It returns
+    a :class:`._fast.FastOp`, or ``None`` when the plain kernel must run (an exactness bound
+    fails, weights are not constant...).
+    """
+    def register(prep):
+        key = (domain, op_type)
+        if key in FAST:
+            raise ValueError(f"fast version of {key} registered twice")
+        FAST[key] = prep
+        return prep
     return register
 
 

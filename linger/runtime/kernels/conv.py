@@ -3,18 +3,29 @@
 Both directions are one batched matmul over the groups on exact-integer float arrays
 (``numerics.acc_float_dtype_for`` picks float32 only where every partial sum stays below 2**24),
 then the shared output stage (bias add and rounding shift in float64).
+
+The fast version (``conv_fast``) works on the channels-last float32 form: windows are copied
+block by block into an im2col buffer that stays in cache, one sgemm per block against weights
+pre-scaled by ``2**-shift``, then ``floor(acc + c)`` and the clip in place (``_fast.py``).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 
+from ... import numerics
 from ...errors import ModelFileError
-from . import kernel
+from . import fast, kernel
 from ._common import (acc_dtype, check_dtype, check_rank, output_stage, pad_pairs, pad_spatial,
                       spatial, windows)
+from ._fast import (FastOp, c_strides, fast_ok, layer_stage, pad_cl, window_geometry,
+                    windows_cl)
+
+#: Bytes of one im2col block (rows x K float32): it stays in cache between the copy and its sgemm.
+_BLOCK_BYTES = 1 << 19
 
 
 def _layer_inputs(inputs, bits_x, bits_w):
@@ -62,6 +73,142 @@ def conv_int(inputs, *, exp_x, exp_w, exp_o, bits_x, bits_w, bits_o, kernel_shap
     acc = acc.transpose((1, 0, 2 + nd) + tuple(range(2, 2 + nd)))  # (N, G, Cout/G, *O)
     acc = acc.reshape(n, cout, *out_sp)
     return [output_stage(acc, b, exp_x, exp_w, exp_o, bits_o, axis=1)]
+
+
+def _blocks(n, rows, per_row, size):
+    """``(i0, i1, j0, j1)``: samples ``i0:i1``, output rows ``j0:j1`` (axis 1) of about ``size``
+    output positions each (``per_row`` positions per row); a block never spans two samples and
+    part rows."""
+    if rows * per_row >= size:
+        r = max(1, size // per_row)
+        return [(i, i + 1, j, min(j + r, rows)) for i in range(n) for j in range(0, rows, r)]
+    step = size // (rows * per_row)
+    return [(i, min(i + step, n), 0, rows) for i in range(0, n, step)]
+
+
+@fast("Conv1dInt")
+@fast("Conv2dInt")
+def conv_fast(attrs, args):
+    """Channels-last convolution ``x (N, *S, C)`` -> ``y (N, *O, Cout)``, float32 integers.
+
+    Weights are reordered to rows ``(k..., Cg)``, the memory order of a window. Without groups:
+    im2col (:func:`_im2col_conv`); a 1x1 convolution is a plain matmul on the (strided) input;
+    with groups, one batched matmul over ``(G, N*P, K)`` windows.
+    """
+    x, w, b = (list(args) + [None])[:3]
+    dtype = numerics.int_dtype(attrs["bits_x"])
+    if w is None or w.const is None or (b is not None and b.const is None) or not fast_ok(dtype):
+        return None
+    w = w.const
+    nd, g = w.ndim - 2, int(attrs.get("group", 1))
+    k = list(w.shape[2:])
+    cout, cg = w.shape[:2]
+    if nd not in (1, 2) or g < 1 or cout % g or list(attrs.get("kernel_shape") or k) != k:
+        return None  # the plain kernel explains what is wrong
+    strides = spatial(attrs.get("strides"), nd, 1, "strides")
+    dilations = spatial(attrs.get("dilations"), nd, 1, "dilations")
+    pairs = pad_pairs(attrs.get("pads"), nd)
+    prepared = layer_stage(np.moveaxis(w, 1, -1).reshape(cout, -1),  # (Cout, k... * Cg)
+                           None if b is None else b.const, attrs)
+    if prepared is None:
+        return None
+    wm, stage = prepared
+    wm = wm.reshape(g, cout // g, -1).transpose(0, 2, 1).copy()  # (G, K, Cout/G)
+    pointwise = all(v == 1 for v in k) and not any(p for pr in pairs for p in pr)
+    if g == 1 and not pointwise:
+        run = _im2col_conv(wm[0], stage, k, strides, dilations, pairs)
+    else:
+        def run(a, inplace, scratch):
+            x = a[0]
+            if x.ndim != nd + 2 or x.shape[-1] != cg * g:
+                raise ModelFileError(f"input {list(x.shape)} does not fit weight"
+                                     f" {list(w.shape)}")
+            n = x.shape[0]
+            if pointwise:
+                win = x[(slice(None),) + tuple(slice(None, None, s) for s in strides)]
+                if g == 1:
+                    out = scratch.get("out", (*win.shape[:-1], cout))
+                    np.matmul(win.reshape(-1, cg), wm[0], out=out.reshape(-1, cout))
+                    return [stage(out)]
+                win = win.reshape(*win.shape[:-1], *k, cg * g)         # (N, *O, *k, C)
+            else:
+                win = windows_cl(pad_cl(x, pairs, scratch), k, strides, dilations)
+            out = scratch.get("out", (*win.shape[:1 + nd], cout))
+            win = win.reshape(*win.shape[:-1], g, cg)                   # (N, *O, *k, G, Cg)
+            cols = np.moveaxis(win, -2, 0).reshape(g, out.size // cout, -1)  # (G, N*P, K)
+            acc = np.matmul(cols, wm)                                   # (G, N*P, Cout/G)
+            out.reshape(-1, g, cout // g)[...] = acc.transpose(1, 0, 2)
+            return [stage(out)]
+
+    return FastOp(run, (dtype, None, None)[:len(args)], (numerics.int_dtype(attrs["bits_o"]),),
+                  stage=stage)
+
+
+def _im2col_conv(wm, stage, k, strides, dilations, pairs):
+    """``run`` of an ungrouped convolution with pre-scaled weights ``wm (K, Cout)``.
+
+    Per block of output positions, the windows are copied into a buffer of rows ``K + 1``
+    whose last column holds 1 (written once: the buffer is kept), and one sgemm against
+    ``[wm; c]`` adds the stage's constant ``c`` too. Each window row ``(kw, C)`` is contiguous
+    in the padded input and copied as one raw-bytes element (~30 % faster than float by float).
+    The per-shape geometry is computed once, and the block views once per set of buffers.
+    """
+    nd, cin, cout = len(k), wm.shape[0] // math.prod(k), wm.shape[1]
+    wc = np.concatenate([wm, stage.c.reshape(1, cout)])            # (K + 1, Cout)
+    kk = wc.shape[0]
+    plans: dict = {}
+    bound: dict = {}                  # shape -> (xp, out, buf, [(dst, src, lhs, res) per block])
+
+    def plan(shape):
+        padded = (shape[0], *(s + b + e for s, (b, e) in zip(shape[1:-1], pairs)), shape[-1])
+        interior = (slice(None), *(slice(b, b + s) for s, (b, _) in zip(shape[1:-1], pairs)))
+        view, steps = window_geometry(padded, c_strides(padded), k, strides, dilations)
+        merge = dilations[-1] == 1                      # (kw, C) contiguous: one unit per row
+        unit = np.dtype(f"V{4 * cin * (k[-1] if merge else 1)}")       # raw bytes copied as one
+        view, steps = view[:-1 - merge], steps[:-1 - merge]             # (N, *O, *k') of units
+        out_sp = view[1:1 + nd]
+        per_row = math.prod(out_sp[1:])
+        blocks = _blocks(shape[0], out_sp[0], per_row, max(1, _BLOCK_BYTES // (4 * kk)))
+        rows = max(((i1 - i0) * (j1 - j0) * per_row for i0, i1, j0, j1 in blocks), default=0)
+        if len(plans) > 32:
+            plans.clear()
+        plans[shape] = (padded if padded != shape else None, interior, view, steps, unit,
+                        (shape[0], *out_sp, cout), blocks, rows)
+        return plans[shape]
+
+    def run(a, inplace, scratch):
+        x = a[0]
+        if x.ndim != nd + 2 or x.shape[-1] != cin:
+            raise ModelFileError(f"input {list(x.shape)} does not have {cin} channels")
+        padded, interior, view, steps, unit, out_shape, blocks, rows = \
+            plans.get(x.shape) or plan(x.shape)
+        if padded:
+            xp = scratch.get("pad", padded, 0.0)                        # border stays zero
+            xp[interior] = x
+        else:
+            xp = np.ascontiguousarray(x)
+        out = scratch.get("out", out_shape)
+        buf = scratch.get("cols", (rows, kk), 1.0)                      # last column: ones
+        ops = bound.get(x.shape)
+        if ops is None or ops[0] is not xp or ops[1] is not out or ops[2] is not buf:
+            win = np.ndarray(view, unit, xp, 0, steps)                  # windows, as units
+            units = buf[:, :-1].view(unit)                              # (rows, K / unit)
+            ops = (xp, out, buf, [])
+            for i0, i1, j0, j1 in blocks:
+                src = win[i0:i1, j0:j1]
+                m = src.size // units.shape[1]                          # output positions
+                ops[3].append((units[:m].reshape(src.shape), src, buf[:m],
+                               out[i0:i1, j0:j1].reshape(m, cout)))
+            if padded:                 # views of kept buffers: valid while they are kept
+                if len(bound) > 32:
+                    bound.clear()
+                bound[x.shape] = ops
+        for dst, src, lhs, res in ops[3]:
+            np.copyto(dst, src)                                         # the im2col block
+            np.matmul(lhs, wc, out=res)
+        return [stage(out, c_added=True)]
+
+    return run
 
 
 @kernel("ConvTranspose1dInt")

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import ModelFileError
-from . import kernel
+from . import fast, kernel
+from ._fast import FastOp, Stage, fast_ok
 
 
 def _same_dtype(op: str, *arrays) -> None:
@@ -37,6 +38,37 @@ def clip(inputs):
     if hi is not None:
         x = np.minimum(x, hi.reshape(()))
     return [x]
+
+
+def _clip_op(dtype, lo, hi):
+    stage = Stage(lo=lo, hi=hi)
+
+    def run(a, inplace, scratch):
+        return [stage(a[0], a[0] if inplace else scratch.get("out", a[0].shape))]
+
+    return FastOp(run, (dtype, None, None), (dtype,), stage=stage, pointwise=True)
+
+
+@fast("Relu", domain="")
+def relu_fast(attrs, args):
+    """``clip(x, 0, max)`` on fast integers; usually folded into the producer's output clip."""
+    dtype = args[0].dtype
+    if not fast_ok(dtype):
+        return None
+    return _clip_op(dtype, 0, int(np.iinfo(dtype).max))
+
+
+@fast("Clip", domain="")
+def clip_fast(attrs, args):
+    """``min(max(x, lo), hi)`` with constant ``lo``/``hi`` of x's dtype (omitted: no bound)."""
+    x, lo, hi = (list(args) + [None, None])[:3]
+    dtype = x.dtype
+    if not fast_ok(dtype) or any(v is not None and (v.const is None or v.const.dtype != dtype
+                                                    or v.const.size != 1) for v in (lo, hi)):
+        return None
+    info = np.iinfo(dtype)
+    return _clip_op(dtype, info.min if lo is None else int(lo.const.reshape(())),
+                    info.max if hi is None else int(hi.const.reshape(())))
 
 
 def _binary(op_type: str, fn):

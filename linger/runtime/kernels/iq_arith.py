@@ -8,8 +8,9 @@ import numpy as np
 
 from ... import iqmath, numerics
 from ...errors import ModelFileError
-from . import kernel
+from . import fast, kernel
 from ._common import check_dtype
+from ._fast import EXACT, MAX_SHIFT, FastOp, Stage, cl, fast_ok, int_max, uncl
 
 
 def _out(q, bits):
@@ -31,6 +32,50 @@ def _add(name, subtract):
 
 iq_add = _add("iqAdd", False)
 iq_sub = _add("iqSub", True)
+
+
+def _add_fast(name, subtract):
+    @fast(name)
+    def prep(attrs, args):
+        """Each operand moved to the output grid (``floor(x * 2**-s + 0.5)``, or ``x * 2**-s``
+        for ``s <= 0``), added, clipped: exact in float32 while each rounding stays below 2**24
+        and the two rescaled magnitudes add up to at most 2**24 (then ``sat32`` never acts)."""
+        dx, dy = (numerics.int_dtype(attrs[f"bits_{v}"]) for v in "xy")
+        no, bits = int(attrs["exp_o"]), int(attrs["bits_o"])
+        shifts = [int(attrs["exp_x"]) - no, int(attrs["exp_y"]) - no]
+        if not (fast_ok(dx) and fast_ok(dy)) or bits > 16 or len(args) != 2 \
+                or any(a.const is not None for a in args) \
+                or any(abs(s) > MAX_SHIFT for s in shifts):
+            return None
+        scaled = []
+        for d, s in zip((dx, dy), shifts):
+            if s > 0 and int_max(d) + (1 << (s - 1)) > EXACT:
+                return None
+            scaled.append((int_max(d) >> s) + 1 if s > 0 else int_max(d) << -s)
+        if sum(scaled) > EXACT:
+            return None
+        moves = [None if s == 0 else Stage(2.0 ** -s, 0.5 if s > 0 else None) for s in shifts]
+        stage = Stage(lo=numerics.qmin(bits), hi=numerics.qmax(bits))
+        combine = np.subtract if subtract else np.add
+
+        def run(a, inplace, scratch):
+            x, y = a
+            same = x.ndim == y.ndim
+            if not same:               # broadcasting aligns canonical axes: use that layout
+                x, y = uncl(x), uncl(y)
+            x = x if moves[0] is None else moves[0](x, scratch.get("x", x.shape))
+            y = y if moves[1] is None else moves[1](y, scratch.get("y", y.shape))
+            shape = np.broadcast_shapes(x.shape, y.shape)
+            reuse = (moves[0] is not None or inplace and same) and x.shape == shape  # ours
+            out = stage(combine(x, y, out=x if reuse else scratch.get("out", shape)))
+            return [out if same else np.ascontiguousarray(cl(out))]
+        return FastOp(run, (dx, dy), (numerics.int_dtype(bits),), stage=stage)
+    prep.__name__ = f"{name}_fast"
+    return prep
+
+
+iq_add_fast = _add_fast("iqAdd", False)
+iq_sub_fast = _add_fast("iqSub", True)
 
 
 def _mul(name):

@@ -1,12 +1,16 @@
 """Standard ONNX layout ops (opset >= 13 signatures). They move values without changing them, so
-they are exact on integers and floats alike; exponents pass through unchanged."""
+they are exact on integers and floats alike; exponents pass through unchanged.
+
+Their fast version (``_layout_fast``) runs the same kernel on the canonical-layout view of the
+float32 fast form, so integers between two fast ops need no int8 round trip."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from ...errors import ModelFileError
-from . import kernel
+from . import KERNELS, fast, kernel
+from ._fast import FastOp, cl, fast_ok, uncl
 
 
 def _ints(a) -> list[int]:
@@ -182,3 +186,23 @@ def gather(inputs, *, axis=0):
     """``take(x, indices, axis)``; negative indices count from the end."""
     x, indices = inputs
     return [np.take(x, indices, axis=_axis(axis, x.ndim))]
+
+
+def _layout_fast(attrs, args, *, op_type):
+    """The plain kernel on ``uncl(x)`` (float32 integers, canonical layout), result back to the
+    fast form. Shape/axes inputs must be initializers. The output may be a view of the input,
+    so the runtime never overwrites it in place."""
+    dtype = args[0].dtype
+    if not fast_ok(dtype) or any(a is not None and a.const is None for a in args[1:]):
+        return None
+    plain, consts = KERNELS[("", op_type)], [None if a is None else a.const for a in args[1:]]
+
+    def run(a, inplace, scratch):
+        y = plain([uncl(a[0]), *consts], **attrs)[0]
+        return [np.ascontiguousarray(cl(y))]
+
+    return FastOp(run, (dtype,) + (None,) * (len(args) - 1), (dtype,), fresh=False)
+
+
+for _op in ("Identity", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice"):
+    fast(_op, domain="")(lambda attrs, args, _op=_op: _layout_fast(attrs, args, op_type=_op))

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from ... import numerics
 from ...errors import ModelFileError
-from . import kernel
+from . import fast, kernel
 from ._common import acc_dtype, check_dtype, check_rank, output_stage
+from ._fast import EXACT, F32, MAX_SHIFT, FastOp, Stage, cl, fast_ok, int_max, layer_stage, uncl
 
 
 @kernel("LinearInt")
@@ -43,3 +45,69 @@ def batch_norm_int(inputs, *, exp_x, exp_w, exp_o, bits_x, bits_w, bits_o):
                              f" {list(x.shape)} (N, C, ...)")
     acc = x.astype(np.float64) * w.astype(np.float64).reshape([-1] + [1] * (x.ndim - 2))
     return [output_stage(acc, b, exp_x, exp_w, exp_o, bits_o, axis=1)]
+
+
+@fast("LinearInt")
+def linear_fast(attrs, args):
+    """``x @ (W^T * 2**-s)`` in float32 (one sgemm), then ``floor(acc + c)`` and the clip.
+
+    The fast form of a rank >= 3 input has its axis 1 last: the matmul runs on the canonical
+    layout view and the result goes back to channels-last.
+    """
+    x, w, b = (list(args) + [None])[:3]
+    dtype = numerics.int_dtype(attrs["bits_x"])
+    if w is None or w.const is None or w.const.ndim != 2 or (b is not None and b.const is None) \
+            or not fast_ok(dtype):
+        return None
+    prepared = layer_stage(w.const, None if b is None else b.const, attrs)
+    if prepared is None:
+        return None
+    wm, stage = prepared
+    wt = np.ascontiguousarray(wm.T)                                  # (in, out)
+
+    def run(a, inplace, scratch):
+        x = uncl(a[0])                                               # canonical layout view
+        if x.ndim < 1 or x.shape[-1] != wt.shape[0]:
+            raise ModelFileError(f"input {list(x.shape)} does not end with {wt.shape[0]}")
+        acc = np.matmul(x.reshape(-1, wt.shape[0]), wt).reshape(*x.shape[:-1], wt.shape[1])
+        acc = stage(acc)                                             # per output feature
+        return [np.ascontiguousarray(cl(acc))]
+
+    return FastOp(run, (dtype, None, None)[:len(args)], (numerics.int_dtype(attrs["bits_o"]),),
+                  stage=stage)
+
+
+@fast("BatchNormInt")
+def batch_norm_fast(attrs, args):
+    """``floor(x * (W * 2**-s) + (B + 2**(s-1)) * 2**-s)`` and the clip, per channel (last axis).
+
+    Exact in float32 when ``2**(bits_x-1) * max|W| + max|B + 2**(s-1)| <= 2**24``.
+    """
+    x, w, b = (list(args) + [None])[:3]
+    dtype = numerics.int_dtype(attrs["bits_x"])
+    s = int(attrs["exp_x"]) + int(attrs["exp_w"]) - int(attrs["exp_o"])
+    bits_o = int(attrs["bits_o"])
+    if w is None or w.const is None or b is None or b.const is None or not fast_ok(dtype) \
+            or abs(s) > MAX_SHIFT or bits_o > 16:
+        return None
+    w, b = w.const, b.const
+    if w.ndim != 1 or w.dtype != numerics.int_dtype(attrs["bits_w"]) or b.dtype != np.int32 \
+            or b.shape != w.shape:
+        return None
+    shifted = b.astype(np.int64) + ((1 << (s - 1)) if s > 0 else 0)
+    w64 = w.astype(np.int64)
+    if int_max(dtype) * int(np.abs(w64).max(initial=0)) + int(np.abs(shifted).max(initial=0)) \
+            > EXACT:
+        return None
+    scale = 2.0 ** -s
+    stage = Stage((w64 * scale).astype(F32), (shifted * scale).astype(F32),
+                  numerics.qmin(bits_o), numerics.qmax(bits_o))
+
+    def run(a, inplace, scratch):
+        x = a[0]
+        if x.ndim < 2 or x.shape[-1] != w.shape[0]:
+            raise ModelFileError(f"input {list(x.shape)} has no {w.shape[0]} channels")
+        return [stage(x, x if inplace else scratch.get("out", x.shape))]
+
+    return FastOp(run, (dtype, None, None), (numerics.int_dtype(bits_o),), stage=stage,
+                  pointwise=True)

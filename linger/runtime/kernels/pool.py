@@ -8,8 +8,9 @@ import numpy as np
 
 from ... import numerics
 from ...errors import ModelFileError
-from . import kernel
+from . import fast, kernel
 from ._common import check_dtype, pad_pairs, pad_spatial, spatial, windows
+from ._fast import F32, FastOp, fast_ok, pad_cl, windows_cl
 
 
 @kernel("AvgPoolInt")
@@ -96,3 +97,64 @@ def max_pool(inputs, *, kernel_shape, auto_pad="NOTSET", ceil_mode=0, dilations=
     win = windows(xp, k, strides, dilations)
     win = win[(Ellipsis,) + tuple(slice(0, o) for _, _, o in geom) + (slice(None),) * nd]
     return [win.max(axis=tuple(range(-nd, 0)))]
+
+
+@fast("AvgPoolInt")
+def avg_pool_fast(attrs, args):
+    """Channels-last window sums (float64: exact integers), then ``numerics.rounded_div`` in
+    int64 exactly as the plain kernel."""
+    dtype = numerics.int_dtype(attrs["bits"])
+    if not fast_ok(dtype) or attrs.get("ceil_mode"):
+        return None
+    k = [int(v) for v in attrs["kernel_shape"]]
+    nd = len(k)
+    strides = spatial(attrs.get("strides"), nd, 1, "strides")
+    pairs = pad_pairs(attrs.get("pads"), nd)
+    ones, axes = [1] * nd, tuple(range(1 + nd, 1 + 2 * nd))
+    padded = any(b or e for b, e in pairs)
+    include = attrs.get("count_include_pad", 0) or not padded
+
+    def run(a, inplace, scratch):
+        x = a[0]                                                     # (N, *S, C)
+        if x.ndim != nd + 2:
+            raise ModelFileError(f"input {list(x.shape)} is not (N, C, *{nd} spatial)")
+        if list(x.shape[1:-1]) == k and not padded:                  # global pooling
+            sums = x.sum(axis=tuple(range(1, nd + 1)), keepdims=True, dtype=np.float64)
+        else:
+            win = windows_cl(pad_cl(x, pairs, scratch), k, strides, ones)  # (N, *O, *k, C)
+            sums = win.sum(axis=axes, dtype=np.float64)              # (N, *O, C)
+        sums = sums.astype(np.int64)
+        if include:
+            counts = math.prod(k)
+        else:  # per output position: how many window elements are real input
+            mask = pad_spatial(np.ones(x.shape[1:-1], dtype=np.int64), pairs)
+            counts = windows(mask, k, strides, ones).sum(axis=tuple(range(-nd, 0)))[..., None]
+        return [numerics.rounded_div(sums, counts).astype(F32)]
+
+    return FastOp(run, (dtype,), (dtype,))
+
+
+@fast("MaxPool", domain="")
+def max_pool_fast(attrs, args):
+    """Channels-last window max; padding holds the dtype's minimum, as in the plain kernel."""
+    dtype = args[0].dtype
+    if not fast_ok(dtype):
+        return None
+    k = [int(v) for v in attrs["kernel_shape"]]
+    nd = len(k)
+    strides = spatial(attrs.get("strides"), nd, 1, "strides")
+    dilations = spatial(attrs.get("dilations"), nd, 1, "dilations")
+    fill = float(np.iinfo(dtype).min)
+
+    def run(a, inplace, scratch):
+        x = a[0]                                                     # (N, *S, C)
+        if x.ndim != nd + 2:
+            raise ModelFileError(f"input {list(x.shape)} is not (N, C, *{nd} spatial)")
+        geom = _pool_geometry(x.shape[1:-1], k, strides, dilations, attrs.get("pads"),
+                              attrs.get("auto_pad"), attrs.get("ceil_mode", 0))
+        win = windows_cl(pad_cl(x, [(pb, pe) for pb, pe, _ in geom], scratch, fill), k,
+                         strides, dilations)
+        win = win[(slice(None),) + tuple(slice(0, o) for _, _, o in geom)]
+        return [win.max(axis=tuple(range(1 + nd, 1 + 2 * nd)))]
+
+    return FastOp(run, (dtype,), (dtype,))
