@@ -1,20 +1,38 @@
-"""QAT overhead: time of one QAT training step divided by one float training step.
+"""QAT overhead: time of one QAT training step divided by one float training step, on the CPU.
 
-Model: :class:`linger.examples_models.SmallResNet` (batch 32, 3x32x32 inputs, SGD with momentum,
-cross-entropy). Measured for linger (``linger.init``) and, in the same run on the same model, for
-PyTorch's own FX QAT (``prepare_qat_fx`` with the default 'x86' QAT qconfig mapping). Each time is
-the median of ``--steps`` steps after ``--warmup`` warm-up steps; the float, linger and torch.ao
-steps are interleaved so that all three see the same machine load.
+Models (batch 32, SGD with momentum, cross-entropy):
 
-    python bench/qat_overhead.py [--steps 30] [--warmup 5] [--threads N] [--profile]
+- ``resnet``: :class:`linger.examples_models.SmallResNet`, 3x32x32 inputs (conv+BN+ReLU blocks,
+  residual adds) -- the issue's target model;
+- ``depthwise``: :class:`linger.examples_models.DepthwiseCNN`, 3x32x32 (depthwise-separable
+  blocks with ReLU6);
+- ``gru``: ``nn.GRU(8, 64) -> nn.Linear(64, 10)`` on 8 steps of 8 features (the digits GRU of
+  ``examples/digits_gru.py``).
 
-``--profile`` adds a torch.profiler table of one linger QAT step (top ops by CPU time).
+Each model is measured for float, linger (``linger.init``) and, where it applies, PyTorch's own
+FX QAT (``prepare_qat_fx`` with the default 'x86' QAT qconfig mapping; torch.ao has no QAT for
+``nn.GRU``). Steps of the three are interleaved round-robin so that they see the same machine
+load; each time is the median of ``--steps`` steps after ``--warmup`` warm-up steps, and the
+whole measurement is repeated ``--repeats`` times (the report gives every repeat and the median
+ratio).
+
+Allocator: glibc returns freed heap memory to the system when much of it is free at once and
+then faults it back in page by page; which steps pay for that depends on the heap's history, and
+it moved the float step of SmallResNet between 25 and 31 ms on the reference machine. By default
+the benchmark first allocates and frees one 32 MB block, which raises glibc's dynamic mmap
+threshold so that no model pays page faults in the steady state (``--cold-allocator`` skips it).
+
+    python bench/qat_overhead.py [--models resnet,depthwise,gru] [--steps 20] [--warmup 5]
+                                 [--repeats 3] [--threads N] [--cold-allocator] [--profile]
+
+``--profile`` adds a torch.profiler table of one linger QAT step of each model.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import platform
 import statistics
 import sys
@@ -28,7 +46,28 @@ import torch.nn as nn
 # runs from a checkout, whether linger is installed or not
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import linger  # noqa: E402
-from linger.examples_models import SmallResNet, set_seed  # noqa: E402
+from linger.examples_models import DepthwiseCNN, SmallResNet, set_seed  # noqa: E402
+
+
+class GRUNet(nn.Module):
+    """``(N, 8, 8)`` sequences -> GRU(8, 64) -> linear on the last hidden state."""
+
+    def __init__(self, features: int = 8, hidden: int = 64, num_classes: int = 10):
+        super().__init__()
+        self.gru = nn.GRU(features, hidden, batch_first=True)
+        self.fc = nn.Linear(hidden, num_classes)
+
+    def forward(self, x):
+        _, h = self.gru(x)                    # h: (1, N, hidden)
+        return self.fc(h[-1])
+
+
+#: name -> (model factory, input shape without batch, whether torch.ao FX QAT applies)
+MODELS = {
+    "resnet": (SmallResNet, (3, 32, 32), True),
+    "depthwise": (DepthwiseCNN, (3, 32, 32), True),
+    "gru": (GRUNet, (8, 8), False),
+}
 
 
 def step_fn(model, x, y):
@@ -70,13 +109,23 @@ def torch_fx_qat(model, x):
         return prepare_qat_fx(model.train(), get_default_qat_qconfig_mapping("x86"), (x,))
 
 
-def run(steps=30, warmup=5, batch=32, profile=False) -> dict:
-    """``{"float": t, "linger": t, "torch.ao FX": t}``: median seconds per training step."""
+def warm_allocator() -> None:
+    """Allocate and free one 32 MB block: glibc then keeps freed activations in the heap instead
+    of returning them to the system after every step (see the module docstring)."""
+    block = torch.empty(8 * 1024 * 1024 - 1024)
+    block.fill_(0.0)
+    del block
+
+
+def run(name="resnet", steps=20, warmup=5, batch=32, profile=False) -> dict:
+    """``{"float": t, "linger": t[, "torch.ao FX": t]}``: median seconds per training step."""
+    factory, shape, ao_applies = MODELS[name]
     set_seed(0)
-    base = SmallResNet()
-    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
-    models = {"float": copy.deepcopy(base), "linger": linger.init(copy.deepcopy(base)),
-              "torch.ao FX": torch_fx_qat(copy.deepcopy(base), x)}
+    base = factory()
+    x, y = torch.randn(batch, *shape), torch.randint(0, 10, (batch,))
+    models = {"float": copy.deepcopy(base), "linger": linger.init(copy.deepcopy(base))}
+    if ao_applies:
+        models["torch.ao FX"] = torch_fx_qat(copy.deepcopy(base), x)
     res = median_step_times(models, x, y, steps, warmup)
     if profile:
         profile_step(models["linger"], x, y)
@@ -93,23 +142,54 @@ def profile_step(model, x, y, steps=5):
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
 
 
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    return (f"{cpu}, {os.cpu_count()} cores, load average {load}; torch {torch.__version__},"
+            f" {torch.get_num_threads()} threads, Python {platform.python_version()}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--models", default="resnet,depthwise,gru")
+    p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--cold-allocator", action="store_true", help="skip the allocator warm-up")
     p.add_argument("--profile", action="store_true")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    print(f"SmallResNet, batch {a.batch}, 3x32x32, SGD; median of {a.steps} steps after"
-          f" {a.warmup} warm-up; torch {torch.__version__}, {torch.get_num_threads()} threads,"
-          f" {platform.processor() or platform.machine()}")
-    res = run(a.steps, a.warmup, a.batch, a.profile)
-    print(f"{'training':<12} {'step':>9} {'ratio to float':>15}")
-    for name, t in res.items():
-        print(f"{name:<12} {t * 1e3:7.1f}ms {t / res['float']:15.2f}")
+    if not a.cold_allocator:
+        warm_allocator()
+    print(f"batch {a.batch}, SGD; median of {a.steps} steps after {a.warmup} warm-up,"
+          f" {a.repeats} repeats; allocator {'cold' if a.cold_allocator else 'warmed'}")
+    print(machine())
+    for name in a.models.split(","):
+        ratios = {}
+        print(f"\n{name}: {'repeat':>6} " + " ".join(f"{k:>22}" for k in
+                                                     ("float", "linger", "torch.ao FX")))
+        for r in range(a.repeats):
+            res = run(name, a.steps, a.warmup, a.batch, a.profile and r == 0)
+            cells = []
+            for k in ("float", "linger", "torch.ao FX"):
+                if k in res:
+                    ratio = res[k] / res["float"]
+                    ratios.setdefault(k, []).append(ratio)
+                    cells.append(f"{res[k] * 1e3:8.2f} ms ({ratio:5.2f}x)")
+                else:
+                    cells.append(f"{'n/a':>22}")
+            print(f"{'':{len(name) + 1}} {r + 1:>7} " + " ".join(f"{c:>22}" for c in cells))
+        print(f"{'':{len(name) + 1}} {'median':>7} " + " ".join(
+            f"{statistics.median(ratios[k]):21.2f}x" if k in ratios else f"{'n/a':>22}"
+            for k in ("float", "linger", "torch.ao FX")))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ buffers next to them::
 
 Training (``module.training``): fake quantization with straight-through gradients; the running
 ranges are updated and the exponents recomputed from them by ``n = floor(log2(qmax / r))``.
+Exponents are Python ints on the CPU and device tensors elsewhere (see
+:mod:`linger.quant.functions`: on a GPU, NaN/inf in a batch is reported at the next eval/export).
 
 Eval: exact integer arithmetic on float64 tensors holding integers, with the stored exponents --
 the very computation the runtime performs, so eval equals the runtime bit for bit.
@@ -16,13 +18,15 @@ the very computation the runtime performs, so eval equals the runtime bit for bi
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .. import numerics
 from ..config import QuantConfig
 from ..errors import NotCalibratedError, NumericError
 from . import trace, two_stage
-from .functions import batch_absmax, exponent_for_range_t, fake_quant, update_range
+from .functions import fake_quant, observe, weight_exponent
 from .qtensor import QTensor
 
 #: Names of the buffers every quantized layer owns (suffixes of state_dict keys).
@@ -59,24 +63,27 @@ class QuantMixin:
         return f"{type(self).__name__} '{self.linger_name or '<root>'}'"
 
     # -- statistics ----------------------------------------------------------------------------
-    def _observe(self, prefix: str, x: torch.Tensor, bits: int, min_exp=None) -> torch.Tensor:
-        """Update the running range of ``prefix`` with batch ``x``; return the new exponent
-        (at least ``min_exp`` when given)."""
-        m = batch_absmax(x)
-        if not torch.isfinite(m):
-            raise NumericError(f"{self._where()}: {prefix} contains NaN or infinity; check the"
+    def _observe(self, prefix: str, x: torch.Tensor, bits: int, min_exp=None,
+                 nonneg: bool = False):
+        """Update the running range of ``prefix`` with batch ``x`` (``relu(x)`` if ``nonneg``);
+        return the new exponent (at least ``min_exp`` when given): an int on the CPU, a 0-dim
+        device tensor elsewhere -- use it through ``fake_quant``/``QTensor.wrap`` or ``int()``."""
+        buf = self._buffers  # (not Module.__getattr__: this runs for every layer and step)
+        return observe(buf[f"{prefix}_range"], buf[f"{prefix}_ready"], buf[f"{prefix}_exp"], x,
+                       bits, self.linger_cfg.momentum, min_exp, nonneg,
+                       lambda: f"{self._where()}: {prefix} contains NaN or infinity; check the"
                                f" data and the learning rate (quantization needs finite values)")
-        rng, ready = getattr(self, f"{prefix}_range"), getattr(self, f"{prefix}_ready")
-        update_range(rng, ready, m, self.linger_cfg.momentum)
-        exp = two_stage.at_least(exponent_for_range_t(rng, bits), min_exp)
-        getattr(self, f"{prefix}_exp").copy_(exp)
-        return exp
 
     def _stored_exp(self, prefix: str) -> int:
         if not bool(getattr(self, f"{prefix}_ready")):
             raise NotCalibratedError(
                 f"{self._where()} has no {prefix} range yet: run at least one training-mode"
                 f" forward pass (QAT or calibration, model.train()) before eval or export")
+        r = float(getattr(self, f"{prefix}_range"))
+        if not math.isfinite(r):  # training on a GPU reports NaN/inf here, not per step
+            raise NumericError(
+                f"{self._where()}: the {prefix} range is {r}: a training batch contained NaN or"
+                f" infinity; check the data and the learning rate, then retrain or reload")
         return int(getattr(self, f"{prefix}_exp"))
 
     # -- input --------------------------------------------------------------------------------
@@ -107,15 +114,13 @@ class QuantMixin:
         return out
 
     # -- weights ------------------------------------------------------------------------------
-    def weight_exp(self, w: torch.Tensor) -> torch.Tensor:
-        """``n_w = floor(log2(qmax / max|w|))`` from the current weights (0-dim int32 tensor)."""
-        m = w.detach().abs().amax()
-        if not torch.isfinite(m):
-            raise NumericError(f"{self._where()}: weights contain NaN or infinity")
+    def weight_exp(self, w: torch.Tensor):
+        """``n_w = floor(log2(qmax / max|w|))`` from the current weights: an int on the CPU, a
+        0-dim int32 device tensor elsewhere."""
         bits = self.linger_cfg.parameter_bits
         # two-stage flow: normalize_weight_value v caps the weight range (exponent >= floor)
-        return two_stage.at_least(exponent_for_range_t(m, bits),
-                                  two_stage.weight_min_exp(self, bits))
+        return weight_exponent(w, bits, two_stage.weight_min_exp(self, bits),
+                               lambda: f"{self._where()}: weights contain NaN or infinity")
 
     def fake_weight(self, w: torch.Tensor):
         exp = self.weight_exp(w)
@@ -123,17 +128,21 @@ class QuantMixin:
 
     def int_weight(self, w: torch.Tensor):
         """Eval: ``(q_w as float64 integers, n_w as int)``."""
+        if not math.isfinite(float(w.detach().abs().amax())):  # also on the device path
+            raise NumericError(f"{self._where()}: weights contain NaN or infinity")
         exp = int(self.weight_exp(w))
         return numerics.quantize(w.detach().double(), exp, self.linger_cfg.parameter_bits), exp
 
     # -- output -------------------------------------------------------------------------------
-    def quant_output_train(self, y: torch.Tensor) -> QTensor:
+    def quant_output_train(self, y: torch.Tensor, owned: bool = False) -> QTensor:
+        """Training: update the output range with ``y`` and fake-quantize it. ``owned``: ``y`` is
+        the layer's own fresh result (nothing else holds it), which may be quantized in place."""
         bits = self.linger_cfg.out_bits
         # two-stage flow: an "ahead ReLU" layer takes its range from relu(y); the
         # normalize_output_value v caps the range (exponent >= floor). See two_stage.py.
-        exp = self._observe("output", two_stage.output_statistic(self, y), bits,
-                            min_exp=two_stage.output_min_exp(self, bits))
-        return QTensor.wrap(fake_quant(y, exp, bits), exp, bits)
+        exp = self._observe("output", y, bits, min_exp=two_stage.output_min_exp(self, bits),
+                            nonneg=self.__dict__.get(two_stage.AHEAD_RELU_ATTR, False))
+        return QTensor.wrap(fake_quant(y, exp, bits, owned), exp, bits)
 
     def int_output(self, acc: torch.Tensor, exp_acc: int, like: torch.Tensor):
         """Requantize an exact float64 integer accumulator at exponent ``exp_acc`` to the output.

@@ -12,16 +12,27 @@ exponent and bits, saturating; straight-through gradient).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 from . import trace
-from .functions import fake_quant
+from .functions import clip, fake_quant
 from .qtensor import QTensor, _layout, _run_plain, register
 
 
 def clip_on_grid(x: QTensor, lo: float, hi: float) -> QTensor:
     """Clamp a quantized value to ``[lo, hi]`` rounded inwards onto its grid; exponent kept."""
+    if isinstance(x.raw_exp, int) and math.isfinite(lo) and math.isfinite(hi):
+        # CPU: bounds as Python numbers, fused backward
+        n = x.raw_exp
+        qlo, qhi = math.ceil(lo * 2.0 ** n), math.floor(hi * 2.0 ** n)
+        out = QTensor.wrap(clip(x.plain(), qlo * 2.0 ** -n, qhi * 2.0 ** -n), n, x.bits)
+        rec = trace.current()
+        if rec is not None:
+            rec.clip(x, out, qlo, qhi)
+        return out
     scale = torch.exp2(x.exp.double())
     qlo, qhi = torch.ceil(lo * scale), torch.floor(hi * scale)
     v = x.plain()

@@ -19,6 +19,7 @@ from .. import numerics
 from ..errors import UnsupportedError
 from . import trace, two_stage
 from .base import QuantMixin, int_values
+from .bn_train import batchnorm_train
 from .functions import fake_quant
 from .qtensor import QTensor
 
@@ -41,8 +42,8 @@ class _WeightedQuant(QuantMixin):
         weight, bias = two_stage.quant_parameters(self)  # (self.weight, self.bias) if not fused
         if self.training:
             w, nw = self.fake_weight(weight)
-            b = None if bias is None else fake_quant(bias, xq.exp + nw, numerics.BIAS_BITS)
-            return self.quant_output_train(self._float_op(xq.plain(), w, b))
+            b = None if bias is None else fake_quant(bias, xq.raw_exp + nw, numerics.BIAS_BITS)
+            return self.quant_output_train(self._float_op(xq.plain(), w, b), owned=True)
         nx = xq.int_exp()
         qw, nw = self.int_weight(weight)
         qb = None if bias is None else numerics.quantize_bias(bias.detach().double(), nx, nw)
@@ -145,18 +146,8 @@ class _BatchNormQuant(QuantMixin):
     def forward(self, x):
         xq = self.quant_input(x)
         shape = [1, -1] + [1] * (xq.dim() - 2)  # broadcast over (N, C, *)
-        if self.training:
-            xf = xq.plain()
-            if two_stage.bn_stats_frozen():  # linger.SetBnMomentumUpdate(True): train as eval
-                mean, var = self.running_mean, self.running_var
-            else:
-                dims = [d for d in range(xf.dim()) if d != 1]
-                mean, var = xf.mean(dims), xf.var(dims, unbiased=False)
-                self._update_running(mean, var, xf.numel() // xf.shape[1])
-            a, c = self._affine(mean, var)
-            aq, na = self.fake_weight(a)
-            cq = fake_quant(c, xq.exp + na, numerics.BIAS_BITS)
-            return self.quant_output_train(xf * aq.view(shape) + cq.view(shape))
+        if self.training:  # y = x * aq + cq and its output quantization (bn_train.py)
+            return batchnorm_train(self, xq)
         a, c = self._affine(self.running_mean.double(), self.running_var.double())
         nx = xq.int_exp()
         qa, na = self.int_weight(a)
@@ -170,14 +161,6 @@ class _BatchNormQuant(QuantMixin):
             rec.node(self, self.onnx_op, [xq], [out], attrs,
                      {"weight": (qa, self.linger_cfg.parameter_bits), "bias": (qc, 32)})
         return out
-
-    @torch.no_grad()
-    def _update_running(self, mean, var, n):
-        self.num_batches_tracked += 1
-        m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-        unbiased = var * (n / max(n - 1, 1))
-        self.running_mean.mul_(1 - m).add_(mean.detach() * m)
-        self.running_var.mul_(1 - m).add_(unbiased.detach() * m)
 
 
 class QBatchNorm1d(_BatchNormQuant, nn.BatchNorm1d):
@@ -212,8 +195,8 @@ class _AvgPoolQuant(QuantMixin):
         x4 = _as_2d(xq.plain())
         if self.training:
             y = F.avg_pool2d(x4, k, s, p, False, include_pad)
-            y = fake_quant(y, xq.exp, xq.bits)
-            return QTensor.wrap(_from_2d(y, xq.dim()), xq.exp, xq.bits)
+            y = fake_quant(y, xq.raw_exp, xq.bits)
+            return QTensor.wrap(_from_2d(y, xq.dim()), xq.raw_exp, xq.bits)
         q = _as_2d(int_values(xq))
         sums = F.avg_pool2d(q, k, s, p, False, True, divisor_override=1).round().long()
         if include_pad or not any(p):

@@ -23,7 +23,7 @@ from .. import numerics
 from ..config import SWITCHES
 from . import scope, trace
 from .base import _value_dtype
-from .functions import exponent_for_range_t, fake_quant
+from .functions import exponent_for_range_t, fake_quant, weight_exponent
 from .qtensor import QTensor, _run_plain, _unsupported
 
 
@@ -55,9 +55,7 @@ def from_int(q: np.ndarray, exp: int, bits: int, like: torch.Tensor) -> QTensor:
 
 def fq(x: torch.Tensor, exp, bits: int) -> torch.Tensor:
     """Fake-quantize (straight-through) at an int or 0-dim tensor exponent."""
-    if not isinstance(exp, torch.Tensor):
-        exp = torch.tensor(int(exp), dtype=torch.int32, device=x.device)
-    return fake_quant(x, exp.to(x.device), bits)
+    return fake_quant(x, exp if not isinstance(exp, torch.Tensor) else exp.to(x.device), bits)
 
 
 def weight_int(w: torch.Tensor, bits: int):
@@ -71,7 +69,7 @@ def weight_int(w: torch.Tensor, bits: int):
 
 def weight_fake(w: torch.Tensor, bits: int):
     """Training twin of :func:`weight_int`: ``(fake-quantized w, n)``."""
-    n = exponent_for_range_t(w.detach().abs().amax(), bits)
+    n = weight_exponent(w, bits)
     return fq(w, n, bits), n
 
 

@@ -30,6 +30,7 @@ import torch.nn as nn
 from .. import iqmath, numerics
 from . import trace
 from .functional import clip_on_grid
+from .functions import fake_requant
 from .ops_common import (OpCall, fallback, fq, from_int, inplace, int_const, is_number, is_q,
                          to_int, weight_fake, weight_int)
 from .qtensor import QTensor, register
@@ -83,9 +84,15 @@ def _addsub(func, args, kwargs, subtract: bool, reverse: bool = False):
     like = _like(a, b)
     if call.training:
         fa, fb = (v.plain() if is_q(v) else _const(v).to(like.device, like.dtype) for v in (a, b))
-        exp = call.observe(fa - fb if subtract else fa + fb, bits)
-        ra, rb = fq(fa, exp, 32), fq(fb, exp, 32)  # each operand on the output grid, as in eval
-        return QTensor.wrap(fq(ra - rb if subtract else ra + rb, exp, bits), exp, bits)
+        s = fa - fb if subtract else fa + fb
+        exp = call.observe(s, bits)
+        # each operand on the output grid, as in eval (fake_requant: no work where exact)
+        ra, rb = (fake_requant(f, v.raw_exp, v.bits, exp, 32) if is_q(v) else fq(f, exp, 32)
+                  for f, v in ((fa, a), (fb, b)))
+        if ra is not fa or rb is not fb:  # (else the sum is s itself)
+            s = ra - rb if subtract else ra + rb
+        # on the output grid: only saturation is left (none, if s's bounds say so)
+        return QTensor.wrap(fake_requant(s, exp, 32, exp, bits), exp, bits)
     no = call.stored_exp()
     ints, ins, attrs = [], [], {}
     for tag, v in (("x", a), ("y", b)):

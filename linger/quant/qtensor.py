@@ -29,19 +29,40 @@ POLICY = {"on_unsupported": "dequant"}
 
 
 class QTensor(torch.Tensor):
-    """A tensor with ``exp`` (0-dim int32 tensor) and ``bits`` (int, or None for traced floats)."""
+    """A tensor with an exponent and ``bits`` (int, or None for traced floats).
 
-    exp: torch.Tensor
+    The exponent is kept as it was given: a Python int (CPU training and eval: reading it costs
+    nothing) or a 0-dim int32 tensor (device training, ``torch.compile``: it stays on the device).
+    ``exp`` always answers a 0-dim tensor, ``int_exp()`` a Python int, ``raw_exp`` the stored
+    form, which :func:`~linger.quant.functions.fake_quant` and friends take as it is.
+    """
+
     bits: int | None
+    raw_exp: object
 
     @staticmethod
     def wrap(t: torch.Tensor, exp, bits) -> "QTensor":
         """View ``t`` as a QTensor (autograd flows through); ``exp`` int or 0-dim tensor."""
         q = t.as_subclass(QTensor)
-        if bits is not None and not isinstance(exp, torch.Tensor):
-            exp = torch.tensor(int(exp), dtype=torch.int32)
-        q.exp, q.bits = exp, bits
+        q.raw_exp = exp if exp is None or isinstance(exp, torch.Tensor) else int(exp)
+        q.bits = bits
         return q
+
+    @property
+    def exp(self):
+        """The exponent as a 0-dim int32 tensor (made from an int on first use)."""
+        e = self.raw_exp
+        if e is None or isinstance(e, torch.Tensor):
+            return e
+        t = getattr(self, "_exp_t", None)
+        if t is None or int(t) != e:
+            t = torch.tensor(e, dtype=torch.int32)
+            self._exp_t = t
+        return t
+
+    @exp.setter
+    def exp(self, value):
+        self.raw_exp = value if value is None or isinstance(value, torch.Tensor) else int(value)
 
     def plain(self) -> torch.Tensor:
         """The same values as a plain ``torch.Tensor`` (no copy, autograd flows through)."""
@@ -53,8 +74,9 @@ class QTensor(torch.Tensor):
         return self.bits is not None
 
     def int_exp(self) -> int:
-        """The exponent as a Python int (synchronises with the device)."""
-        return int(self.exp)
+        """The exponent as a Python int (synchronises with the device if it lives there)."""
+        e = self.raw_exp
+        return e if isinstance(e, int) else int(e)
 
     def __repr__(self, *, tensor_contents=None):
         body = repr(self.plain())
@@ -64,7 +86,7 @@ class QTensor(torch.Tensor):
 
     def __reduce_ex__(self, proto):
         # Pickling (torch.save, multiprocessing) keeps the values as a plain tensor plus metadata.
-        return (_rebuild, (self.plain().detach(), self.exp, self.bits))
+        return (_rebuild, (self.plain().detach(), self.raw_exp, self.bits))
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
@@ -149,7 +171,7 @@ def _layout(func, args, kwargs):
 
 def _rewrap(out, src):
     if isinstance(out, torch.Tensor):
-        return QTensor.wrap(out, src.exp, src.bits)
+        return QTensor.wrap(out, src.raw_exp, src.bits)
     if isinstance(out, (tuple, list)):
         return type(out)(_rewrap(o, src) for o in out)
     return out

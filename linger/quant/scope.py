@@ -24,6 +24,7 @@ functions: models stay picklable (``copy.deepcopy``, ``pickle``, ``torch.multipr
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -34,7 +35,7 @@ import torch.nn as nn
 
 from ..config import QuantConfig
 from ..errors import NotCalibratedError, NumericError
-from .functions import batch_absmax, exponent_for_range_t, update_range
+from .functions import observe
 
 #: Attribute (child module name) holding the op states of a module.
 STATE_ATTR = "linger_iq"
@@ -61,23 +62,25 @@ class IQStat(nn.Module):
     def forward(self, *args):  # pragma: no cover - a container of buffers, never called
         raise RuntimeError("IQStat holds statistics only; it is not a layer")
 
-    def observe(self, y: torch.Tensor, bits: int, momentum: float, where: str) -> torch.Tensor:
-        """Update the running ``max|y|`` with this batch; return the new exponent (int32 0-dim)."""
-        m = batch_absmax(y)
-        if not torch.isfinite(m):
-            raise NumericError(f"{where}: the output contains NaN or infinity; check the data and"
-                               f" the learning rate (quantization needs finite values)")
-        update_range(self.output_range, self.output_ready, m.to(self.output_range.device),
-                     momentum)
-        exp = exponent_for_range_t(self.output_range, bits)
-        self.output_exp.copy_(exp)
-        return exp
+    def observe(self, y: torch.Tensor, bits: int, momentum: float, where: str):
+        """Update the running ``max|y|`` with this batch (reduced over DDP ranks); return the new
+        exponent: an int on the CPU, a 0-dim int32 device tensor elsewhere."""
+        buf = self._buffers
+        return observe(buf["output_range"], buf["output_ready"], buf["output_exp"], y, bits,
+                       momentum,
+                       where=lambda: f"{where}: the output contains NaN or infinity; check the"
+                                     f" data and the learning rate (quantization needs finite"
+                                     f" values)")
 
     def stored_exp(self, where: str) -> int:
         if not bool(self.output_ready):
             raise NotCalibratedError(
                 f"{where} has no output range yet: run at least one training-mode forward pass"
                 f" (model.train()) before eval or export, or load a checkpoint that has it")
+        r = float(self.output_range)
+        if not math.isfinite(r):  # training on a GPU reports NaN/inf here, not per step
+            raise NumericError(f"{where}: the output range is {r}: a training batch contained"
+                               f" NaN or infinity; check the data and the learning rate")
         return int(self.output_exp)
 
 
@@ -139,6 +142,16 @@ def _sanitize(name: str) -> str:
     return re.sub(r"\W", "", name) or "fn"
 
 
+#: torch.compile resumes a function after a graph break in a generated code object named
+#: ``torch_dynamo_resume_in_<function>_at_<line>``; sites keep the original function's name.
+_DYNAMO_RESUME = re.compile(r"^torch_dynamo_resume_in_(.+)_at_\d+$")
+
+
+def _code_name(code) -> str:
+    m = _DYNAMO_RESUME.match(code.co_name)
+    return m.group(1) if m else code.co_name
+
+
 def site_key(frame: Frame, op: str) -> str:
     """The stable site name of ``op`` executed now in ``frame``'s module (see module docstring)."""
     if type(frame.module).__module__.startswith("torch."):
@@ -147,7 +160,7 @@ def site_key(frame: Frame, op: str) -> str:
         f = sys._getframe(1)
         while f is not None and f.f_code.co_filename.startswith((_TORCH_DIR, _QUANT_DIR)):
             f = f.f_back
-        base = op if f is None else f"{op}_{_sanitize(f.f_code.co_name)}_L{f.f_lineno}"
+        base = op if f is None else f"{op}_{_sanitize(_code_name(f.f_code))}_L{f.f_lineno}"
     k = frame.counts.get(base, 0) + 1
     frame.counts[base] = k
     return base if k == 1 else f"{base}_call{k}"
