@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
+import sys
 import time
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import linger
 from linger.examples_models import load_digits_data, set_seed
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shared _train.py
+from _train import accuracy, fit  # noqa: E402
 
 
 class RowGRU(nn.Module):
@@ -35,30 +39,6 @@ class RowGRU(nn.Module):
     def forward(self, x):
         _, h = self.gru(x.flatten(1, 2))       # (N, 8, 8) rows as steps -> h: (1, N, hidden)
         return self.fc(h[-1])                  # the last layer's final state: (N, hidden)
-
-
-def fit(model, xtr, ytr, epochs: int, lr: float, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    steps = epochs * ((len(xtr) + 63) // 64)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
-    model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(xtr), generator=g)
-        for i in range(0, len(xtr), 64):
-            idx = perm[i:i + 64]
-            loss = F.cross_entropy(model(xtr[idx]), ytr[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    return model
-
-
-def accuracy(model, x, y) -> float:
-    model.eval()
-    with torch.no_grad():
-        return (model(x).argmax(1) == y).float().mean().item() * 100
 
 
 def run(seed: int, float_epochs: int, qat_epochs: int, hidden: int) -> dict:

@@ -16,14 +16,18 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
+import sys
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import linger
 from linger.examples_models import DigitsCNN, load_digits_data, set_seed
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shared _train.py
+from _train import accuracy, fit  # noqa: E402
 
 DUMMY = torch.zeros(1, 1, 8, 8)
 
@@ -41,46 +45,21 @@ def stage2_model():
     return linger.init(stage1_model())
 
 
-def fit(model, data, epochs, lr, seed=0):
-    xtr, ytr = data
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    steps = epochs * ((len(xtr) + 63) // 64)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
-    model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(xtr), generator=g)
-        for i in range(0, len(xtr), 64):
-            idx = perm[i:i + 64]
-            loss = F.cross_entropy(model(xtr[idx]), ytr[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    return model
-
-
-def accuracy(model, x, y) -> float:
-    model.eval()
-    with torch.no_grad():
-        return (model(x).argmax(1) == y).float().mean().item() * 100
-
-
 def run(seed: int, float_epochs: int, stage1_epochs: int, stage2_epochs: int) -> dict:
     xtr, ytr, xte, yte = load_digits_data()
     set_seed(seed)
-    flt = fit(DigitsCNN(), (xtr, ytr), float_epochs, 1e-2, seed)
+    flt = fit(DigitsCNN(), xtr, ytr, float_epochs, 1e-2, seed)
     res = {"float": accuracy(flt, xte, yte)}
     s1 = stage1_model()
     s1.load_state_dict(flt.state_dict(), strict=True)        # float checkpoint -> stage 1
-    fit(s1, (xtr, ytr), stage1_epochs, 3e-3, seed)
+    fit(s1, xtr, ytr, stage1_epochs, 3e-3, seed)
     res["stage1"] = accuracy(s1, xte, yte)
     s2 = stage2_model()
     s2.load_state_dict(s1.state_dict(), strict=True)         # stage-1 checkpoint -> stage 2
-    fit(s2, (xtr, ytr), stage2_epochs, 1e-3, seed)
+    fit(s2, xtr, ytr, stage2_epochs, 1e-3, seed)
     res["two_stage_int8"] = accuracy(s2, xte, yte)
     direct = linger.init(copy.deepcopy(flt))
-    fit(direct, (xtr, ytr), stage1_epochs + stage2_epochs, 1e-3, seed)
+    fit(direct, xtr, ytr, stage1_epochs + stage2_epochs, 1e-3, seed)
     res["direct_qat_int8"] = accuracy(direct, xte, yte)
     graph = linger.onnx.export(s2, xte[:1], None, input_names=["input"],
                                dynamic_axes={"input": {0: "batch"}})

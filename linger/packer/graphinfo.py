@@ -9,14 +9,13 @@ exactly what the runtime computes.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 
 from ..errors import InputError, LingerError, ModelFileError
-from ..runtime.graph import Graph, load_graph
+from ..runtime.graph import Graph, load_graph, read_model
 
 #: Ops whose output is a view of their first input: same bytes, no copy (the planner aliases).
 ALIAS_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
@@ -51,28 +50,6 @@ class PackGraph:
     @property
     def nodes(self):
         return self.graph.nodes
-
-
-def read_model(source) -> tuple[onnx.ModelProto, str]:
-    """``source``: path, bytes or ModelProto -> (ModelProto, description for messages)."""
-    if isinstance(source, onnx.ModelProto):
-        return source, "<ModelProto>"
-    if isinstance(source, (bytes, bytearray)):
-        try:
-            return onnx.load_from_string(bytes(source)), "<bytes>"
-        except Exception as e:
-            raise ModelFileError(f"<bytes>: not a readable ONNX model: {e}") from e
-    if isinstance(source, (str, os.PathLike)):
-        path = os.fspath(source)
-        if not os.path.isfile(path):
-            raise ModelFileError(f"model file '{path}' does not exist or is not a file")
-        try:
-            return onnx.load(path), f"'{path}'"
-        except Exception as e:
-            raise ModelFileError(f"'{path}' is not a readable ONNX model: {type(e).__name__}:"
-                                 f" {e}. Export it with linger.onnx.export") from e
-    raise ModelFileError(f"expected an ONNX file path, bytes or onnx.ModelProto, got"
-                         f" {type(source).__name__}")
 
 
 def load(source, dims=None) -> PackGraph:

@@ -64,7 +64,7 @@ class Graph:
 def load_graph(source) -> Graph:
     """Read ``source`` (path, bytes or ``onnx.ModelProto``; an ONNX model or a model packed by
     ``linger pack``) and check it completely."""
-    model, where = _read(source)
+    model, where = read_model(source)
     if not model.HasField("graph") or not model.graph.output:
         raise ModelFileError(f"{where} is not an ONNX model (no graph or no graph outputs);"
                              f" the file may be empty, truncated or of another format")
@@ -93,7 +93,9 @@ def load_graph(source) -> Graph:
 _PACKED_MAGIC = b"LINGERPK"  # = linger.packer.format.MAGIC; an ONNX load never imports the packer
 
 
-def _read(source):
+def read_model(source):
+    """``source``: path, bytes or ModelProto (ONNX, or a file written by ``linger pack``) ->
+    ``(ModelProto, description for messages)``; anything unreadable is a ModelFileError."""
     if isinstance(source, onnx.ModelProto):
         return source, "<ModelProto>"
     if isinstance(source, (bytes, bytearray, memoryview)):

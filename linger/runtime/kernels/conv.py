@@ -123,7 +123,6 @@ def conv_fast(attrs, args):
             if x.ndim != nd + 2 or x.shape[-1] != cg * g:
                 raise ModelFileError(f"input {list(x.shape)} does not fit weight"
                                      f" {list(w.shape)}")
-            n = x.shape[0]
             if pointwise:
                 win = x[(slice(None),) + tuple(slice(None, None, s) for s in strides)]
                 if g == 1:
