@@ -96,7 +96,7 @@ class QTensor(torch.Tensor):
             return handler(func, args, kwargs)
         with torch._C.DisableTorchFunctionSubclass():
             out = func(*args, **kwargs)
-        if not _has_tensor(out) or func in _METADATA_FUNCS:
+        if not _has_tensor(out):  # sizes, dtypes, bools: nothing quantized to keep
             return out
         return _unsupported(func, args, kwargs, out)
 
@@ -111,10 +111,6 @@ def _has_tensor(out) -> bool:
     if isinstance(out, (tuple, list)):
         return any(isinstance(o, torch.Tensor) for o in out)
     return False
-
-
-# Functions that return tensors describing the tensor, not values derived from it.
-_METADATA_FUNCS = {torch.Tensor.__bool__} if hasattr(torch.Tensor, "__bool__") else set()
 
 
 def quantized_args(args) -> list:

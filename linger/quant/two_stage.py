@@ -117,12 +117,6 @@ def at_least(exp: torch.Tensor, floor: int | None) -> torch.Tensor:
     return exp if floor is None else exp.clamp_min(floor)
 
 
-def output_statistic(m, y: torch.Tensor) -> torch.Tensor:
-    """What the output range statistic is taken on: ``relu(y)`` for an ahead-ReLU layer (its range
-    covers ``[0, max]`` only; negatives saturate and the following ReLU zeroes them), else ``y``."""
-    return y.clamp_min(0) if m.__dict__.get(AHEAD_RELU_ATTR, False) else y
-
-
 # -- BatchNorm statistics switch -------------------------------------------------------------
 
 def bn_stats_frozen() -> bool:
