@@ -179,7 +179,8 @@ class _AvgPoolQuant(QuantMixin):
     onnx_op = "AvgPoolInt"
     has_output_quant = False
 
-    def _window(self):
+    def _window(self, x):
+        """``(kernel, stride, padding, count_include_pad)`` as 2-D tuples for input ``x``."""
         raise NotImplementedError
 
     def _check_options(self):
@@ -191,7 +192,7 @@ class _AvgPoolQuant(QuantMixin):
 
     def forward(self, x):
         xq = self.quant_input(x)
-        k, s, p, include_pad = self._window()
+        k, s, p, include_pad = self._window(xq)
         x4 = _as_2d(xq.plain())
         if self.training:
             y = F.avg_pool2d(x4, k, s, p, False, include_pad)
@@ -231,13 +232,13 @@ def _pair(v, n):
 
 
 class QAvgPool1d(_AvgPoolQuant, nn.AvgPool1d):
-    def _window(self):
+    def _window(self, x):
         return ((1,) + _pair(self.kernel_size, 1), (1,) + _pair(self.stride, 1),
                 (0,) + _pair(self.padding, 1), self.count_include_pad)
 
 
 class QAvgPool2d(_AvgPoolQuant, nn.AvgPool2d):
-    def _window(self):
+    def _window(self, x):
         return (_pair(self.kernel_size, 2), _pair(self.stride or self.kernel_size, 2),
                 _pair(self.padding, 2), self.count_include_pad)
 
@@ -251,25 +252,17 @@ class _GlobalAvgQuant(_AvgPoolQuant):
                 f"{self._where()}: only global adaptive pooling (output_size=1) is quantized;"
                 f" got output_size={self.output_size}. Use AvgPool with an explicit kernel")
 
-    def forward(self, x):
-        shape = x.shape[-self._nd:]
-        self.kernel_size = self.stride = tuple(shape) if self._nd == 2 else (shape[0],)
-        self.padding, self.count_include_pad = (0,) * self._nd, True
-        return super().forward(x)
+    def _window(self, x):
+        whole = tuple(x.shape[-2:]) if self._nd == 2 else (1, x.shape[-1])
+        return whole, whole, (0, 0), True
 
 
 class QAdaptiveAvgPool1d(_GlobalAvgQuant, nn.AdaptiveAvgPool1d):
     _nd = 1
 
-    def _window(self):
-        return ((1,) + self.kernel_size, (1,) + self.stride, (0, 0), True)
-
 
 class QAdaptiveAvgPool2d(_GlobalAvgQuant, nn.AdaptiveAvgPool2d):
     _nd = 2
-
-    def _window(self):
-        return (self.kernel_size, self.stride, (0, 0), True)
 
 
 class QEmbedding(QuantMixin, nn.Embedding):
