@@ -39,6 +39,15 @@ def _layer_inputs(inputs, bits_x, bits_w):
     return x, w, b, x.ndim - 2
 
 
+def _geometry(w, nd, kernel_shape, strides, dilations):
+    """Kernel size (checked against the weight's shape), strides and dilations as lists."""
+    k = list(w.shape[2:])
+    if kernel_shape is not None and list(kernel_shape) != k:
+        raise ModelFileError(f"kernel_shape {list(kernel_shape)} disagrees with weight shape"
+                             f" {list(w.shape)}")
+    return k, spatial(strides, nd, 1, "strides"), spatial(dilations, nd, 1, "dilations")
+
+
 @kernel("Conv1dInt")
 @kernel("Conv2dInt")
 def conv_int(inputs, *, exp_x, exp_w, exp_o, bits_x, bits_w, bits_o, kernel_shape=None,
@@ -48,11 +57,7 @@ def conv_int(inputs, *, exp_x, exp_w, exp_o, bits_x, bits_w, bits_o, kernel_shap
     ``x (N, C, *S)``, ``W (Cout, C/group, *k)``, optional int32 ``B (Cout,)``.
     """
     x, w, b, nd = _layer_inputs(inputs, bits_x, bits_w)
-    k = list(w.shape[2:])
-    if kernel_shape is not None and list(kernel_shape) != k:
-        raise ModelFileError(f"kernel_shape {list(kernel_shape)} disagrees with weight shape"
-                             f" {list(w.shape)}")
-    strides, dilations = spatial(strides, nd, 1, "strides"), spatial(dilations, nd, 1, "dilations")
+    k, strides, dilations = _geometry(w, nd, kernel_shape, strides, dilations)
     n, c = x.shape[:2]
     cout, cg = w.shape[:2]
     g = int(group)
@@ -224,11 +229,7 @@ def conv_transpose_int(inputs, *, exp_x, exp_w, exp_o, bits_x, bits_w, bits_o,
     ``x (N, Cin, *S)``, ``W (Cin, Cout/group, *k)``, optional int32 ``B (Cout,)``.
     """
     x, w, b, nd = _layer_inputs(inputs, bits_x, bits_w)
-    k = list(w.shape[2:])
-    if kernel_shape is not None and list(kernel_shape) != k:
-        raise ModelFileError(f"kernel_shape {list(kernel_shape)} disagrees with weight shape"
-                             f" {list(w.shape)}")
-    strides, dilations = spatial(strides, nd, 1, "strides"), spatial(dilations, nd, 1, "dilations")
+    k, strides, dilations = _geometry(w, nd, kernel_shape, strides, dilations)
     opad = spatial(output_padding, nd, 0, "output_padding")
     pairs = pad_pairs(pads, nd)
     n, cin = x.shape[:2]
