@@ -21,6 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .. import numerics
 from ..errors import ExportError
+from .names import unique_name
 
 DOMAIN = "ai.linger"
 QDQ_OPSET = 21  # int16/int32 QuantizeLinear need opset 21
@@ -38,12 +39,7 @@ class _Ctx:
                       list(model.graph.input) + list(model.graph.value_info)}
 
     def fresh(self, base):
-        name, k = base, 0
-        while name in self._names:
-            k += 1
-            name = f"{base}_{k}"
-        self._names.add(name)
-        return name
+        return unique_name(self._names, base)
 
     def const(self, base, arr):
         name = self.fresh(base)

@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from .. import numerics
 from ..errors import ExportError
 from ..quant.qtensor import QTensor
+from .names import unique_name
 
 #: The custom domain of linger's quantized operators.
 DOMAIN = "ai.linger"
@@ -51,12 +52,7 @@ class Recorder:
         return self.stack[-1] if self.stack and self.stack[-1] else "model"
 
     def unique(self, base: str) -> str:
-        name, k = base, 0
-        while name in self._used_names:
-            k += 1
-            name = f"{base}_{k}"
-        self._used_names.add(name)
-        return name
+        return unique_name(self._used_names, base)
 
     # -- values --------------------------------------------------------------------------------
     def bind(self, t: torch.Tensor, name: str) -> str:
