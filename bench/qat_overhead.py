@@ -47,6 +47,7 @@ import torch.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import linger  # noqa: E402
 from linger.examples_models import DepthwiseCNN, SmallResNet, set_seed  # noqa: E402
+from _machine import cpu_name  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 
 class GRUNet(nn.Module):
@@ -143,14 +144,8 @@ def profile_step(model, x, y, steps=5):
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
-    return (f"{cpu}, {os.cpu_count()} cores, load average {load}; torch {torch.__version__},"
+    return (f"{cpu_name()}, load average {load}; torch {torch.__version__},"
             f" {torch.get_num_threads()} threads, Python {platform.python_version()}")
 
 

@@ -35,6 +35,7 @@ import torch  # noqa: E402
 
 import linger  # noqa: E402
 from linger.examples_models import SmallResNet, set_seed  # noqa: E402
+from _machine import cpu_name  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 
 def _ort(model_bytes):
@@ -44,12 +45,6 @@ def _ort(model_bytes):
 
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     blas = "?"
     try:
         from threadpoolctl import threadpool_info
@@ -58,7 +53,7 @@ def _machine() -> str:
                          if d["user_api"] == "blas")
     except ImportError:
         pass
-    return (f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, numpy"
+    return (f"{cpu_name()}; Python {platform.python_version()}, numpy"
             f" {np.__version__}, BLAS {blas}, onnxruntime {ort.__version__}, torch"
             f" {torch.__version__}")
 
