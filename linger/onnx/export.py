@@ -28,18 +28,23 @@ def export(model: torch.nn.Module, args, f, input_names=None, output_names=None,
     not modified: parameters, buffers and its training flag are as before, inside or outside
     ``torch.no_grad()``.
 
+    Batch (axis 0 of every input) is dynamic unless the model cannot follow it; ``dynamic_axes``
+    (like torch.onnx.export, ``{input_name: {axis: dim_name}}`` or ``{input_name: [axes]}``)
+    makes other axes dynamic too. Every size that depends on them is computed in the graph, or
+    the export refuses naming the node and the axis (:mod:`linger.onnx.dynamic`).
+
     ``format="qdq"`` writes standard QuantizeLinear/DequantizeLinear + float ops instead, for
     onnxruntime and other standard tools (see :mod:`linger.onnx.qdq`). ``debug_dir``: also write
-    the intermediate graphs of each export step there. ``dynamic_axes``: like torch.onnx.export,
-    ``{value_name: {axis: dim_name}}``.
+    the intermediate graphs of each export step there.
     """
     if format not in ("linger", "qdq"):
         raise ExportError(f"format={format!r} is unknown; use 'linger' or 'qdq'")
     if opset_version < 13:
         raise ExportError(f"opset_version={opset_version} is too old; linger needs >= 13")
     inputs = args if isinstance(args, (tuple, list)) else (args,)
-    graph_model = trace_model(model, inputs, input_names, output_names, opset_version,
-                              dynamic_axes)
+    from .dynamic import trace_dynamic
+    graph_model = trace_dynamic(trace, model, inputs, input_names, output_names, opset_version,
+                                dynamic_axes)[0]
     if debug_dir:
         os.makedirs(debug_dir, exist_ok=True)
         onnx.save(graph_model, os.path.join(debug_dir, "1_linger_traced.onnx"))
