@@ -24,12 +24,17 @@ _TARGET_HELP = (f"target chip: {', '.join(available_targets())} or a profile fil
 
 
 def _dims(items) -> dict:
+    """``NAME=SIZE`` -> ``{NAME: SIZE}``; ``NAME=MIN:MAX`` -> ``{NAME: (MIN, MAX)}``."""
     dims = {}
     for item in items or ():
         name, sep, value = item.partition("=")
-        if not sep or not name or not value.isdigit() or int(value) < 1:
-            raise ConfigError(f"--dim takes NAME=SIZE with SIZE >= 1, got {item!r}")
-        dims[name] = int(value)
+        lo, colon, hi = value.partition(":")
+        ends = [lo, hi] if colon else [lo]
+        if not sep or not name or not all(e.isdigit() and int(e) >= 1 for e in ends) \
+                or int(ends[0]) > int(ends[-1]):
+            raise ConfigError(f"--dim takes NAME=SIZE or NAME=MIN:MAX with 1 <= MIN <= MAX,"
+                              f" got {item!r}")
+        dims[name] = (int(lo), int(hi)) if colon else int(lo)
     return dims
 
 
@@ -37,8 +42,9 @@ def _common(p) -> None:
     p.add_argument("model", help="the .onnx file written by linger.onnx.export")
     p.add_argument("--target", default="venus", help=_TARGET_HELP)
     p.add_argument("--dim", action="append", metavar="NAME=SIZE",
-                   help="size to plan for a symbolic input dimension (repeatable); a symbolic"
-                        " batch axis defaults to 1")
+                   help="size to plan for a symbolic input dimension (repeatable), or a range"
+                        " MIN:MAX (layers checked at both ends, memory planned for MAX); a"
+                        " symbolic batch axis defaults to 1")
     p.add_argument("--params", choices=["flash", "psram"], default=None,
                    help="memory of the parameters (default: the target profile's)")
 

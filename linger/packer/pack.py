@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from onnx import AttributeProto
 
-from ..errors import ExportError
+from ..errors import ConfigError, ExportError
 from ..targets import Target, Violation, check_op, from_node, load_target, raise_if_errors
 from . import format as F
 from .graphinfo import PackGraph, load
@@ -95,15 +95,34 @@ def memory_violations(pg, plan, target) -> list[Violation]:
 
 def check(source, target="venus", dims=None, params=None, memory: bool = True) -> CheckResult:
     """List every violation of ``source`` (ONNX path, bytes or ModelProto) on ``target``:
-    op support and limits of every node, then (``memory=True``) the memory plan's capacity."""
+    op support and limits of every node, then (``memory=True``) the memory plan's capacity.
+
+    ``dims``: symbolic dimension -> size, or ``(min, max)``: then layers are checked at both ends
+    and memory is planned for the largest sizes (every activation grows with its input)."""
     target = load_target(target)
-    pg = load(source, dims)
+    lows, highs = split_ranges(dims)
+    pg = load(source, highs)
     violations = check_graph(pg, target)
+    if lows != highs:  # a range: the graph must also run and conform at the smallest sizes
+        seen = {v.message for v in violations}
+        violations += [v for v in check_graph(load(source, lows), target)
+                       if v.message not in seen]
     plan = None
     if memory:
         plan = _plan(pg, target, params)
         violations += memory_violations(pg, plan, target)
     return CheckResult(target, pg, violations, plan)
+
+
+def split_ranges(dims) -> tuple[dict, dict]:
+    """``({dim: min}, {dim: max})`` of ``dims`` whose values are sizes or ``(min, max)``."""
+    lows, highs = {}, {}
+    for name, v in (dims or {}).items():
+        lo, hi = (v, v) if isinstance(v, int) else v
+        if not 1 <= int(lo) <= int(hi):
+            raise ConfigError(f"dimension '{name}': range {lo}:{hi} must have 1 <= min <= max")
+        lows[name], highs[name] = int(lo), int(hi)
+    return lows, highs
 
 
 def _plan(pg, target, params):
@@ -121,7 +140,8 @@ def pack(source, output=None, target="venus", dims=None, params=None, force: boo
     """Check, plan and write ``source`` as a packed model for ``target``.
 
     ``output``: path to write (``None``: only returned in ``.data``). ``dims``: sizes of symbolic
-    input dimensions (a symbolic batch axis defaults to 1). ``params``: memory of parameters
+    input dimensions, or ``(min, max)`` ranges (planned for max; see :func:`check`; a symbolic
+    batch axis defaults to 1). ``params``: memory of parameters
     (``"flash"``/``"psram"``; default: the profile's). ``force``: write even if there are
     violations (they stay listed in the result). Raises
     :class:`~linger.errors.TargetError` listing every violation otherwise.
