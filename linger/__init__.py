@@ -38,6 +38,7 @@ _LAZY = {
     "quant_tensor": "linger.quant.ops_tensor",
     "wb_analyse": "linger.analysis",
     "Dumper": "linger.analysis",
+    "check": "linger.modelcheck",
 }
 _LAZY_MODULES = ("onnx", "runtime", "quant", "analysis", "validate", "packer", "targets")
 

@@ -6,6 +6,8 @@ and the exponent of a quantized value passes through.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -225,22 +227,40 @@ def _maxpool(rec, xn, x, func, args, kwargs, out, base):
              pads=pad + pad, dilations=dil, ceil_mode=int(bool(p.get("ceil_mode", False))))
 
 
+#: ``COLLECT.problems = []`` (linger.check): refused float ops are listed there, not raised.
+COLLECT = threading.local()
+
+
+def exact_float_op(func, args, kwargs, out):
+    """The ONNX op (``"Add"``...) the exporter writes for ``func`` after a Dequant, exactly as
+    IEEE float computes it in PyTorch; ``None`` when there is none (the export refuses it)."""
+    if func not in _FLOAT_BINARY and func not in _FLOAT_UNARY:
+        return None
+    bad = [k for k in kwargs if k not in ("alpha",)] or (kwargs.get("alpha", 1) != 1)
+    if func is torch.div and kwargs.get("rounding_mode"):
+        bad = True
+    if bad or not isinstance(out, torch.Tensor) or not out.is_floating_point():
+        return None
+    return _FLOAT_BINARY.get(func) or _FLOAT_UNARY[func]
+
+
 def emit_float(rec, func, args, kwargs, out):
     """The dequant boundary: dequantize quantized inputs, then an exact IEEE float op."""
-    if func in _FLOAT_BINARY or func in _FLOAT_UNARY:
-        bad = [k for k in kwargs if k not in ("alpha",)] or (kwargs.get("alpha", 1) != 1)
-        if func is torch.div and kwargs.get("rounding_mode"):
-            bad = True
-        if not bad and isinstance(out, torch.Tensor) and out.is_floating_point():
-            operands = list(args[:2]) if func in _FLOAT_BINARY else [args[0]]
-            if func in _REVERSED:
-                operands = operands[::-1]
-            names = [rec.float_name(a) if isinstance(a, torch.Tensor)
-                     else rec.constant(np.asarray(a, dtype=np.float32)) for a in operands]
-            op = _FLOAT_BINARY.get(func) or _FLOAT_UNARY[func]
-            res = QTensor.wrap(out, None, None)
-            rec.emit(op, names, [res], name=rec.unique(f"{rec.module_path()}.{op.lower()}"))
-            return res
+    op = exact_float_op(func, args, kwargs, out)
+    if op is not None:
+        operands = list(args[:2]) if func in _FLOAT_BINARY else [args[0]]
+        if func in _REVERSED:
+            operands = operands[::-1]
+        names = [rec.float_name(a) if isinstance(a, torch.Tensor)
+                 else rec.constant(np.asarray(a, dtype=np.float32)) for a in operands]
+        res = QTensor.wrap(out, None, None)
+        rec.emit(op, names, [res], name=rec.unique(f"{rec.module_path()}.{op.lower()}"))
+        return res
+    if getattr(COLLECT, "problems", None) is not None:  # linger.check: list it and go on
+        COLLECT.problems.append((rec.module_path(), _fname(func)))
+        res = QTensor.wrap(out if isinstance(out, torch.Tensor) else out[0], None, None)
+        rec.bind(res, rec.unique(f"{rec.module_path()}.{_fname(func)}.unexportable"))
+        return res if isinstance(out, torch.Tensor) else type(out)([res] + list(out[1:]))
     raise ExportError(
         f"'{_fname(func)}' in '{rec.module_path()}' runs in float on a dequantized value; only"
         f" add/sub/mul/div/neg/abs are bit-exact after a Dequant. Quantize the op (see"

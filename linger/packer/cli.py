@@ -39,7 +39,8 @@ def _dims(items) -> dict:
 
 
 def _common(p) -> None:
-    p.add_argument("model", help="the .onnx file written by linger.onnx.export")
+    p.add_argument("model", help="the .onnx file written by linger.onnx.export (check: or a"
+                                 " model.py[:ClassName])")
     p.add_argument("--target", default="venus", help=_TARGET_HELP)
     p.add_argument("--dim", action="append", metavar="NAME=SIZE",
                    help="size to plan for a symbolic input dimension (repeatable), or a range"
@@ -76,12 +77,23 @@ def add_check_parser(subparsers) -> argparse.ArgumentParser:
         "check", help="list every violation of a target chip's limits in an ONNX model",
         description="Check every node of an exported model against the target's supported ops"
         " and limits, plan its memory and check capacities; list every violation (layer,"
-        " value, limit, fix), not only the first. Exit status 0 if the model fits, 1 if not.")
+        " value, limit, fix), not only the first. MODEL may also be a PyTorch model before any"
+        " training, as model.py:ClassName (built without arguments) or model.py (its"
+        " build_model()): then everything linger.init, the export and the target would refuse"
+        " is listed (linger.check). Exit status 0 if the model fits, 1 if not.")
     _common(p)
+    p.add_argument("--input-shape", action="append", metavar="D0,D1,...",
+                   help="for a model.py[:Class] MODEL: the shape of an example input"
+                        " (repeatable, one per input); default: the script's example_input()")
     p.add_argument("--no-memory", action="store_true", help="skip memory planning")
     p.add_argument("--report", action="store_true", help="print the memory report too")
     p.set_defaults(_run=run_check)
     return p
+
+
+def _is_script(model: str) -> bool:
+    path = model.rsplit(":", 1)[0] if ".py:" in model else model
+    return path.endswith(".py")
 
 
 def add_parser(subparsers) -> None:
@@ -92,6 +104,10 @@ def add_parser(subparsers) -> None:
 
 def run_check(args) -> int:
     from . import check
+
+    if _is_script(args.model):  # a PyTorch model: the dry run of linger.check
+        from ..modelcheck import check_script
+        return check_script(args.model, args.input_shape, args.target, _dims(args.dim))
 
     res = check(args.model, args.target, _dims(args.dim), args.params,
                 memory=not args.no_memory)
