@@ -24,7 +24,7 @@ def _gru_ref(gi, h, w_hh, b_hh, exp_h, bits_h):
     r, z = rz[:, :hs], rz[:, hs:]
     pre = gi[:, 2 * hs:] + fake_quant(r * gh[:, 2 * hs:], GATE_Q, 32)
     n = fake_quant(torch.tanh(fake_quant(pre, GATE_Q, 16)), PROB_Q, 17)
-    return fake_quant((1.0 - z) * n + z * h, exp_h, bits_h)
+    return fake_quant(torch.lerp(n, h, z), exp_h, bits_h)    # (1 - z) * n + z * h
 
 
 def _lstm_ref(gi, h, c, w_hh, b_hh, exp_h, bits_h):
@@ -40,6 +40,8 @@ def _lstm_ref(gi, h, c, w_hh, b_hh, exp_h, bits_h):
 
 def _reference(mode, gi, h, c, w_hh, b_hh, lengths, bits_h):
     exp_h = iqrnn.hidden_exp(bits_h)
+    if lengths is None:
+        lengths = torch.full((gi.shape[1],), gi.shape[0])
     act = (torch.arange(gi.shape[0])[:, None] < lengths[None, :]).unsqueeze(-1)
     ys = []
     for t in range(gi.shape[0]):
@@ -77,8 +79,11 @@ def _case(mode, bias, scale, seed):
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("scale", [1.0, 20.0])   # 20: gates and cells saturate
 @pytest.mark.parametrize("reverse", [False, True])
-def test_fused_direction_equals_composed_reference(mode, bias, scale, reverse):
+@pytest.mark.parametrize("packed", [True, False])  # False: no lengths, every step counts
+def test_fused_direction_equals_composed_reference(mode, bias, scale, reverse, packed):
     gi, h0, c0, w, b, lengths, dy, dh, dc = _case(mode, bias, scale, seed=1)
+    if not packed:
+        lengths = None
     leaves = [t for t in (gi, h0, c0, w, b) if t is not None]
 
     def run(fn):
@@ -95,7 +100,8 @@ def test_fused_direction_equals_composed_reference(mode, bias, scale, reverse):
 
     def ref(gi_, h_, c_, w_, b_):
         if reverse:
-            idx = rnn_train.reverse_index(lengths, gi_.shape[0])[:, :, None]
+            lens = torch.full((gi_.shape[1],), gi_.shape[0]) if lengths is None else lengths
+            idx = rnn_train.reverse_index(lens, gi_.shape[0])[:, :, None]
             y, h, c = _reference(mode, gi_.gather(0, idx.expand_as(gi_)), h_, c_, w_, b_,
                                  lengths, 8)
             return y.gather(0, idx.expand_as(y)), h, c

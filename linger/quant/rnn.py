@@ -165,8 +165,7 @@ class _QuantRNN(QuantMixin):
         x = xq.plain().transpose(0, 1) if batch_first else xq.plain()           # (T, N, F)
         steps, n = x.shape[0], x.shape[1]
         g = _Grid(x.device, self._bits_h)
-        lengths = torch.full((n,), steps, device=x.device) if lengths is None \
-            else lengths.to(x.device)
+        lengths = None if lengths is None else lengths.to(x.device)  # None: every step counts
         shape = (self.num_layers * self._dirs, n, self.hidden_size)
         h0 = x.new_zeros(shape) if h0 is None else \
             fake_quant(plain(h0).to(x.dtype), g.h, g.bits_h)

@@ -51,7 +51,7 @@ def _gru_cell(gi, h, w_hh, b_hh, exp_h, bits_h):
     r, z = rz[:, :hs], rz[:, hs:]
     a_n, m_n = _fq(gi[:, 2 * hs:] + _round(r * gh[:, 2 * hs:], GATE_Q), GATE_Q, 16)
     n = _round(torch.tanh(a_n), PROB_Q)
-    h_new, m_h = _fq((1.0 - z) * n + z * h, exp_h, bits_h)
+    h_new, m_h = _fq(torch.lerp(n, h, z), exp_h, bits_h)      # (1 - z) * n + z * h
     return h_new, (gh[:, 2 * hs:].clone(), a_rz, a_n, m_gh, m_rz, m_n, m_h)  # keep gh_n only
 
 
@@ -118,7 +118,8 @@ class RecurrentDirection(torch.autograd.Function):
     """One direction of a GRU (``c0`` None) or LSTM over time-major gates.
 
     Inputs: ``gi`` (T, N, G*H) input gates on the Q11 grid, ``h0``/``c0`` (N, H), ``w_hh``
-    (G*H, H), ``b_hh`` (G*H,) or None, ``active`` (T, N, 1) bool (``t < length``), the hidden
+    (G*H, H), ``b_hh`` (G*H,) or None, ``active`` (T, N, 1) bool (``t < length``; None: all
+    steps of every sequence count), the hidden
     exponent and bits. Outputs ``y`` (T, N, H) (zero past each length), ``h_T``, ``c_T``
     (``c_T`` is ``h_T``'s shape of zeros for a GRU). A sequence keeps its state past its
     length, as in PyTorch's packed sequences.
@@ -136,13 +137,18 @@ class RecurrentDirection(torch.autograd.Function):
             if lstm:
                 saved.append(c)
                 h_new, c_new, sv = _lstm_cell(g, h, c, w_hh, b_hh, exp_h, bits_h)
-                c = torch.where(active[t], c_new, c)
+                c = c_new if active is None else torch.where(active[t], c_new, c)
             else:
                 h_new, sv = _gru_cell(g, h, w_hh, b_hh, exp_h, bits_h)
             saved.extend(sv)
-            h = torch.where(active[t], h_new, h)
-            torch.mul(h_new, active[t], out=y[t])
+            if active is None:
+                h = h_new
+                y[t] = h_new
+            else:
+                h = torch.where(active[t], h_new, h)
+                torch.mul(h_new, active[t], out=y[t])
         ctx.lstm, ctx.has_bias, ctx.steps = lstm, b_hh is not None, steps
+        ctx.all_active = active is None
         ctx.save_for_backward(w_hh, active, *saved)  # visible to saved-tensor hooks
         return y, h, c
 
@@ -156,20 +162,24 @@ class RecurrentDirection(torch.autograd.Function):
         dc = dc_t.clone() if ctx.lstm else None
         dgi_all = dy.new_empty(dy.shape[:2] + (w_hh.shape[0],))          # (T, N, G*H)
         dgh_all = torch.empty_like(dgi_all)
-        acts = active.to(dh.dtype)                                         # (T, N, 1)
+        acts = None if ctx.all_active else active.to(dh.dtype)            # (T, N, 1)
         for t in range(steps - 1, -1, -1):
-            act = acts[t]
-            dh_new = act * (dh + dy[t])  # autograd materialises unused grads
+            act = None if acts is None else acts[t]
+            dh_new = dh + dy[t] if act is None else act * (dh + dy[t])
             sv = saved[t * per + (2 if ctx.lstm else 1):(t + 1) * per]
             if ctx.lstm:
-                dgi, dgh, dc_cell = _lstm_cell_backward(dh_new, act * dc, saved[t * per + 1], sv)
-                dc = (1.0 - act) * dc + dc_cell
-                dh_gates = 0.0                       # an LSTM's h reaches the gates via W_hh only
+                dc_in = dc if act is None else act * dc
+                dgi, dgh, dc_cell = _lstm_cell_backward(dh_new, dc_in, saved[t * per + 1], sv)
+                dc = dc_cell if act is None else (1.0 - act) * dc + dc_cell
+                dh_keep = None                       # an LSTM's h reaches the gates via W_hh only
             else:
-                dgi, dgh, dh_gates = _gru_cell_backward(dh_new, h_prev[t], sv)
+                dgi, dgh, dh_keep = _gru_cell_backward(dh_new, h_prev[t], sv)
             dgi_all[t] = dgi
             dgh_all[t] = dgh
-            dh = (1.0 - act) * dh + dh_gates + dgh @ w_hh
+            if act is not None:
+                carry = (1.0 - act) * dh
+                dh_keep = carry if dh_keep is None else dh_keep + carry
+            dh = dgh @ w_hh if dh_keep is None else torch.addmm(dh_keep, dgh, w_hh)
         flat = dgh_all.reshape(-1, dgh_all.shape[-1])                      # (T*N, G*H)
         dw = flat.t() @ torch.stack(h_prev).reshape(-1, dh.shape[-1])      # all steps at once
         db = flat.sum(0) if ctx.has_bias else None
@@ -183,15 +193,21 @@ def reverse_index(lengths: torch.Tensor, steps: int) -> torch.Tensor:
 
 
 def direction(mode: str, gi, h0, c0, w_hh, b_hh, lengths, reverse: bool, bits_h: int):
-    """One direction over (T, N, G) gates; ``(y (T, N, H), h_T, c_T)`` (``c_T`` None for GRU)."""
+    """One direction over (T, N, G) gates; ``(y (T, N, H), h_T, c_T)`` (``c_T`` None for GRU).
+    ``lengths`` (N,) or None (every sequence has all T steps)."""
     steps = gi.shape[0]
-    idx = None
-    if reverse:
+    idx = active = None
+    if lengths is not None:
+        active = (torch.arange(steps, device=gi.device)[:, None] < lengths[None, :]).unsqueeze(-1)
+    if reverse and lengths is not None:
         idx = reverse_index(lengths, steps)[:, :, None]
         gi = gi.gather(0, idx.expand_as(gi))
-    active = (torch.arange(steps, device=gi.device)[:, None] < lengths[None, :]).unsqueeze(-1)
+    elif reverse:
+        gi = gi.flip(0)
     y, h, c = RecurrentDirection.apply(gi, h0, c0 if mode == "LSTM" else None, w_hh, b_hh,
                                        active, iqrnn.hidden_exp(bits_h), bits_h)
-    if reverse:
+    if idx is not None:
         y = y.gather(0, idx.expand_as(y))
+    elif reverse:
+        y = y.flip(0)
     return y, h, (c if mode == "LSTM" else None)
