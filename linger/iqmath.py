@@ -269,12 +269,18 @@ def _exp_q20(q, n: int, axis: int):
     q = as_int(q)
     d = q - q.max(axis=axis, keepdims=True)                      # <= 0, exponent n
     d16 = np.maximum(requant(d, n - SOFTMAX_Q, 32), -(SOFTMAX_FLOOR << SOFTMAX_Q))
-    t = rshift(d16 * iqtables.LOG2E_Q30, 30)                     # (x - max) * log2(e), Q16
+    return exp_q20_nonpos(d16), d16
+
+
+def exp_q20_nonpos(d16) -> np.ndarray:
+    """``2**20 exp(d)`` for ``d`` in Q16, ``-32 <= d <= 0``: ``t = rs(d16 log2(e), 30)``, ``2**f``
+    of its fraction from the 64-segment table (Q30), shifted by its integer part to Q20."""
+    t = rshift(d16 * iqtables.LOG2E_Q30, 30)                     # d * log2(e), Q16
     ip = t >> SOFTMAX_Q                                          # integer part, <= 0
     f = t - (ip << SOFTMAX_Q)                                    # fraction, [0, 2**16)
     i = f >> 10
     p = _EXP2[i] + rshift((_EXP2[i + 1] - _EXP2[i]) * (f & 1023), 10)  # 2**f in Q30
-    return rshift(p, (30 - EXP_Q) - ip), d16                    # 2**t in Q20, [0, 2**20]
+    return rshift(p, (30 - EXP_Q) - ip)                          # 2**t in Q20, [0, 2**20]
 
 
 def softmax(q, n: int, axis: int, no: int, bits: int) -> np.ndarray:

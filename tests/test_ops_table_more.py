@@ -1,0 +1,130 @@
+"""More rows for the table of :mod:`test_ops_table`: the activations, dropout variants, parameters
+used as tensors, reductions, resampling and pooling added for published small networks.
+
+Each row goes through the same three checks as the main table (training and gradients, eval vs
+float within the documented SQNR, export + runtime bit-exact on typical, saturating (x8) and tiny
+inputs).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import linger
+import test_ops_table as table
+from test_ops_table import Row, _params, _rand
+
+ROWS = [
+    # hard-sigmoid / hard-swish (MobileNetV3)
+    Row("hardsigmoid", lambda e, a: F.hardsigmoid(a), [(4, 16)], 37, [3.0],
+        op_types=("iqHardSigmoid",)),
+    Row("hardsigmoid_module", lambda e, a: e.act(a), [(2, 4, 3, 3)], 38, [3.0],
+        extra=lambda: _params(act=nn.Hardsigmoid()), op_types=("iqHardSigmoid",)),
+    Row("hardswish", lambda e, a: F.hardswish(a), [(4, 16)], 32, [3.0],
+        op_types=("iqHardSwish",)),
+    Row("hardswish_module_inplace", lambda e, a: e.act(a), [(2, 4, 3, 3)], 29, [3.0],
+        extra=lambda: _params(act=nn.Hardswish(inplace=True)), op_types=("iqHardSwish",)),
+    Row("hardswish_by_hand", lambda e, a: a * F.relu6(a + 3.0) / 6.0, [(2, 4, 5)], 10, [3.0],
+        op_types=("iqAdd", "Clip", "iqMul", "iqDiv")),
+    Row("hardswish_16bit", lambda e, a: F.hardswish(a), [(4, 16)], 78, [3.0], bits=16,
+        op_types=("iqHardSwish",)),
+    # PReLU / LeakyReLU / ELU
+    Row("prelu_per_channel", lambda e, a: e.act(a), [(2, 6, 5)], 34,
+        extra=lambda: _params(act=_prelu(6)), op_types=("iqPReLU",)),
+    Row("prelu_single", lambda e, a: e.act(a), [(2, 3, 4, 4)], 29,
+        extra=lambda: _params(act=_prelu(1)), op_types=("iqPReLU",)),
+    Row("prelu_functional", lambda e, a: F.prelu(a, e.w), [(4, 8)], 35,
+        extra=lambda: _params(w=torch.rand(8, generator=table.g)), op_types=("iqPReLU",)),
+    Row("leaky_relu", lambda e, a: F.leaky_relu(a, 0.1), [(4, 16)], 35,
+        op_types=("iqPReLU",)),
+    Row("leaky_relu_module", lambda e, a: e.act(a), [(2, 4, 6)], 30,
+        extra=lambda: _params(act=nn.LeakyReLU()), op_types=("iqPReLU",)),
+    Row("prelu_16bit", lambda e, a: e.act(a), [(2, 6, 5)], 56, bits=16,
+        extra=lambda: _params(act=_prelu(6)), op_types=("iqPReLU",)),
+    Row("elu", lambda e, a: F.elu(a), [(4, 16)], 36, [2.0], op_types=("iqELU",)),
+    Row("elu_module_alpha", lambda e, a: e.act(a), [(2, 4, 6)], 33, [2.0],
+        extra=lambda: _params(act=nn.ELU(alpha=0.5)), op_types=("iqELU",)),
+    # dropout variants: identity in eval, nothing exported
+    Row("dropout_variants", lambda e, a: e.d3(e.d1(e.d2(e.ad(e.fad(
+        F.dropout2d(a, 0.05, e.training)))).flatten(2)).view(2, 4, 1, 3, 5)),
+        [(2, 4, 3, 5)], 32, extra=lambda: _params(
+            d1=nn.Dropout1d(0.05), d2=nn.Dropout2d(0.05), d3=nn.Dropout3d(0.05),
+            ad=nn.AlphaDropout(0.05), fad=nn.FeatureAlphaDropout(0.05)),
+        op_types=("Quant",)),
+    # parameters used as tensors (KWT: class token, positional embedding; learned scales)
+    Row("cat_class_token", lambda e, a: torch.cat([e.cls.expand(a.shape[0], -1, -1), a], 1),
+        [(3, 5, 8)], 32, extra=lambda: _params(cls=_rand(1, 1, 8)), op_types=("iqCat",)),
+    Row("add_positional_slice", lambda e, a: a + e.pos[:, :a.shape[1]], [(3, 5, 8)], 31,
+        extra=lambda: _params(pos=0.5 * _rand(1, 7, 8)), op_types=("iqAdd",)),
+    Row("mul_scale_view", lambda e, a: a * e.s.view(1, -1, 1), [(2, 6, 4)], 32,
+        extra=lambda: _params(s=_rand(6)), op_types=("iqMul",)),
+]
+
+
+def _prelu(n):
+    m = nn.PReLU(n)
+    with torch.no_grad():
+        m.weight.copy_(0.5 * torch.rand(n, generator=table.g) - 0.1)
+    return m
+
+
+@pytest.mark.parametrize("row", ROWS, ids=lambda r: r.name)
+def test_training_pass_and_gradients(row):
+    table.test_training_pass_and_gradients(row)
+
+
+@pytest.mark.parametrize("row", ROWS, ids=lambda r: r.name)
+def test_eval_matches_float_within_sqnr(row):
+    table.test_eval_matches_float_within_sqnr(row)
+
+
+@pytest.mark.parametrize("row", ROWS, ids=lambda r: r.name)
+def test_export_runtime_bit_exact(row, tmp_path):
+    table.test_export_runtime_bit_exact(row, tmp_path)
+
+
+def _export(row, tmp_path):
+    model, _ = table.build(row)
+    xs = table._inputs(row)
+    path = tmp_path / f"{row.name}.onnx"
+    linger.onnx.export(model, tuple(xs), path, input_names=[f"x{i}" for i in range(len(xs))])
+    return model, xs, path
+
+
+@pytest.mark.parametrize("target", ["venus", "arcs", "venusA"])
+def test_hand_written_hardswish_packs_for_every_target(target, tmp_path):
+    """``y + 3.0`` is an add of a scalar constant, not a broadcast the chip must expand."""
+    from linger import packer
+    row = next(r for r in ROWS if r.name == "hardswish_by_hand")
+    _, _, path = _export(row, tmp_path)
+    res = packer.pack(path, target=target)
+    assert not res.violations
+
+
+def test_quant_of_a_parameter_runs_on_the_fast_runtime(tmp_path):
+    """A Quant node reading a constant (a parameter given to quant_tensor) on the fast path."""
+    import linger.runtime
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.p = nn.Parameter(torch.randn(4))
+
+        def forward(self, x):
+            return self.fc(x) + linger.quant_tensor(self, self.p, name="p")
+
+    model = linger.init(Net()).train()
+    model(torch.randn(3, 4))
+    model.eval()
+    x = torch.randn(3, 4) * 8
+    linger.onnx.export(model, x, tmp_path / "p.onnx", input_names=["x"])
+    with torch.no_grad():
+        want = model(x).plain().numpy()
+    for fast in (True, False):
+        sess = linger.runtime.InferenceSession(str(tmp_path / "p.onnx"), fast=fast)
+        assert np.array_equal(sess.run(None, {"x": x.numpy()})[0], want)
