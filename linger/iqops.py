@@ -109,7 +109,7 @@ def out_size(size_in: int, size, scale) -> int:
 def nearest_index(size_in: int, size_out: int, scale=None) -> np.ndarray:
     """Source index of each output position: ``min(floor(f32(dst) * s), in - 1)`` with
     ``s = f32(1 / scale)`` when a scale factor is given, else ``f32(in) / f32(out)`` (PyTorch's
-    ``nearest`` mode, float32 as it computes it)."""
+    ``nearest`` mode on the CPU, float32 as it computes it)."""
     if scale is not None and float(scale) > 0:
         s = np.float32(1.0 / float(scale))
     else:

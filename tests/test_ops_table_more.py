@@ -70,6 +70,44 @@ ROWS = [
     Row("max_all", lambda e, a: torch.max(a), [(2, 4, 6)], 35, op_types=("ReduceMax",)),
     Row("min_dim_keepdim", lambda e, a: a.min(dim=1, keepdim=True).values, [(2, 4, 6)], 33,
         op_types=("ReduceMin",)),
+    # pooling: adaptive of any size (TCN: AdaptiveAvgPool2d((2, 2))), functional forms
+    Row("adaptive_avg_2x2_divides", lambda e, a: e.p(a), [(2, 3, 6, 4)], 20,
+        extra=lambda: _params(p=nn.AdaptiveAvgPool2d((2, 2))), op_types=("AdaptiveAvgPoolInt",)),
+    Row("adaptive_avg_not_dividing", lambda e, a: e.p(a), [(2, 3, 7, 5)], 22,
+        extra=lambda: _params(p=nn.AdaptiveAvgPool2d((3, None))),
+        op_types=("AdaptiveAvgPoolInt",)),
+    Row("adaptive_avg_1d", lambda e, a: e.p(a), [(2, 3, 11)], 25,
+        extra=lambda: _params(p=nn.AdaptiveAvgPool1d(4)), op_types=("AdaptiveAvgPoolInt",)),
+    Row("adaptive_avg_functional", lambda e, a: F.adaptive_avg_pool2d(a, (2, 3)),
+        [(2, 3, 5, 7)], 18, op_types=("AdaptiveAvgPoolInt",)),
+    Row("adaptive_avg_functional_global", lambda e, a: F.adaptive_avg_pool1d(a, 1),
+        [(2, 3, 9)], 20, op_types=("AdaptiveAvgPoolInt",)),
+    Row("adaptive_max", lambda e, a: e.p(a), [(2, 3, 7, 5)], 33,
+        extra=lambda: _params(p=nn.AdaptiveMaxPool2d((3, 2))), op_types=("AdaptiveMaxPool",)),
+    Row("adaptive_max_functional_1d", lambda e, a: F.adaptive_max_pool1d(a, 4), [(2, 3, 10)],
+        0, op_types=("AdaptiveMaxPool",)),
+    Row("avg_pool2d_functional", lambda e, a: F.avg_pool2d(a, 2), [(2, 3, 6, 4)], 20,
+        op_types=("AvgPoolInt",)),
+    Row("avg_pool1d_functional_pad", lambda e, a: F.avg_pool1d(a, 3, 2, 1,
+                                                               count_include_pad=False),
+        [(2, 3, 9)], 28, op_types=("AvgPoolInt",)),
+    Row("max_pool_functional", lambda e, a: F.max_pool2d(a, 2), [(2, 3, 6, 4)], 35,
+        op_types=("MaxPool",)),
+    # upsampling (U-Net decoders): nearest and (bi)linear, sizes and scale factors
+    Row("upsample_nearest_x2", lambda e, a: e.up(a), [(2, 3, 4, 5)], 28,
+        extra=lambda: _params(up=nn.Upsample(scale_factor=2)), op_types=("UpsampleNearest",)),
+    Row("interpolate_nearest_size", lambda e, a: F.interpolate(a, size=(7, 9)), [(2, 3, 4, 5)],
+        0, op_types=("UpsampleNearest",)),
+    Row("interpolate_nearest_1d_scale", lambda e, a: F.interpolate(a, scale_factor=1.7),
+        [(2, 3, 10)], 33, op_types=("UpsampleNearest",)),
+    Row("upsample_bilinear_x2", lambda e, a: e.up(a), [(2, 3, 4, 5)], 24,
+        extra=lambda: _params(up=nn.Upsample(scale_factor=2, mode="bilinear")),
+        op_types=("UpsampleLinearInt",)),
+    Row("interpolate_bilinear_align_corners", lambda e, a: F.interpolate(
+        a, size=(7, 9), mode="bilinear", align_corners=True), [(2, 3, 4, 5)], 31,
+        op_types=("UpsampleLinearInt",)),
+    Row("interpolate_linear_1d", lambda e, a: F.interpolate(a, scale_factor=2.5, mode="linear"),
+        [(2, 3, 6)], 30, op_types=("UpsampleLinearInt",)),
 ]
 
 
@@ -163,3 +201,19 @@ def test_indices_of_max_and_min_match_on_ties_and_saturation(tmp_path):
             got = sess.run(None, {"x": (x * k).numpy()})
             for g_, w in zip(got, want):
                 assert g_.dtype == w.dtype and np.array_equal(g_, w)
+
+
+@pytest.mark.parametrize("size_in", [1, 3, 4, 5, 7, 10, 16, 33])
+def test_nearest_indices_are_pytorchs(size_in):
+    """linger's integer nearest indices equal the ones PyTorch picks, for sizes and factors."""
+    from linger import iqops
+    x = torch.arange(size_in, dtype=torch.float64).view(1, 1, -1)
+    for size_out in [1, 2, 3, size_in, 2 * size_in, 3 * size_in + 1, 7, 13, 100]:
+        want = F.interpolate(x, size=size_out).view(-1).long().numpy()
+        assert np.array_equal(iqops.nearest_index(size_in, size_out), want), size_out
+    for f in [0.5, 1.0, 1.3, 1.7, 2.0, 2.5, 3.0, 1 / 3, 4.2]:
+        if iqops.out_size(size_in, None, f) < 1:
+            continue
+        want = F.interpolate(x, scale_factor=f).view(-1).long().numpy()
+        got = iqops.nearest_index(size_in, iqops.out_size(size_in, None, f), f)
+        assert np.array_equal(got, want), f

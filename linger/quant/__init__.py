@@ -2,5 +2,5 @@
 
 from . import functional  # noqa: F401  (registers the QTensor handlers of functional ops)
 from . import ops_elementwise, ops_layernorm, ops_matmul, ops_nonlinear  # noqa: F401,E402
-from . import ops_act, ops_reduce  # noqa: F401,E402  (hard-swish, PReLU, ELU, dropout, max)
+from . import ops_act, ops_reduce, ops_resample  # noqa: F401,E402  (added ops, docs/ops.md)
 from . import rnn  # noqa: F401,E402  (QGRU/QLSTM in QUANT_CLASSES, packed-sequence handlers)
