@@ -8,6 +8,9 @@ inputs).
 
 from __future__ import annotations
 
+import os
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -15,8 +18,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import linger
-import test_ops_table as table
-from test_ops_table import Row, _params, _rand
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the table's own helpers
+import test_ops_table as table  # noqa: E402
+from test_ops_table import Row, _params, _rand  # noqa: E402
+
+sys.path.pop(0)
 
 ROWS = [
     # hard-sigmoid / hard-swish (MobileNetV3)
@@ -107,8 +114,39 @@ ROWS = [
         a, size=(7, 9), mode="bilinear", align_corners=True), [(2, 3, 4, 5)], 31,
         op_types=("UpsampleLinearInt",)),
     Row("interpolate_linear_1d", lambda e, a: F.interpolate(a, scale_factor=2.5, mode="linear"),
-        [(2, 3, 6)], 30, op_types=("UpsampleLinearInt",)),
+        [(2, 3, 6)], 26, op_types=("UpsampleLinearInt",)),
+    # attention (KWT): nn.MultiheadAttention, nn.TransformerEncoderLayer, masks
+    Row("mha_batch_first_key_padding", lambda e, a: e.m(a, a, a, key_padding_mask=_kpm(a))[0],
+        [(3, 6, 16)], 19, extra=lambda: _params(m=nn.MultiheadAttention(16, 4, batch_first=True)),
+        op_types=("LinearInt", "MatMulInt", "SoftmaxInt")),
+    Row("mha_seq_first_bool_mask", lambda e, a: e.m(a, a, a, attn_mask=_causal(a.shape[0],
+                                                                              True))[0],
+        [(5, 2, 8)], 23, extra=lambda: _params(m=nn.MultiheadAttention(8, 2)),
+        op_types=("SoftmaxInt",)),
+    Row("mha_output_and_weights", lambda e, a: (lambda o, w: torch.cat(
+        [o.transpose(0, 1), w], -1))(*e.m(a, a, a, attn_mask=_causal(a.shape[0]))),
+        [(5, 2, 8)], 24, extra=lambda: _params(m=nn.MultiheadAttention(8, 2)),
+        op_types=("SoftmaxInt", "iqMean")),
+    Row("transformer_post_norm_causal", lambda e, a: e.t(a, src_mask=_causal(a.shape[1])),
+        [(2, 6, 16)], 25, extra=lambda: _params(t=nn.TransformerEncoderLayer(
+            16, 4, 32, dropout=0.0, batch_first=True)), op_types=("LayerNormInt", "SoftmaxInt")),
+    Row("transformer_pre_norm_gelu_seq_first", lambda e, a: e.t(a), [(6, 2, 16)], 24,
+        extra=lambda: _params(t=nn.TransformerEncoderLayer(
+            16, 2, 32, dropout=0.1, activation="gelu", norm_first=True)),
+        op_types=("LayerNormInt", "iqGELU")),
 ]
+
+
+def _kpm(a):
+    """Key padding mask (N, S): the second sequence's last two steps are padding."""
+    m = torch.zeros(a.shape[0], a.shape[1], dtype=torch.bool)
+    m[1, -2:] = True
+    return m
+
+
+def _causal(n, as_bool=False):
+    upper = torch.ones(n, n, dtype=torch.bool).triu(1)
+    return upper if as_bool else torch.zeros(n, n).masked_fill(upper, float("-inf"))
 
 
 def _prelu(n):
@@ -217,3 +255,54 @@ def test_nearest_indices_are_pytorchs(size_in):
         want = F.interpolate(x, scale_factor=f).view(-1).long().numpy()
         got = iqops.nearest_index(size_in, iqops.out_size(size_in, None, f), f)
         assert np.array_equal(got, want), f
+
+
+class _Encoder(nn.Module):
+    """A KWT-like block: linear embedding, encoder layer with a causal mask and a key padding
+    mask given as a model input, then a separate attention layer with the same mask."""
+
+    def __init__(self, batch_first, norm_first):
+        super().__init__()
+        self.batch_first = batch_first
+        self.fc = nn.Linear(4, 16)
+        self.enc = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.1, batch_first=batch_first,
+                                              norm_first=norm_first)
+        self.mha = nn.MultiheadAttention(16, 2, batch_first=batch_first)
+
+    def forward(self, x, key_padding):
+        y = self.fc(x)
+        if not self.batch_first:
+            y = y.transpose(0, 1)
+        y = self.enc(y, src_mask=_causal(x.shape[1]), src_key_padding_mask=key_padding)
+        return self.mha(y, y, y, key_padding_mask=key_padding)
+
+
+@pytest.mark.parametrize("batch_first,norm_first", [(True, False), (False, True)])
+def test_attention_with_mask_inputs_is_bit_exact(batch_first, norm_first, tmp_path):
+    import linger.runtime
+    model = linger.init(_Encoder(batch_first, norm_first)).train()
+    pad = torch.zeros(3, 6, dtype=torch.bool)
+    pad[1, 4:] = True
+    for _ in range(3):
+        model(torch.randn(3, 6, 4), pad)
+    model.eval()
+    x = torch.randn(3, 6, 4)
+    graph = linger.onnx.export(model, (x, pad), tmp_path / "enc.onnx", input_names=["x", "pad"])
+    assert {"SoftmaxInt", "Or", "LayerNormInt"} <= {n.op_type for n in graph.graph.node}
+    pad2 = torch.zeros(3, 6, dtype=torch.bool)
+    pad2[0, 3:] = True  # another padding pattern than the example's: the mask is an input
+    for fast in (True, False):
+        sess = linger.runtime.InferenceSession(str(tmp_path / "enc.onnx"), fast=fast)
+        for k, p in ((1.0, pad), (8.0, pad2)):
+            with torch.no_grad():
+                want = [o.plain().numpy() for o in model(x * k, p)]
+            got = sess.run(None, {"x": (x * k).numpy(), "pad": p.numpy()})
+            assert all(np.array_equal(g_, w) for g_, w in zip(got, want))
+
+
+def test_additive_float_mask_is_refused_with_the_fix():
+    m = linger.init(nn.Sequential(nn.Linear(4, 8)))
+    attn = linger.init(nn.MultiheadAttention(8, 2, batch_first=True)).train()
+    x = m.train()(torch.randn(2, 3, 4))
+    with pytest.raises(linger.UnsupportedError, match="bool mask"):
+        attn(x, x, x, attn_mask=torch.full((3, 3), 0.5))
