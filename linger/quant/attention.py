@@ -205,6 +205,8 @@ class _ConvertedOnly:
 class QMultiheadAttention(_ConvertedOnly, nn.MultiheadAttention):
     """``nn.MultiheadAttention`` computed with linger's integer ops (module docstring)."""
 
+    onnx_ops_doc = "LinearInt, MatMulInt, iqMul, SoftmaxInt (+ mask: Reshape, Or), iqMean"
+
     def _check_options(self):
         if self.bias_k is not None or self.add_zero_attn:
             raise UnsupportedError(f"{self._where()}: add_bias_kv / add_zero_attn are not"
@@ -251,6 +253,8 @@ class QMultiheadAttention(_ConvertedOnly, nn.MultiheadAttention):
 
 class QTransformerEncoderLayer(_ConvertedOnly, nn.TransformerEncoderLayer):
     """``nn.TransformerEncoderLayer`` without the fused inference path (module docstring)."""
+
+    onnx_ops_doc = "its children's ops and the attention's, iqAdd (residuals)"
 
     linger_convert_children = True
 

@@ -255,6 +255,8 @@ class _GlobalAvgQuant(_AvgPoolQuant):
     extent (``AvgPoolInt``); any other size: PyTorch's adaptive windows
     (:func:`linger.quant.ops_resample.adaptive_avg_pool`, ``AdaptiveAvgPoolInt``)."""
 
+    onnx_ops_doc = "AvgPoolInt (output size 1), AdaptiveAvgPoolInt"
+
     def _check_options(self):
         pass
 
@@ -324,4 +326,8 @@ QUANT_CLASSES = {
 
 #: Layer types that need no replacement: they act on QTensor values and keep the exponent.
 PASSTHROUGH_CLASSES = (nn.ReLU, nn.ReLU6, nn.MaxPool1d, nn.MaxPool2d, nn.Dropout, nn.Identity,
-                       nn.Flatten, nn.Hardtanh)
+                       nn.Flatten, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.SiLU, nn.GELU, nn.Softmax,
+                       nn.LogSoftmax, nn.Hardsigmoid, nn.Hardswish, nn.PReLU, nn.LeakyReLU,
+                       nn.ELU, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+                       nn.FeatureAlphaDropout, nn.Upsample, nn.AdaptiveMaxPool1d,
+                       nn.AdaptiveMaxPool2d, nn.ChannelShuffle)

@@ -185,6 +185,7 @@ def inplace(handler):
             return out
         x.exp, x.bits = out.exp, out.bits
         return x
+    run.__wrapped__ = handler  # (the registry reports the op family of the handler)
     return run
 
 
