@@ -21,7 +21,8 @@ from .config import (SWITCH_FUNCTIONS, QuantConfig, SetBnMomentumUpdate, SetFunc
                      SetIQTensorMul, SetIQTensorSigmoid, SetIQTensorSilu, SetIQTensorSoftmax,
                      SetIQTensorStack, SetIQTensorSub, SetIQTensorSum, SetIQTensorTanh)
 from .errors import (ConfigError, ExportError, InputError, LingerError, ModelFileError,
-                     NotCalibratedError, NumericError, TargetError, UnsupportedError)
+                     NotCalibratedError, NumericError, TargetError, UnsupportedError,
+                     UnsupportedOperatorError)
 
 __version__ = "0.1.0"
 
@@ -44,7 +45,8 @@ _LAZY_MODULES = ("onnx", "runtime", "quant", "analysis", "validate", "packer", "
 
 __all__ = sorted(list(_LAZY) + list(_LAZY_MODULES) + list(SWITCH_FUNCTIONS) + [
     "QuantConfig", "LingerError", "ConfigError", "UnsupportedError", "NotCalibratedError",
-    "ExportError", "ModelFileError", "InputError", "NumericError", "TargetError"])
+    "ExportError", "ModelFileError", "InputError", "NumericError", "TargetError",
+    "UnsupportedOperatorError"])
 
 
 def __getattr__(name):

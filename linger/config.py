@@ -57,6 +57,8 @@ class Switches:
         "add": True, "sub": True, "mul": True, "div": True, "cat": True, "stack": True,
         "clamp": True, "sigmoid": True, "tanh": True, "softmax": True, "log_softmax": True,
         "sum": True, "mean": True, "layer_norm": True, "matmul": True, "gelu": True, "silu": True,
+        "hardsigmoid": True, "hardswish": True, "prelu": True, "elu": True, "resample": True,
+        "pool": True,
     })
     bn_momentum_update: bool = False
 

@@ -17,6 +17,12 @@ class UnsupportedError(LingerError, TypeError):
     """A layer, option or op has no exact quantized implementation."""
 
 
+class UnsupportedOperatorError(LingerError, RuntimeError):
+    """As :class:`UnsupportedError`, raised for a Python operator (``x ** 2``, ``x > 0``...) on
+    a quantized value: PyTorch turns a TypeError raised there into a bare "unsupported operand
+    type(s)" message, so this one is a RuntimeError."""
+
+
 class NotCalibratedError(LingerError, RuntimeError):
     """A quantized layer was evaluated or exported before it saw any training statistics."""
 

@@ -264,24 +264,40 @@ def gelu(q, n: int, no: int, bits: int) -> np.ndarray:
 
 # -- softmax, log-softmax -----------------------------------------------------------------------
 
-def _exp_q20(q, n: int, axis: int):
-    """``e = 2**20 * exp(x - max)`` along ``axis`` and ``d16 = x - max`` in Q16 (>= -32)."""
+def _exp_q20(q, n: int, axis: int, mask=None):
+    """``e = 2**20 * exp(x - max)`` along ``axis`` and ``d16 = x - max`` in Q16 (>= -32).
+    ``mask`` (bool, broadcast to ``q``): True excludes an element (its ``e`` is 0, and it takes
+    no part in the max)."""
     q = as_int(q)
+    if mask is not None:
+        mask = np.broadcast_to(np.asarray(mask, dtype=bool), q.shape)
+        low = np.iinfo(I64).min >> 2
+        top = np.where(mask, low, q).max(axis=axis, keepdims=True)
+        d = np.where(mask, 0, q - np.where(top == low, 0, top))  # fully masked rows: e = 0
+        e, d16 = _exp_q20(d, n, axis)
+        return np.where(mask, 0, e), d16
     d = q - q.max(axis=axis, keepdims=True)                      # <= 0, exponent n
     d16 = np.maximum(requant(d, n - SOFTMAX_Q, 32), -(SOFTMAX_FLOOR << SOFTMAX_Q))
-    t = rshift(d16 * iqtables.LOG2E_Q30, 30)                     # (x - max) * log2(e), Q16
+    return exp_q20_nonpos(d16), d16
+
+
+def exp_q20_nonpos(d16) -> np.ndarray:
+    """``2**20 exp(d)`` for ``d`` in Q16, ``-32 <= d <= 0``: ``t = rs(d16 log2(e), 30)``, ``2**f``
+    of its fraction from the 64-segment table (Q30), shifted by its integer part to Q20."""
+    t = rshift(d16 * iqtables.LOG2E_Q30, 30)                     # d * log2(e), Q16
     ip = t >> SOFTMAX_Q                                          # integer part, <= 0
     f = t - (ip << SOFTMAX_Q)                                    # fraction, [0, 2**16)
     i = f >> 10
     p = _EXP2[i] + rshift((_EXP2[i + 1] - _EXP2[i]) * (f & 1023), 10)  # 2**f in Q30
-    return rshift(p, (30 - EXP_Q) - ip), d16                    # 2**t in Q20, [0, 2**20]
+    return rshift(p, (30 - EXP_Q) - ip)                          # 2**t in Q20, [0, 2**20]
 
 
-def softmax(q, n: int, axis: int, no: int, bits: int) -> np.ndarray:
+def softmax(q, n: int, axis: int, no: int, bits: int, mask=None) -> np.ndarray:
     """``p = rhu(2**15 e / S)`` with ``S = sum(e)`` (exact integer division), then
-    ``sat_b(rs(p, 15 - no))``; linger uses ``no = bits - 1``."""
-    e, _ = _exp_q20(q, n, axis)
-    s = e.sum(axis=axis, keepdims=True)                          # >= 2**20 (the max term)
+    ``sat_b(rs(p, 15 - no))``; linger uses ``no = bits - 1``. ``mask`` (bool, True = excluded,
+    as attention masks): excluded elements get ``p = 0``; a row excluded entirely is all 0."""
+    e, _ = _exp_q20(q, n, axis, mask)
+    s = np.maximum(e.sum(axis=axis, keepdims=True), 1)           # >= 2**20 unless all masked
     p15 = rounded_div(e << PROB_Q, s)
     return requant(p15, PROB_Q - no, bits)
 

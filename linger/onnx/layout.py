@@ -261,7 +261,48 @@ def emit_float(rec, func, args, kwargs, out):
         res = QTensor.wrap(out if isinstance(out, torch.Tensor) else out[0], None, None)
         rec.bind(res, rec.unique(f"{rec.module_path()}.{_fname(func)}.unexportable"))
         return res if isinstance(out, torch.Tensor) else type(out)([res] + list(out[1:]))
-    raise ExportError(
-        f"'{_fname(func)}' in '{rec.module_path()}' runs in float on a dequantized value; only"
-        f" add/sub/mul/div/neg/abs are bit-exact after a Dequant. Quantize the op (see"
-        f" docs/ops.md), or apply it outside the model (e.g. argmax/softmax on the outputs)")
+    raise ExportError(f"'{_fname(func)}' in '{rec.module_path()}'{_source_line()} runs in"
+                      f" float: {_float_cause(args, kwargs)}")
+
+
+def _operands(args, kwargs):
+    for a in list(args) + list(kwargs.values()):
+        if isinstance(a, (list, tuple)):
+            yield from (t for t in a if isinstance(t, torch.Tensor))
+        elif isinstance(a, torch.Tensor):
+            yield a
+
+
+def _float_cause(args, kwargs) -> str:
+    """Why an op ran in float, from its operands, with the fix."""
+    ops = list(_operands(args, kwargs))
+    consts = [t for t in ops if not isinstance(t, QTensor) and t.is_floating_point()]
+    floats = [t for t in ops if isinstance(t, QTensor) and t.bits is None]
+    if consts:
+        shapes = ", ".join(str(list(t.shape)) for t in consts)
+        return (f"an operand is a float tensor that was never quantized (shape {shapes}): not a"
+                f" parameter, a buffer or a view of one (expand, slicing and view keep it one;"
+                f" repeat, clone and arithmetic make a copy). Use a view of the parameter, or"
+                f" quantize the tensor with linger.quant_tensor(self, t, name=...)")
+    if floats:
+        return ("an operand was computed in float earlier (an op upstream ran on dequantized"
+                " values, or a model input reaches the op without linger.quant_tensor). Quantize"
+                " that value with linger.quant_tensor(self, x, name=...) or fix the op upstream"
+                " (see docs/ops.md)")
+    return ("the op has no quantized version (or its switch is off) and only add/sub/mul/div/neg/"
+            "abs are bit-exact after a Dequant. Quantize the op (see docs/ops.md for the"
+            " supported ops), or apply it outside the model (e.g. argmax/softmax on the outputs)")
+
+
+def _source_line() -> str:
+    """`` (file.py:42, in forward)``: the model source line that ran the op, if any."""
+    import os
+    import sys
+    torch_dir = os.path.dirname(torch.__file__) + os.sep
+    linger_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+    f = sys._getframe(1)
+    while f is not None and f.f_code.co_filename.startswith((torch_dir, linger_dir)):
+        f = f.f_back
+    if f is None:
+        return ""
+    return f" ({os.path.basename(f.f_code.co_filename)}:{f.f_lineno}, in {f.f_code.co_name})"

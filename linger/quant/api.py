@@ -114,7 +114,9 @@ def _convert(module, types, cfg, name):
     # stands for; its settings travel in its __dict__ (two_stage.py)
     ftype = getattr(type(module), "linger_float_type", type(module))
     if ftype in types and ftype in QUANT_CLASSES:
-        return _quantized(module, QUANT_CLASSES[ftype], cfg, name)
+        module = _quantized(module, QUANT_CLASSES[ftype], cfg, name)
+        if not getattr(module, "linger_convert_children", False):  # a block of layers: on
+            return module
     for child_name, child in list(module.named_children()):
         full = f"{name}.{child_name}" if name else child_name
         new = _convert(child, types, cfg, full)

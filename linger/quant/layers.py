@@ -193,30 +193,37 @@ class _AvgPoolQuant(QuantMixin):
     def forward(self, x):
         xq = self.quant_input(x)
         k, s, p, include_pad = self._window(xq)
-        x4 = _as_2d(xq.plain())
-        if self.training:
-            y = F.avg_pool2d(x4, k, s, p, False, include_pad)
-            y = fake_quant(y, xq.raw_exp, xq.bits)
-            return QTensor.wrap(_from_2d(y, xq.dim()), xq.raw_exp, xq.bits)
-        q = _as_2d(int_values(xq))
-        sums = F.avg_pool2d(q, k, s, p, False, True, divisor_override=1).round().long()
-        if include_pad or not any(p):
-            counts = k[0] * k[1]
-        else:
-            counts = F.avg_pool2d(torch.ones_like(q[:1, :1]), k, s, p, False, True,
-                                  divisor_override=1).round().long()
-        qo = numerics.rounded_div(sums, counts).double()
-        out = QTensor.wrap(_from_2d(numerics.dequantize(qo, xq.int_exp()).to(xq.dtype), xq.dim()),
-                           xq.int_exp(), xq.bits)
-        rec = trace.current()
-        if rec is not None:
-            nd = xq.dim() - 2
-            ks, ss, ps = (k, s, p) if nd == 2 else (k[1:], s[1:], p[1:])
-            rec.node(self, self.onnx_op, [xq], [out],
-                     {"kernel_shape": list(ks), "strides": list(ss), "pads": list(ps) * 2,
-                      "count_include_pad": int(include_pad), "exp": xq.int_exp(),
-                      "bits": xq.bits}, {})
-        return out
+        return avg_pool(xq, k, s, p, include_pad, self.training, self)
+
+
+def avg_pool(xq: QTensor, k, s, p, include_pad: bool, training: bool, module=None) -> QTensor:
+    """Average pooling of quantized ``xq`` ((N, C, L) or (N, C, H, W)) with 2-d window
+    ``k``/``s``/``p`` (a 1-d pooling has ``k[0] = s[0] = 1``, ``p[0] = 0``); exponent kept.
+    Eval: ``floor((2 * sum + k) / (2 * k))`` on exact integers, one ``AvgPoolInt`` node."""
+    x4 = _as_2d(xq.plain())
+    if training:
+        y = F.avg_pool2d(x4, k, s, p, False, include_pad)
+        y = fake_quant(y, xq.raw_exp, xq.bits)
+        return QTensor.wrap(_from_2d(y, xq.dim()), xq.raw_exp, xq.bits)
+    q = _as_2d(int_values(xq))
+    sums = F.avg_pool2d(q, k, s, p, False, True, divisor_override=1).round().long()
+    if include_pad or not any(p):
+        counts = k[0] * k[1]
+    else:
+        counts = F.avg_pool2d(torch.ones_like(q[:1, :1]), k, s, p, False, True,
+                              divisor_override=1).round().long()
+    qo = numerics.rounded_div(sums, counts).double()
+    out = QTensor.wrap(_from_2d(numerics.dequantize(qo, xq.int_exp()).to(xq.dtype), xq.dim()),
+                       xq.int_exp(), xq.bits)
+    rec = trace.current()
+    if rec is not None:
+        nd = xq.dim() - 2
+        ks, ss, ps = (k, s, p) if nd == 2 else (k[1:], s[1:], p[1:])
+        rec.node(module, "AvgPoolInt", [xq], [out],
+                 {"kernel_shape": list(ks), "strides": list(ss), "pads": list(ps) * 2,
+                  "count_include_pad": int(include_pad), "exp": xq.int_exp(),
+                  "bits": xq.bits}, {})
+    return out
 
 
 def _as_2d(x):
@@ -244,13 +251,20 @@ class QAvgPool2d(_AvgPoolQuant, nn.AvgPool2d):
 
 
 class _GlobalAvgQuant(_AvgPoolQuant):
-    """Global average pooling (``output_size`` 1): one window over the whole spatial extent."""
+    """Adaptive average pooling. Global (``output_size`` 1): one window over the whole spatial
+    extent (``AvgPoolInt``); any other size: PyTorch's adaptive windows
+    (:func:`linger.quant.ops_resample.adaptive_avg_pool`, ``AdaptiveAvgPoolInt``)."""
+
+    onnx_ops_doc = "AvgPoolInt (output size 1), AdaptiveAvgPoolInt"
 
     def _check_options(self):
-        if any(o != 1 for o in _pair(self.output_size, self._nd)):
-            raise UnsupportedError(
-                f"{self._where()}: only global adaptive pooling (output_size=1) is quantized;"
-                f" got output_size={self.output_size}. Use AvgPool with an explicit kernel")
+        pass
+
+    def forward(self, x):
+        if all(o == 1 for o in _pair(self.output_size, self._nd)):
+            return super().forward(x)
+        from .ops_resample import adaptive_avg_pool
+        return adaptive_avg_pool(self.quant_input(x), self.output_size, self._nd, self.training)
 
     def _window(self, x):
         whole = tuple(x.shape[-2:]) if self._nd == 2 else (1, x.shape[-1])
@@ -312,4 +326,8 @@ QUANT_CLASSES = {
 
 #: Layer types that need no replacement: they act on QTensor values and keep the exponent.
 PASSTHROUGH_CLASSES = (nn.ReLU, nn.ReLU6, nn.MaxPool1d, nn.MaxPool2d, nn.Dropout, nn.Identity,
-                       nn.Flatten, nn.Hardtanh)
+                       nn.Flatten, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.SiLU, nn.GELU, nn.Softmax,
+                       nn.LogSoftmax, nn.Hardsigmoid, nn.Hardswish, nn.PReLU, nn.LeakyReLU,
+                       nn.ELU, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+                       nn.FeatureAlphaDropout, nn.Upsample, nn.AdaptiveMaxPool1d,
+                       nn.AdaptiveMaxPool2d, nn.ChannelShuffle)

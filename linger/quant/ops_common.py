@@ -16,6 +16,8 @@ constant, when the op runs outside a ``linger.init``-ed model's forward or insid
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import torch
 
@@ -34,6 +36,24 @@ def is_q(t) -> bool:
 
 def is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def param_like(v) -> bool:
+    """A float constant of the model: an ``nn.Parameter``, or a plain tensor sharing storage with
+    a parameter or buffer of the running model -- a view such as ``cls.expand(n, -1, -1)``,
+    ``pos[:, :t]`` or ``scale.view(1, -1, 1)``. The same answer in eval and export (a traced
+    activation is a QTensor, a model input never shares a parameter's storage)."""
+    if isinstance(v, QTensor) or not isinstance(v, torch.Tensor) or not v.is_floating_point():
+        return False
+    if isinstance(v, torch.nn.Parameter):
+        return True
+    st = scope._stack()
+    if not st:
+        return False
+    ptr = v.untyped_storage().data_ptr()
+    root = st[0].module
+    return any(t.untyped_storage().data_ptr() == ptr
+               for t in itertools.chain(root.parameters(), root.buffers()))
 
 
 def fallback(func, args, kwargs):
@@ -165,6 +185,7 @@ def inplace(handler):
             return out
         x.exp, x.bits = out.exp, out.bits
         return x
+    run.__wrapped__ = handler  # (the registry reports the op family of the handler)
     return run
 
 

@@ -25,14 +25,13 @@ import math
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 from .. import iqmath, numerics
 from . import trace
 from .functional import clip_on_grid
 from .functions import fake_requant
 from .ops_common import (OpCall, fallback, fq, from_int, inplace, int_const, is_number, is_q,
-                         to_int, weight_fake, weight_int)
+                         param_like, to_int, weight_fake, weight_int)
 from .qtensor import QTensor, register
 
 T = torch.Tensor
@@ -49,10 +48,11 @@ def _funcs(*names_and_objs):
 
 
 def _const(v):
-    """A supported constant operand (Python number or nn.Parameter), else None."""
+    """A supported constant operand (Python number, nn.Parameter or a view of a parameter or
+    buffer: :func:`ops_common.param_like`), else None."""
     if is_number(v):
         return torch.tensor(float(v), dtype=torch.float64)
-    if isinstance(v, nn.Parameter) and not isinstance(v, QTensor):
+    if param_like(v):
         return v
     return None
 
@@ -114,13 +114,14 @@ def _addsub(func, args, kwargs, subtract: bool, reverse: bool = False):
 
 # -- mul / div ----------------------------------------------------------------------------------
 
-def _mul_like(func, args, kwargs, a, b, op: str, op_type: str):
-    """``a * b`` with ``a`` quantized; ``b`` quantized or a constant (given as float tensor)."""
+def _mul_like(func, args, kwargs, a, b, op: str, op_type: str, param: bool = False):
+    """``a * b`` with ``a`` quantized; ``b`` quantized or a constant (given as float tensor):
+    ``param`` (a model parameter or a view of one) -> ``parameter_bits``, else 16 bits."""
     call = OpCall.start(op, op, stateful=True)
     if call is None:
         return fallback(func, args, kwargs)
     bits = _out_bits(a, b)
-    const_bits = 16 if not isinstance(b, nn.Parameter) else call.cfg.parameter_bits
+    const_bits = call.cfg.parameter_bits if param else 16
     if call.training:
         fb = b.plain() if is_q(b) else weight_fake(b.to(a.device, a.dtype), const_bits)[0]
         y = a.plain() * fb
@@ -148,7 +149,8 @@ def _mul(func, args, kwargs):
         a, b = b, a
     if not is_q(a) or not (is_q(b) or _const(b) is not None):
         return fallback(func, args, kwargs)
-    return _mul_like(func, args, kwargs, a, b if is_q(b) else _const(b), "mul", "iqMul")
+    return _mul_like(func, args, kwargs, a, b if is_q(b) else _const(b), "mul", "iqMul",
+                     param=param_like(b))
 
 
 def _div(func, args, kwargs):
@@ -166,24 +168,34 @@ def _div(func, args, kwargs):
 def _cat(func, args, kwargs, new_axis: bool):
     tensors = list(args[0] if args else kwargs.get("tensors", kwargs.get("seq")))
     dim = args[1] if len(args) > 1 else kwargs.get("dim", kwargs.get("axis", 0))
-    if "out" in kwargs or not tensors or not all(is_q(t) for t in tensors):
+    if "out" in kwargs or not tensors or not any(is_q(t) for t in tensors) \
+            or not all(is_q(t) or param_like(t) for t in tensors):
         return fallback(func, args, kwargs)
     op = "stack" if new_axis else "cat"
     call = OpCall.start(op, op, stateful=False)
     if call is None:
         return fallback(func, args, kwargs)
-    exps, bits_in = [t.int_exp() for t in tensors], [t.bits for t in tensors]
+    like = _like(*tensors)
+    data_bits = _out_bits(*tensors)
+    # a parameter operand (class token...) is quantized like a weight at the data bits
+    consts = {i: (weight_fake(t.to(like.dtype), data_bits) if call.training
+                  else weight_int(t, data_bits)) for i, t in enumerate(tensors) if not is_q(t)}
+    exps = [t.int_exp() if is_q(t) else int(consts[i][1]) for i, t in enumerate(tensors)]
+    bits_in = [t.bits if is_q(t) else data_bits for t in tensors]
     no, bits = iqmath.cat_format(exps, bits_in)
     axis = int(dim) % (tensors[0].dim() + (1 if new_axis else 0))
     join = torch.stack if new_axis else torch.cat
     if call.training:
-        y = join([fq(t.plain(), no, bits) for t in tensors], axis)
+        y = join([fq(t.plain() if is_q(t) else consts[i][0], no, bits)
+                  for i, t in enumerate(tensors)], axis)
         return QTensor.wrap(y, no, bits)
-    q = iqmath.cat([to_int(t) for t in tensors], exps, no, bits, axis, new_axis)
-    out = from_int(q, no, bits, tensors[0])
-    call.record("iqCat", tensors, out, {"axis": axis, "new_axis": int(new_axis),
-                                        "exp_inputs": exps, "bits_inputs": bits_in,
-                                        "exp_o": no, "bits_o": bits})
+    ints = [to_int(t) if is_q(t) else consts[i][0] for i, t in enumerate(tensors)]
+    q = iqmath.cat(ints, exps, no, bits, axis, new_axis)
+    out = from_int(q, no, bits, like)
+    ins = [t if is_q(t) else int_const(consts[i][0], data_bits) for i, t in enumerate(tensors)]
+    call.record("iqCat", ins, out, {"axis": axis, "new_axis": int(new_axis),
+                                    "exp_inputs": exps, "bits_inputs": bits_in,
+                                    "exp_o": no, "bits_o": bits})
     return out
 
 

@@ -9,11 +9,10 @@ of more than 16 bits, or float activations, fall back to float.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 
 from .. import iqmath
-from .ops_common import (OpCall, fallback, fq, from_int, int_const, is_q, to_int, weight_fake,
-                         weight_int)
+from .ops_common import (OpCall, fallback, fq, from_int, int_const, is_q, param_like, to_int,
+                         weight_fake, weight_int)
 from .qtensor import QTensor, register
 
 T = torch.Tensor
@@ -22,7 +21,7 @@ T = torch.Tensor
 def _ok(v) -> bool:
     if isinstance(v, QTensor):
         return v.bits is not None and v.bits <= 16
-    return isinstance(v, nn.Parameter)
+    return param_like(v)  # a parameter, or a view of one (``w.t()``)
 
 
 def _matmul(func, args, kwargs):

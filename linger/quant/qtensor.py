@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import UnsupportedError
+from ..errors import UnsupportedError, UnsupportedOperatorError
 from . import trace
 
 #: torch function -> handler(func, args, kwargs) for QTensor arguments. Extended by op modules.
@@ -124,15 +124,29 @@ def quantized_args(args) -> list:
     return found
 
 
+#: Float ops that stay bit-exact after a Dequant (IEEE rounds them identically everywhere): the
+#: documented dequant boundary, allowed with on_unsupported="error" too (``mask * x``).
+EXACT_FLOAT_OPS = frozenset(getattr(torch.Tensor, n) for n in (
+    "__add__", "__radd__", "add", "__sub__", "__rsub__", "sub", "__mul__", "__rmul__", "mul",
+    "__truediv__", "__rtruediv__", "div", "__neg__", "neg", "abs")) | {
+    torch.add, torch.sub, torch.mul, torch.div, torch.neg, torch.abs}
+
+
 def _unsupported(func, args, kwargs, out):
     """An op with no quantized version met a QTensor: the dequant boundary (or an error)."""
     name = getattr(func, "__name__", repr(func))
     rec = trace.current()
-    if quantized_args(args) and POLICY["on_unsupported"] == "error" and rec is None:
-        raise UnsupportedError(
-            f"torch op '{name}' has no quantized implementation and received a quantized value"
-            f" (on_unsupported='error'). Either quantize it (see docs/ops.md), call"
-            f" `.dequantize()`-style float conversion explicitly with `x.plain()`, or pass"
+    if quantized_args(args) and POLICY["on_unsupported"] == "error" and rec is None \
+            and func not in EXACT_FLOAT_OPS:
+        where = _where_now()
+        # a Tensor method may be a Python operator's implementation (``**`` is Tensor.pow):
+        # there a TypeError would turn into a bare "unsupported operand" error
+        method = getattr(torch.Tensor, name, None) is func or hasattr(torch._C.TensorBase, name)
+        cls = UnsupportedOperatorError if method else UnsupportedError
+        raise cls(
+            f"torch op '{name}'{where} has no quantized implementation and received a quantized"
+            f" value (on_unsupported='error'). Either quantize it (see docs/ops.md for the"
+            f" supported ops), convert explicitly to float with `x.plain()`, or pass"
             f" on_unsupported='dequant' to linger.init.")
     if rec is not None:
         return rec.float_op(func, args, kwargs, out)
@@ -140,6 +154,16 @@ def _unsupported(func, args, kwargs, out):
         from .refusal import record
         record(func, args, kwargs, out)
     return _strip(out)
+
+
+def _where_now() -> str:
+    """`` in '<module path>' (<ClassName>)`` of the running owner module, if any."""
+    from .scope import _stack, owner
+    frame, st = owner(), _stack()
+    if frame is None:
+        return ""
+    path = next((n for n, m in st[0].module.named_modules() if m is frame.module), "")
+    return f" in '{path or 'model'}' ({type(frame.module).__name__})"
 
 
 def _strip(out):

@@ -143,8 +143,8 @@ def compile_program(graph, wanted, use_fast: bool = True) -> Program:
         _publish(node.outputs, wanted_set, fast, canon, need, node)
 
     results = {name: name for name in wanted}
-    initializers = tuple(n for n in inits if n in wanted_set  # read by any step (a constant
-                         or any(n in s.ins for s in steps))    # converted to its fast form too)
+    read = {k for s in steps for k in s.ins}  # by any step: plain, fast or conversion
+    initializers = tuple(n for n in inits if n in wanted_set or n in read)
     _plan_memory(steps, set(results.values()), owned)
     return Program(steps, results, initializers, fast)
 

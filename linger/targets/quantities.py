@@ -163,7 +163,9 @@ def from_node(op_type: str, attrs: dict, in_shapes, in_dtypes, out_shapes, out_d
         axis = int(attrs.get("axis", -1))
         q["axis_len"] = int(x[axis]) if x else 0
     elif fam == "elementwise":
-        shapes = [s for s in in_shapes if s is not None]
+        # a one-element operand (``y + 3.0``) is a scalar the chip applies as a constant, not
+        # a broadcast of a tensor
+        shapes = [s for s in in_shapes if s is not None and math.prod(s) != 1] or [()]
         rank = max(len(s) for s in shapes)
         padded = [(1,) * (rank - len(s)) + tuple(s) for s in shapes]
         q["broadcast_dims"] = sum(len({s[i] for s in padded}) > 1 for i in range(rank))

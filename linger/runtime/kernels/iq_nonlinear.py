@@ -36,10 +36,19 @@ iq_gelu = _gate("iqGELU", iqmath.gelu, "``sat_o(rs(x * phi_q15(x11), exp_x + 15 
 @kernel("SoftmaxInt")
 def softmax_int(inputs, *, axis, exp_x, bits_x, exp_o, bits_o):
     """Integer softmax along ``axis``: Q16 ``x - max``, ``2**f`` table to Q20, rounded division
-    by the sum to Q15, ``sat_o(rs(p15, 15 - exp_o))``."""
-    (x,) = inputs
+    by the sum to Q15, ``sat_o(rs(p15, 15 - exp_o))``. Optional input ``mask`` (bool,
+    broadcastable to x): True excludes an element (probability 0; a fully excluded row is 0)."""
+    x, mask = (list(inputs) + [None])[:2]
     check_dtype(x, bits_x, "SoftmaxInt input")
-    return _out(iqmath.softmax(x, int(exp_x), int(axis), int(exp_o), int(bits_o)), bits_o)
+    if mask is not None:
+        if mask.dtype != np.bool_:
+            raise ModelFileError(f"SoftmaxInt mask must be bool, got {mask.dtype}")
+        try:
+            np.broadcast_shapes(mask.shape, x.shape)
+        except ValueError:
+            raise ModelFileError(f"SoftmaxInt mask {list(mask.shape)} does not broadcast to"
+                                 f" input {list(x.shape)}") from None
+    return _out(iqmath.softmax(x, int(exp_x), int(axis), int(exp_o), int(bits_o), mask), bits_o)
 
 
 @kernel("LogSoftmaxInt")

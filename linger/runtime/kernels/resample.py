@@ -1,0 +1,80 @@
+"""Resampling and adaptive pooling: UpsampleNearest, UpsampleLinearInt, AdaptiveAvgPoolInt,
+AdaptiveMaxPool. Thin wrappers around :mod:`linger.iqops`, shared with the PyTorch eval path;
+output lengths are computed from the actual input, so they follow a dynamic axis."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ... import iqops, numerics
+from ...errors import ModelFileError
+from . import kernel
+from ._common import check_dtype
+
+
+def _geometry(x, sizes, scales, what):
+    """Output sizes and float64 scale factors (or None) of the last ``nd`` axes of ``x``."""
+    if (sizes is None) == (scales is None):
+        raise ModelFileError(f"{what} needs exactly one of the attributes 'sizes' and 'scales'")
+    nd = len(sizes if sizes is not None else scales)
+    if not 1 <= nd <= 2 or x.ndim != nd + 2:
+        raise ModelFileError(f"{what} resamples 1 or 2 trailing axes of an (N, C, ...) input;"
+                             f" got {nd} axes for input shape {list(x.shape)}")
+    if sizes is not None:
+        out = [int(v) for v in sizes]
+        factors = None
+    else:
+        try:
+            factors = [float(v.decode() if isinstance(v, bytes) else v) for v in scales]
+        except ValueError:
+            raise ModelFileError(f"{what} scales must be decimal numbers, got {scales}") from None
+        out = [iqops.out_size(x.shape[2 + k], None, f) for k, f in enumerate(factors)]
+    if min(out) < 1 or (factors is not None and min(factors) <= 0):
+        raise ModelFileError(f"{what} output size {out} from input shape {list(x.shape)}")
+    return out, factors
+
+
+@kernel("UpsampleNearest")
+def upsample_nearest(inputs, *, sizes=None, scales=None):
+    """Gather along each resampled axis at ``min(floor(f32(dst) * s), L - 1)``, ``s = f32(1 /
+    scale)`` (or ``f32(L) / f32(out)``); PyTorch's ``nearest`` indices. Values and dtype kept."""
+    (x,) = inputs
+    out, factors = _geometry(x, sizes, scales, "UpsampleNearest")
+    return [iqops.upsample_nearest(x, out, factors)]
+
+
+@kernel("UpsampleLinearInt")
+def upsample_linear_int(inputs, *, bits, align_corners=0, sizes=None, scales=None):
+    """Separable linear interpolation with Q15 weights from exact rational source coordinates,
+    ``sat_bits(rshift(sum w q, 15 * nd))``; exponent unchanged."""
+    (x,) = inputs
+    check_dtype(x, bits, "UpsampleLinearInt input")
+    out, _ = _geometry(x, sizes, scales, "UpsampleLinearInt")
+    q = iqops.upsample_linear(x, out, bool(align_corners), int(bits))
+    return [q.astype(numerics.int_dtype(int(bits)))]
+
+
+def _adaptive_sizes(x, output_size, what):
+    nd = len(output_size)
+    if not 1 <= nd <= 2 or x.ndim != nd + 2 or min(int(v) for v in output_size) < 1:
+        raise ModelFileError(f"{what} output_size {list(output_size)} does not fit input shape"
+                             f" {list(x.shape)}")
+    return [int(v) for v in output_size]
+
+
+@kernel("AdaptiveAvgPoolInt")
+def adaptive_avg_pool_int(inputs, *, output_size, bits):
+    """Windows ``[floor(i L / O), ceil((i + 1) L / O))`` over the actual length ``L``; each mean
+    ``floor((2 s + k) / (2 k))``; exponent unchanged."""
+    (x,) = inputs
+    check_dtype(x, bits, "AdaptiveAvgPoolInt input")
+    q = iqops.adaptive_avg_pool(x, _adaptive_sizes(x, output_size, "AdaptiveAvgPoolInt"),
+                                int(bits))
+    return [np.asarray(q).astype(numerics.int_dtype(int(bits)))]
+
+
+@kernel("AdaptiveMaxPool")
+def adaptive_max_pool(inputs, *, output_size):
+    """The maximum of each adaptive window (windows as AdaptiveAvgPoolInt); dtype kept."""
+    (x,) = inputs
+    return [iqops.adaptive_max_pool(x, _adaptive_sizes(x, output_size, "AdaptiveMaxPool"))]
