@@ -115,6 +115,33 @@ def test_expand_to_the_batch_of_another_tensor_follows_the_batch():
         _assert_exact(model, sess, torch.randn(n, t, 6))
 
 
+class ParamToken(nn.Module):
+    """A learned class token (an nn.Parameter) expanded to the batch and joined to the data."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(6, 8)
+        self.cls = nn.Parameter(torch.randn(1, 1, 8))
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x):                                   # (N, T, 6)
+        h = torch.cat([self.cls.expand(x.size(0), -1, -1), self.proj(x)], 1)
+        return self.out(h[:, 0] + h[:, 1:].mean(1))
+
+
+def test_parameter_expanded_to_the_batch_is_stored_once_and_follows_the_batch():
+    torch.manual_seed(3)
+    model = _qat(ParamToken(), lambda: torch.randn(4, 10, 6))
+    graph = linger.onnx.export(model, torch.randn(3, 10, 6), None, input_names=["x"],
+                               dynamic_axes={"x": {1: "T"}})
+    assert any(n.op_type == "Expand" for n in graph.graph.node)
+    assert all(t.dims[0] == 1 for t in graph.graph.initializer if t.name.endswith(".row"))
+    sess = InferenceSession(graph)
+    for n, t in [(1, 10), (5, 3), (2, 40)]:
+        _assert_exact(model, sess, torch.randn(n, t, 6))
+        _assert_exact(model, sess, torch.randn(n, t, 6) * 1000)
+
+
 class CropsOneStep(nn.Module):
     def __init__(self):
         super().__init__()

@@ -3,13 +3,16 @@
 A traced graph only sees the example's sizes. To know which numbers in it depend on them, the
 model is traced once at the example's sizes and once more per dynamic dimension, with that
 dimension grown (axis 0: one more sample; any other axis: doubled, which keeps every divisibility
-the example had, for strided convolutions and their transposes). Both graphs must run the same
-nodes; every number that differs between them depends on the size and is resolved or refused:
+the example had, for strided convolutions and their transposes, or by one where the model refuses
+the doubled size). Both graphs must run the same nodes; every number that differs between them
+depends on the size and is resolved or refused:
 
 - an int64 constant input of a node (Reshape/Expand shapes, Slice bounds, Split sizes): each
   element that changed is computed in the graph from the dimension of a value that changed by
   the same amounts (``Shape(v, start=k, end=k+1)``, joined by ``Concat``); one element of a
   Reshape shape that no value explains is inferred (``-1``);
+- a constant that is one row repeated along an axis (a parameter expanded to the batch:
+  ``cls.expand(x.size(0), -1, -1)``) is stored once and expanded to the size read from the graph;
 - an ``AvgPoolInt`` whose window is its whole input in both traces becomes ``GlobalAvgPoolInt``,
   which averages over the length it is given (docs/onnx_ops.md);
 - anything else (a float constant made from the size, another attribute, different nodes) is
@@ -73,14 +76,16 @@ def normalize_axes(dynamic_axes, input_names, output_names, inputs) -> tuple[dic
     return axes, out_axes, defaults
 
 
-def grown(inputs, input_names, axes, dim):
-    """The inputs with every axis named ``dim`` grown: axis 0 by one, others doubled."""
+def grown(inputs, input_names, axes, dim, double=True):
+    """The inputs with every axis named ``dim`` grown: doubled (``double``, not for axis 0),
+    else by one."""
     out, sizes = [], set()
     for name, x in zip(input_names, inputs):
         for a, n in axes[name].items():
             if n == dim:
-                sizes.add((int(x.shape[a]), int(x.shape[a]) + 1 if a == 0 else 2 * x.shape[a]))
-                x = torch.cat([x, x.narrow(a, 0, 1) if a == 0 else x], a)
+                twice = double and a != 0
+                sizes.add((int(x.shape[a]), 2 * int(x.shape[a]) if twice else x.shape[a] + 1))
+                x = torch.cat([x, x if twice else x.narrow(a, 0, 1)], a)
         out.append(x)
     if len(sizes) != 1:
         raise ExportError(f"dimension '{dim}' has different sizes in the example inputs"
@@ -116,6 +121,7 @@ def resolve(base, alts, axes, out_axes, opset):
             consumers.setdefault(i, []).append(k)
     inputs = [v.name for v in graph.graph.input]
     patches: dict = {}   # initializer -> {element: ("dim", value, axis) | ("infer",)}
+    broadcasts: dict = {}  # initializer -> {axis: ("dim", value, axis)} it is expanded along
     global_pools: set = set()
     for dim, (alt, alt_rec, sizes) in alts.items():
         where = " and ".join(f"axis {a} of input '{n}'" for n, ax in axes.items()
@@ -138,13 +144,23 @@ def resolve(base, alts, axes, out_axes, opset):
                 continue
             users = [nodes[k] for k in consumers.get(name, [])]
             user = users[0].name if users else name
+            first = min(consumers.get(name, [len(nodes)]))
+            if b is not None and _broadcast_of(a, b) is not None:  # e.g. cls.expand(N, -1, -1)
+                slot = broadcasts.setdefault(name, {})
+                for k in _broadcast_of(a, b):
+                    src = _explain(a.shape[k], b.shape[k], inputs, nodes[:first], rec, alt_rec)
+                    if src is None:
+                        raise diff.refuse(user, f"constant '{name}' is broadcast to"
+                                          f" {a.shape[k]} along its axis {k}", "Broadcast it"
+                                          " to a size read from a tensor (x.size(k)).")
+                    slot[k] = src
+                continue
             if b is None or a.shape != b.shape or a.dtype != np.int64 or a.ndim != 1:
                 raise diff.refuse(user, f"constant '{name}' (shape {list(a.shape)}) holds one"
                                   f" value", "Make the constant from a model parameter or"
                                   " buffer of fixed size (e.g. a positional table sliced with"
                                   " x.size(1) is not exportable: pad or crop the input instead),"
                                   " or export without this dynamic axis.")
-            first = min(consumers.get(name, [len(nodes)]))
             for j in np.flatnonzero(a != b):
                 src = _explain(int(a[j]), int(b[j]), inputs, nodes[:first], rec, alt_rec)
                 slot = patches.setdefault(name, {})
@@ -163,7 +179,7 @@ def resolve(base, alts, axes, out_axes, opset):
                                           " or export without this dynamic axis.")
                     src = ("infer",)
                 slot[j] = src
-    return _rewrite(graph, nodes, inits, patches, global_pools, producers)
+    return _rewrite(graph, nodes, inits, patches, global_pools, broadcasts)
 
 
 def _same_nodes(na, nb, diff) -> None:
@@ -211,12 +227,40 @@ def _explain(va, vb, inputs, earlier, rec, alt_rec):
     return None
 
 
-def _rewrite(model, nodes, inits, patches, global_pools, producers):
+def _broadcast_of(a, b):
+    """The axes along which constants ``a`` and ``b`` (same rank, other sizes) are one row
+    repeated, the same row in both; ``None`` when they are not."""
+    if a.ndim != b.ndim or a.dtype != b.dtype:
+        return None
+    axes = [k for k in range(a.ndim) if a.shape[k] != b.shape[k]]
+    rows = []
+    for arr in (a, b):
+        row = arr
+        for k in axes:
+            row = row.take([0], axis=k)
+            if not np.array_equal(np.broadcast_to(row, arr.shape), arr):
+                return None
+        rows.append(row)
+    return axes if axes and np.array_equal(rows[0], rows[1]) else None
+
+
+def _rewrite(model, nodes, inits, patches, global_pools, broadcasts):
     for k in global_pools:
         n = nodes[k]
         a = _attrs(n)
         nodes[k] = helper.make_node("GlobalAvgPoolInt", list(n.input), list(n.output),
                                     name=n.name, domain=n.domain, exp=a["exp"], bits=a["bits"])
+    for name, slot in broadcasts.items():  # one row, expanded to sizes read from the graph
+        arr = inits.pop(name)
+        row = arr
+        for k in slot:
+            row = row.take([0], axis=k)
+        inits[f"{name}.row"] = row
+        inits[f"{name}.shape"] = np.asarray(arr.shape, dtype=np.int64)
+        patches[f"{name}.shape"] = slot
+        first = min(k for k, n in enumerate(nodes) if name in n.input)
+        nodes.insert(first, helper.make_node("Expand", [f"{name}.row", f"{name}.shape"], [name],
+                                             name=f"{name}.expand"))
     computed = []
     for name, slot in patches.items():
         arr = inits[name].copy()
@@ -300,8 +344,8 @@ def trace_dynamic(trace, model, inputs, input_names, output_names, opset, dynami
     alts = {}
     for dim in dims:
         try:
-            grown_inputs, sizes = grown(inputs, names, axes, dim)
-            alt = trace(model, grown_inputs, names, output_names, opset, None)
+            alt, sizes = _trace_grown(trace, model, inputs, names, output_names, opset, axes,
+                                      dim)
             trial = dict(alts)
             trial[dim] = (alt[0], alt[1], sizes)
             resolve(_copy(base), trial, axes, out_axes, opset)  # refuses early, per dimension
@@ -323,6 +367,19 @@ def trace_dynamic(trace, model, inputs, input_names, output_names, opset, dynami
     model_proto = resolve(_copy(base), alts, axes, out_axes, opset) if alts else base[0]
     symbolic_shapes(model_proto, base[1], alts, axes, out_axes)
     return model_proto, base[1]
+
+
+def _trace_grown(trace, model, inputs, names, output_names, opset, axes, dim):
+    """Trace with ``dim`` doubled or, if the model refuses that size (a learned positional table
+    of limited length...), grown by one."""
+    try:
+        grown_inputs, sizes = grown(inputs, names, axes, dim)
+        return trace(model, grown_inputs, names, output_names, opset, None), sizes
+    except Exception:
+        grown_inputs, sizes2 = grown(inputs, names, axes, dim, double=False)
+        if sizes2 == sizes:
+            raise
+        return trace(model, grown_inputs, names, output_names, opset, None), sizes2
 
 
 def _copy(base):
