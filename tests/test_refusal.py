@@ -66,7 +66,7 @@ def test_first_training_step_refuses_every_float_op_in_one_error():
     assert "2 part(s)" in msg and "first forward pass" in msg
     assert "<root>: 'exp' in BadOps.forward" in msg
     assert "cum: 'cumsum' in Cumulative.forward" in msg
-    assert "'mul'" not in msg and "'__mul__'" not in msg  # `* 0.5` after the last layer exports exactly
+    assert "'mul'" not in msg and "'__mul__'" not in msg  # `* 0.5` exports exactly
 
 
 def test_float_policy_trains_and_the_export_refuses_the_same_op():

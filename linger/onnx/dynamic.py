@@ -19,8 +19,9 @@ depends on the size and is resolved or refused:
   refused with :class:`~linger.errors.ExportError`, naming the node, the input axis and the fix.
 
 Batch is dynamic by default: axis 0 of every input (of the first input's leading size) is named
-``N`` unless ``dynamic_axes`` names it. A model whose graph cannot follow the batch keeps the example's batch, with a warning (the
-runtime then refuses other batch sizes instead of computing something else).
+``N`` unless ``dynamic_axes`` names it. A model whose graph cannot follow the batch keeps the
+example's batch, with a warning (the runtime then refuses other batch sizes instead of computing
+something else).
 """
 
 from __future__ import annotations
@@ -108,13 +109,12 @@ class _Diff:
             f" other sizes. {fix}")
 
 
-def resolve(base, alts, axes, out_axes, opset):
+def resolve(base, alts, axes):
     """Make graph ``base`` follow every dynamic dimension; ``alts``: ``dim -> (graph, rec,
     (size_base, size_grown))`` traced with that dimension grown. Returns the new ModelProto."""
     graph, rec = base
     nodes = list(graph.graph.node)
     inits = {t.name: numpy_helper.to_array(t) for t in graph.graph.initializer}
-    producers = {o: k for k, n in enumerate(nodes) for o in n.output}
     consumers = {}
     for k, n in enumerate(nodes):
         for i in n.input:
@@ -348,7 +348,7 @@ def trace_dynamic(trace, model, inputs, input_names, output_names, opset, dynami
                                       dim)
             trial = dict(alts)
             trial[dim] = (alt[0], alt[1], sizes)
-            resolve(_copy(base), trial, axes, out_axes, opset)  # refuses early, per dimension
+            resolve(_copy(base), trial, axes)  # refuses early, per dimension
         except Exception as e:
             if dim not in defaults:
                 if isinstance(e, ExportError):
@@ -364,7 +364,7 @@ def trace_dynamic(trace, model, inputs, input_names, output_names, opset, dynami
                     del ax[a]
             continue
         alts[dim] = trial[dim]
-    model_proto = resolve(_copy(base), alts, axes, out_axes, opset) if alts else base[0]
+    model_proto = resolve(_copy(base), alts, axes) if alts else base[0]
     symbolic_shapes(model_proto, base[1], alts, axes, out_axes)
     return model_proto, base[1]
 
