@@ -49,9 +49,11 @@ def check(model: torch.nn.Module, example_input, target=None, *, dynamic_axes=No
     symbolic dimensions for the target check (``linger.packer.check``).
 
     >>> import torch, linger
-    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Hardswish())
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Softplus())
     >>> print(linger.check(net, torch.randn(2, 4)))  # doctest: +ELLIPSIS
-    [export] 1: Hardswish (hardswish) has no quantized version ...
+    [export] 1: Softplus (softplus) has no quantized version ...
+    >>> linger.check(torch.nn.Linear(4, 2), torch.randn(2, 4), target="venus").ok
+    True
     """
     from . import onnx as lonnx
     from .onnx import layout
