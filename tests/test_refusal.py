@@ -64,7 +64,7 @@ def test_first_training_step_refuses_every_float_op_in_one_error():
         model(torch.randn(2, 4, 6))
     msg = str(e.value)
     assert "2 part(s)" in msg and "first forward pass" in msg
-    assert "<root>: 'exp' in BadOps.forward" in msg
+    assert "<root>: 'exp' in BadOps.forward (test_refusal.py:" in msg
     assert "cum: 'cumsum' in Cumulative.forward" in msg
     assert "'mul'" not in msg and "'__mul__'" not in msg  # `* 0.5` exports exactly
 
@@ -89,7 +89,9 @@ def test_an_unquantized_operand_is_named_with_its_fix():
             return torch.maximum(self.fc(x), self.scale)
 
     model = linger.init(Mixed())
-    with pytest.raises(UnsupportedError, match=r"never quantized.*linger\.quant_tensor"):
+    with pytest.raises(UnsupportedError, match=r"<root>: 'maximum' in Mixed\.forward"
+                                               r" \(test_refusal\.py:\d+, in forward\).*never"
+                                               r" quantized.*linger\.quant_tensor"):
         model(torch.randn(2, 4))
 
 

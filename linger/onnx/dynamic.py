@@ -38,7 +38,8 @@ from ..errors import ExportError
 BATCH = "N"
 
 
-def normalize_axes(dynamic_axes, input_names, output_names, inputs) -> tuple[dict, dict, set]:
+def normalize_axes(dynamic_axes, input_names, output_names, inputs,
+                   implicit_batch: bool = True) -> tuple[dict, dict, set]:
     """``(axes, out_axes, defaults)``: ``axes[input] = {axis: dim_name}`` with the default batch
     axis added, ``out_axes`` the user's names for output axes, ``defaults`` the dim names that
     only the implicit batch rule introduced."""
@@ -69,7 +70,7 @@ def normalize_axes(dynamic_axes, input_names, output_names, inputs) -> tuple[dic
     defaults = set()
     lead = inputs[0].shape[0] if inputs and inputs[0].dim() else None
     for name, x in zip(input_names, inputs):  # inputs of another leading size are not batched
-        if x.dim() and 0 not in axes[name] and x.shape[0] == lead:
+        if implicit_batch and x.dim() and 0 not in axes[name] and x.shape[0] == lead:
             axes[name][0] = batch
             defaults.add(batch)
     defaults -= explicit
@@ -333,13 +334,15 @@ def symbolic_shapes(model, rec, alts, axes, out_axes) -> None:
                 dims[k].dim_param = label
 
 
-def trace_dynamic(trace, model, inputs, input_names, output_names, opset, dynamic_axes):
+def trace_dynamic(trace, model, inputs, input_names, output_names, opset, dynamic_axes,
+                  implicit_batch: bool = True):
     """Trace ``model`` with ``trace`` (``linger.onnx.export.trace``) at the example's sizes and
-    once per dynamic dimension grown; return the ModelProto that follows them all."""
+    once per dynamic dimension grown; return ``(ModelProto, recorder, implicit)``: the graph
+    that follows them all, the base trace's recorder, whether the implicit batch axis is in it."""
     names = list(input_names or [f"input{'_' + str(i) if i else ''}" for i in range(len(inputs))])
     base = trace(model, inputs, names, output_names, opset, None)
     outs = [v.name for v in base[0].graph.output]
-    axes, out_axes, defaults = normalize_axes(dynamic_axes, names, outs, inputs)
+    axes, out_axes, defaults = normalize_axes(dynamic_axes, names, outs, inputs, implicit_batch)
     dims = list(dict.fromkeys(d for ax in axes.values() for d in ax.values()))
     alts = {}
     for dim in dims:
@@ -366,7 +369,7 @@ def trace_dynamic(trace, model, inputs, input_names, output_names, opset, dynami
         alts[dim] = trial[dim]
     model_proto = resolve(_copy(base), alts, axes) if alts else base[0]
     symbolic_shapes(model_proto, base[1], alts, axes, out_axes)
-    return model_proto, base[1]
+    return model_proto, base[1], bool(defaults & set(alts))
 
 
 def _trace_grown(trace, model, inputs, names, output_names, opset, axes, dim):

@@ -45,8 +45,8 @@ def export(model: torch.nn.Module, args, f, input_names=None, output_names=None,
         raise ExportError(f"opset_version={opset_version} is too old; linger needs >= 13")
     inputs = args if isinstance(args, (tuple, list)) else (args,)
     from .dynamic import trace_dynamic
-    graph_model = trace_dynamic(trace, model, inputs, input_names, output_names, opset_version,
-                                dynamic_axes)[0]
+    graph_model, _, implicit = trace_dynamic(trace, model, inputs, input_names, output_names,
+                                             opset_version, dynamic_axes)
     if debug_dir:
         os.makedirs(debug_dir, exist_ok=True)
         onnx.save(graph_model, os.path.join(debug_dir, "1_linger_traced.onnx"))
@@ -57,7 +57,16 @@ def export(model: torch.nn.Module, args, f, input_names=None, output_names=None,
             from .qdq import to_qdq as rewrite
         else:
             from .exact import to_exact as rewrite
-        graph_model = rewrite(graph_model)
+        try:
+            graph_model = rewrite(graph_model)
+        except ExportError:
+            if not implicit:
+                raise
+            # the implicit batch axis may be what the rewrite cannot take (the time axis of a
+            # time-first RNN input): the example's batch, as asked when no axis was named
+            graph_model = trace_dynamic(trace, model, inputs, input_names, output_names,
+                                        opset_version, dynamic_axes, implicit_batch=False)[0]
+            graph_model = rewrite(graph_model)
         if debug_dir:
             onnx.save(graph_model, os.path.join(debug_dir, f"2_{format}.onnx"))
         if check:

@@ -120,7 +120,7 @@ def record(func, args, kwargs, out) -> None:
     if qtensor.POLICY["on_unsupported"] == "float" or torch.compiler.is_compiling() \
             or getattr(func, "__name__", "") in _INTERNAL:
         return
-    from ..onnx.layout import exact_float_op
+    from ..onnx.layout import _float_cause, _source_line, exact_float_op
     if exact_float_op(func, args, kwargs, out) is not None:
         return
     from .scope import _stack, owner
@@ -131,43 +131,26 @@ def record(func, args, kwargs, out) -> None:
         return
     module = frame.module if frame is not None else None
     name = getattr(func, "__name__", repr(func))
-    plain = [a for a in _tensors(args) if not (isinstance(a, qtensor.QTensor)
-                                                and a.bits is not None)]
     key = (id(module), name)
-    if key not in _pending():
-        _pending()[key] = (module, name, bool(plain))
-
-
-def _tensors(args):
-    for a in args:
-        if isinstance(a, torch.Tensor):
-            yield a
-        elif isinstance(a, (list, tuple)):
-            yield from (x for x in a if isinstance(x, torch.Tensor))
+    if key not in _pending():  # the export's own words for the cause and the fix
+        _pending()[key] = (module, name, _source_line(), _float_cause(args, kwargs))
 
 
 def findings_for(root: nn.Module, pending) -> list:
     """Recorded ops as findings, with paths relative to ``root``."""
     paths = {id(m): p for p, m in root.named_modules()}
     out = []
-    for module, name, mixed in pending:
+    from .layers import QUANT_CLASSES
+    for module, name, line, cause in pending:
         path = paths.get(id(module), "" if module is None else type(module).__name__)
         where = f"{type(module).__name__}.forward" if module is not None else "the model"
-        from .layers import QUANT_CLASSES
         if type(module) in QUANT_CLASSES:
             what = (f"{type(module).__name__} was not quantized (its type is not in"
                     f" quant_modules) and runs '{name}' in float on a quantized value")
             fix = ("add its type to quant_modules, or linger.disable_quant(module) to keep it"
                    " in float on purpose")
-        elif mixed:
-            what = (f"'{name}' in {where} mixes a quantized value with a tensor that was never"
-                    f" quantized (an nn.Parameter, a buffer, the raw input or a tensor made in"
-                    f" forward)")
-            fix = ("quantize that operand explicitly with linger.quant_tensor(self, t,"
-                   " name='...') (it then gets its own exponent)")
         else:
-            what = f"'{name}' in {where} runs in float on a quantized value"
-            fix = ""
+            what, fix = f"'{name}' in {where}{line} runs in float: {cause}", ""
         out.append(Finding(path, "op", what, fix))
     return out
 
