@@ -520,6 +520,69 @@ class _Importer:
                   exp_o=self.exp(a, "scale_o"), bits_o=8)
         self.bits[out] = 8
 
+    # -- recurrent --------------------------------------------------------------------------------
+    def _rnn(self, op, middle_names):
+        a = self.attrs({"input_size", "hidden_size", "num_layers", "batch_first", "dropout",
+                        "go_forward", "scale_i", "scale_h", "scale_iw", "scale_hw", "scale_o",
+                        "o_bits"}, ["hidden_size"])
+        if int(a.get("num_layers", 1)) != 1:
+            self.refuse(f"attribute 'num_layers' = {a['num_layers']}: the original exports one"
+                        f" node per layer and direction")
+        ins = list(self.node.input)
+        k = len(ins)
+        while k > 1 and ins[k - 1] in self.arrays and self.bits.get(ins[k - 1]) is not None:
+            k -= 1
+        weights, middle = ins[k:], ins[1:k]
+        if len(weights) not in (2, 4):
+            self.refuse(f"expects W_ih, W_hh and optional B_ih, B_hh initializers last; found"
+                        f" {len(weights)} integer initializers")
+        roles = middle_names.get(len(middle))
+        if roles is None:
+            self.refuse(f"has {len(middle)} inputs between X and the weights; the original's"
+                        f" {self.node.op_type} has {sorted(middle_names)}")
+        given = dict(zip(roles, middle))
+        exp_h = self.exp(a, "scale_h")
+        if "o_bits" in a and self.exp(a, "scale_o") != exp_h:
+            self.refuse(f"attribute 'scale_o' = {a['scale_o']} differs from 'scale_h' ="
+                        f" {a['scale_h']}: the original's engine feeds the output back as the"
+                        f" hidden state, its simulation requantizes it; they disagree here")
+        state = []
+        fourth = given.get("c0") if op == "LSTMLuna" else given.get("h0")   # Q7 cell / hidden
+        for role, src, exp, bits in (("h0", given.get("h0"), exp_h, 8), ("s0", fourth, 7, 16)):
+            if not src:
+                state.append("")
+                continue
+            if self.bits.get(src) is not None:
+                self.refuse(f"state input '{src}' must be a float tensor, as the original exports"
+                            f" it")
+            q = self.fresh(f"{src}.q{exp}")
+            self.emit("Quant", [src], [q], f"{role}_quant", exp=exp, bits=bits)
+            state.append(q)
+        x = ins[0]
+        outs = list(self.node.output)
+        self.emit(op, [x, given.get("lengths", "")] + state + weights, outs,
+                  hidden_size=int(a["hidden_size"]), batch_first=int(a.get("batch_first", 0)),
+                  go_forward=int(a.get("go_forward", 1)), exp_x=self.exp(a, "scale_i"),
+                  bits_x=self.int_bits(x), exp_iw=self.exp(a, "scale_iw"),
+                  exp_hw=self.exp(a, "scale_hw"), exp_h=exp_h,
+                  exp_o=self.exp(a, "scale_o") if "o_bits" in a else 0,
+                  bits_o=int(a.get("o_bits", 0)))
+        for i, o in enumerate(outs):
+            self.bits[o] = int(a["o_bits"]) if i == 0 and "o_bits" in a else None
+
+    def _t_LSTMInt(self):
+        self._rnn("LSTMLuna", {0: (), 1: ("lengths",), 2: ("h0", "c0"),
+                                  3: ("lengths", "h0", "c0")})
+
+    def _t_GRUInt(self):
+        self._rnn("GRULuna", {0: ()})
+
+    def _t_GRUInt_Is8_Is64(self):
+        self._rnn("GRULuna", {1: ("lengths",)})
+
+    def _t_GRUInt_Is8_Is64_If32(self):
+        self._rnn("GRULuna", {2: ("lengths", "h0")})
+
     # -- standard ops -----------------------------------------------------------------------------
     def _standard(self):
         node = self.node

@@ -280,3 +280,141 @@ def layernorm_luna(inputs, *, exp_x, bits_x, exp_w, exp_o, bits_o):
     acc = z * w.reshape(-1).astype(np.int64) + b.reshape(-1).astype(np.int64)
     q = numerics.requantize(acc, 10 + int(exp_w) - int(exp_o), int(bits_o))
     return [q.reshape(x.shape).astype(numerics.int_dtype(bits_o))]
+
+
+# -- recurrent layers: one direction of one layer per node ----------------------------------------
+def _rnn_inputs(inputs, gates, bits_x, hidden_size):
+    x, lengths, h0, s0, w_ih, w_hh, b_ih, b_hh = (list(inputs) + [None] * 8)[:8]
+    check_dtype(x, bits_x, "input X")
+    check_dtype(w_ih, 8, "weight W_ih")
+    check_dtype(w_hh, 8, "weight W_hh")
+    h = int(hidden_size)
+    if x.ndim != 3 or w_ih.shape != (gates * h, x.shape[2]) or w_hh.shape != (gates * h, h):
+        raise ModelFileError(f"X {list(x.shape)}, W_ih {list(w_ih.shape)}, W_hh"
+                             f" {list(w_hh.shape)} do not fit hidden_size={h} with {gates}"
+                             f" gates")
+    for name, b in (("B_ih", b_ih), ("B_hh", b_hh)):
+        if b is not None:
+            check_dtype(b, numerics.BIAS_BITS, f"bias {name}")
+            if b.shape != (gates * h,):
+                raise ModelFileError(f"bias {name} must have shape ({gates * h},)")
+    return x, lengths, h0, s0, w_ih, w_hh, b_ih, b_hh
+
+
+def _gates(v, w, b):
+    """``v @ w^T + b`` exactly (int64; the float64 products stay below 2**53)."""
+    acc = np.matmul(v.astype(np.float64), w.astype(np.float64).T).astype(np.int64)
+    return acc if b is None else acc + b.astype(np.int64)
+
+
+def _run_rnn(inputs, gates, step, state0, *, hidden_size, batch_first, go_forward, exp_x,
+             bits_x, exp_iw, exp_hw, exp_h, exp_o, bits_o):
+    """Shared time loop of :func:`lstm_luna` / :func:`gru_luna`. ``state0(s0, n, h)``: the
+    initial cell/hidden state array (last two axes ``(N, H)``) from the optional 4th input;
+    ``step(gi11, gh11, state)``: the new state and the step's Q14 hidden ``h14``."""
+    x, lengths, h0, s0, w_ih, w_hh, b_ih, b_hh = _rnn_inputs(inputs, gates, bits_x, hidden_size)
+    if batch_first:
+        x = x.transpose(1, 0, 2)
+    t_len, n, h = x.shape[0], x.shape[1], int(hidden_size)
+    if lengths is None:
+        lengths = np.full(n, t_len, np.int64)
+    lengths = np.asarray(lengths).astype(np.int64).reshape(-1)
+    if lengths.shape != (n,) or lengths.min(initial=0) < 0 or lengths.max(initial=0) > t_len:
+        raise ModelFileError(f"lengths {lengths.tolist()} must be {n} values in [0, {t_len}]")
+    exp_h = int(exp_h)
+    gi = to_q11(_gates(x, w_ih, b_ih), int(exp_x) + int(exp_iw))          # (T, N, G*H)
+    q_h = np.zeros((n, h), np.int64) if h0 is None else h0.reshape(n, h).astype(np.int64)
+    h14 = numerics.rounding_shift(q_h, exp_h - 14)     # h_n of a sequence of length 0
+    state = state0(None if s0 is None else s0.reshape(n, h).astype(np.int64), n, h)
+    ys = np.zeros((t_len, n, h), np.int64)
+    batch = np.arange(n)
+    for t in range(t_len):
+        live = t < lengths                                                  # (N,)
+        rows = np.full(n, t) if go_forward else np.clip(lengths - 1 - t, 0, t_len - 1)
+        g_h = to_q11(_gates(q_h, w_hh, b_hh), exp_h + int(exp_hw))
+        new_state, new_h14 = step(gi[rows, batch], g_h, state)
+        keep = live[:, None]
+        state = np.where(keep, new_state, state)
+        h14 = np.where(keep, new_h14, h14)
+        q_h = np.where(keep, numerics.requantize(new_h14, 14 - exp_h, 8), q_h)
+        ys[rows[live], batch[live]] = new_h14[live]
+    if bits_o:
+        y = numerics.requantize(ys, 14 - int(exp_o), int(bits_o))
+        y = y.astype(numerics.int_dtype(bits_o))
+    else:
+        y = (ys * 2.0 ** -14).astype(np.float32)
+    if batch_first:
+        y = y.transpose(1, 0, 2)
+    return y, (h14 * 2.0 ** -14).astype(np.float32)[None], state
+
+
+_RNN_DOC = """
+    Inputs: ``X`` int(bits_x) (T, N, F) (``batch_first``: (N, T, F)); ``lengths`` int64 (N,)
+    (optional: all T); ``h0`` int8 (1, N, H) at ``exp_h`` (optional: 0); a fourth state input
+    (optional: 0); ``W_ih`` int8 (G*H, F) at ``exp_iw``; ``W_hh`` int8 (G*H, H) at ``exp_hw``;
+    optional int32 ``B_ih`` (at ``exp_x + exp_iw``) and ``B_hh`` (at ``exp_h + exp_hw``).
+    ``gi = to_q11(x W_ih^T + B_ih)``, ``gh = to_q11(h W_hh^T + B_hh)`` (:func:`to_q11`); after
+    each step the next ``h = sat8(rshift(h14, 14 - exp_h))``. ``Y = sat_o(rshift(h14, 14 -
+    exp_o))`` (``bits_o = 0``: float32 ``h14 / 2**14``), 0 at steps past a sequence's length;
+    ``go_forward = 0`` runs a sequence from step ``lengths - 1`` down to 0. ``h_n`` = float32
+    ``h14 / 2**14`` of each sequence's last step."""
+
+
+@kernel("LSTMLuna")
+def lstm_luna(inputs, *, hidden_size, batch_first, go_forward, exp_x, bits_x, exp_iw, exp_hw,
+              exp_h, exp_o, bits_o):
+    h = int(hidden_size)
+
+    def state0(c7, n, hh):
+        c7 = np.zeros((n, hh), np.int64) if c7 is None else c7
+        return np.stack([c7, c7 << 7])          # (2, N, H): c in Q7 and Q14
+
+    def step(gi, gh, state):
+        v = np.clip(gi + gh, -32768, 32767)
+        i, f, o = (sigmoid_q7(v[:, k * h:(k + 1) * h]) for k in (0, 1, 3))
+        g = tanh_q7(v[:, 2 * h:3 * h])
+        c14 = f * state[0] + i * g
+        h14 = o * tanh_q7(np.clip(numerics.rounding_shift(c14, 3), -32768, 32767))
+        return np.stack([numerics.rounding_shift(c14, 7), c14]), h14
+
+    y, h_n, state = _run_rnn(inputs, 4, step, state0, hidden_size=h, batch_first=batch_first,
+                             go_forward=go_forward, exp_x=exp_x, bits_x=bits_x, exp_iw=exp_iw,
+                             exp_hw=exp_hw, exp_h=exp_h, exp_o=exp_o, bits_o=bits_o)
+    return [y, h_n, (state[1] * 2.0 ** -14).astype(np.float32)[None]]
+
+
+lstm_luna.__doc__ = """One direction of the original's LSTMInt (gates i, f, g, o).
+
+    Per step: ``v = sat16(gi + gh)``; ``i, f, o = sigmoid_q7(v)``, ``g = tanh_q7(v)``;
+    ``c14 = f * c7 + i * g`` and the next ``c7 = rhu(c14 / 2**7)``;
+    ``h14 = o * tanh_q7(sat16(rhu(c14 / 2**3)))``. The fourth input is ``c0`` int16 in Q7;
+    outputs ``Y``, ``h_n``, ``c_n`` = float32 ``c14 / 2**14``.""" + _RNN_DOC
+
+
+@kernel("GRULuna")
+def gru_luna(inputs, *, hidden_size, batch_first, go_forward, exp_x, bits_x, exp_iw, exp_hw,
+             exp_h, exp_o, bits_o):
+    h = int(hidden_size)
+
+    def state0(h7, n, hh):
+        return np.zeros((n, hh), np.int64) if h7 is None else h7
+
+    def step(gi, gh, h7):
+        r = sigmoid_q7(gi[:, :h] + gh[:, :h])
+        z = sigmoid_q7(gi[:, h:2 * h] + gh[:, h:2 * h])
+        nn = tanh_q7(gi[:, 2 * h:] + numerics.rounding_shift(r * gh[:, 2 * h:], 7))
+        h14 = (nn << 7) + z * (h7 - nn)
+        return numerics.rounding_shift(h14, 7), h14
+
+    y, h_n, _ = _run_rnn(inputs, 3, step, state0, hidden_size=h, batch_first=batch_first,
+                         go_forward=go_forward, exp_x=exp_x, bits_x=bits_x, exp_iw=exp_iw,
+                         exp_hw=exp_hw, exp_h=exp_h, exp_o=exp_o, bits_o=bits_o)
+    return [y, h_n]
+
+
+gru_luna.__doc__ = """One direction of the original's GRUInt (gates r, z, n).
+
+    Per step, without saturating the gate sums: ``r = sigmoid_q7(gi_r + gh_r)``,
+    ``z = sigmoid_q7(gi_z + gh_z)``, ``n = tanh_q7(gi_n + rhu(r * gh_n / 2**7))``;
+    ``h14 = n * 2**7 + z * (h7 - n)`` and the next ``h7 = rhu(h14 / 2**7)``. The fourth input
+    is ``h0`` in Q7 (int16); outputs ``Y``, ``h_n``.""" + _RNN_DOC
