@@ -593,8 +593,6 @@ class _Importer:
             ins = ins[:1] + [self.const("axes", np.array(axes, np.int64))]
         elif op == "Split" and "split" in a:
             ins = ins[:1] + [self.const("split", np.array(a.pop("split"), np.int64))]
-        elif op in ("ReduceSum",) and "axes" in a:
-            ins = ins[:1] + [self.const("axes", np.array(a.pop("axes"), np.int64))]
         for k in ins:
             if k in self.deferred:
                 self.flush(k)
