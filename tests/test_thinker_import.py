@@ -566,6 +566,8 @@ def test_standard_ops_opset11_forms():
     (tnode("Quant", ["x"], ["q"], data_bits=8, scale_x=4.0, zero_point=3), "zero_point"),
     (tnode("LogSoftmaxInt", ["x"], ["q"], scale_x=4.0, data_bits=8, dim=1), "LogSoftmaxInt"),
     (tnode("iqVar", ["x"], ["q"], scale_x=4.0, scale_o=4.0), "iqVar"),
+    (tnode("Quant", ["x"], ["q"], data_bits="eight", scale_x=4.0), "malformed"),
+    (tnode("Quant", ["x"], ["q"], data_bits=8, scale_x="4"), "scale_x"),
 ])
 def test_refusals_name_node_and_attribute(node, match):
     m = model([node], [("x", F32, [2, 3])], [("q", I8, None)])
@@ -684,3 +686,21 @@ def test_new_ops_pack_and_run_bit_exact():
     a = InferenceSession(res.data).run(None, {"x": x})
     b = InferenceSession(m).run(None, {"x": x})
     assert all(np.array_equal(u, v) for u, v in zip(a, b))
+
+
+def test_import_needs_no_torch(tmp_path):
+    import subprocess
+    import sys
+
+    import onnx
+    m = model([tnode("Quant", ["x"], ["q"], data_bits=8, scale_x=4.0),
+               tnode("iqSigmoid", ["q"], ["s"], scale_x=4.0, scale_o=128.0),
+               tnode("Dequant", ["s"], ["y"], scale_o=128.0)], [("x", F32, [3])],
+              [("y", F32, [3])])
+    onnx.save(m, tmp_path / "m.onnx")
+    code = ("import sys, numpy as np, linger.runtime as r;"
+            f" r.InferenceSession({str(tmp_path / 'm.onnx')!r}).run(None, {{'x': np.ones(3,"
+            " np.float32)}); assert 'torch' not in sys.modules, 'torch imported'")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root,
+                   env={**os.environ, "PYTHONPATH": root})

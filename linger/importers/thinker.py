@@ -31,7 +31,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .. import numerics
-from ..errors import ModelFileError
+from ..errors import LingerError, ModelFileError
 from ..runtime.kernels import luna
 
 DOMAIN = "thinker"
@@ -82,7 +82,6 @@ class _Importer:
                 self.bits[v.name] = _bits_of(dt)
         self.uses = Counter(i for n in g.node for i in n.input if i)
         self.uses.update(o.name for o in g.output)
-        self.producer = {o: n for n in g.node for o in n.output}
         self.taken = set(self.arrays) | {v.name for v in g.input} | {
             o for n in g.node for o in n.output} | {n.name for n in g.node}
         self.nodes, self.inits = [], []
@@ -106,11 +105,19 @@ class _Importer:
             else:
                 raise ModelFileError(f"{self.label}: domain '{node.domain}' is not part of a"
                                      f" model the original exported")
-            handler()
+            try:
+                handler()
+            except LingerError:
+                raise
+            except (ValueError, TypeError, KeyError, IndexError, OverflowError) as e:
+                raise ModelFileError(f"{self.label}: malformed attributes or inputs"
+                                     f" ({type(e).__name__}: {e})") from e
         used = {i for n in self.nodes for i in n.input} | {o.name for o in g.output}
         inits = [t for t in g.initializer if t.name in used] + self.inits
-        graph = helper.make_graph(self.nodes, g.name or "imported", list(g.input),
-                                  list(g.output), inits)
+        dropped = {t.name for t in g.initializer} - used     # e.g. BatchNorm's running stats
+        graph = helper.make_graph(self.nodes, g.name or "imported",
+                                  [v for v in g.input if v.name not in dropped], list(g.output),
+                                  inits)
         out = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
                                                       helper.make_opsetid(LINGER, 1)],
                                 producer_name="linger (imported from the original linger)")
