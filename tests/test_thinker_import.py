@@ -304,6 +304,16 @@ def test_linear_bmm_batchnorm_avgpool():
     assert np.array_equal(run(m, x=xp)[0].astype(np.int64), want)
 
 
+def test_embedding_gather():
+    w = RNG.integers(-128, 128, size=(10, 4)).astype(np.int8)
+    idx = np.array([[0, 9, 3], [3, 3, 1]], np.int64)
+    m = model([tnode("Gather", ["w", "i"], ["y"], scale_w=32.0, scale_o=32.0, parameter_bits=8,
+                     o_bits=8),
+               tnode("Dequant", ["y"], ["z"], scale_o=32.0)],
+              [("i", TensorProto.INT64, [2, 3])], [("z", F32, None)], [("w", w)])
+    assert np.array_equal(run(m, i=idx)[0], w[idx] / np.float32(32.0))
+
+
 # -- element-wise -----------------------------------------------------------------------------
 def pairs():
     a, b = np.meshgrid(np.arange(-128, 128), np.arange(-128, 128), indexing="ij")
@@ -465,6 +475,7 @@ def rnn_ref(kind, x, lengths, h0, s0, wih, whh, bih, bhh, ex, eiw, ehw, eh, eo, 
     t_len, n, _ = x.shape
     h = whh.shape[1]
     y = np.zeros((t_len, n, h), np.int64)
+    y14 = np.zeros((t_len, n, h))
     h_n = np.zeros((n, h))
     for b in range(n):
         qh = [quant(v, eh) for v in h0[b]]
@@ -494,8 +505,9 @@ def rnn_ref(kind, x, lengths, h0, s0, wih, whh, bih, bhh, ex, eiw, ehw, eh, eo, 
             h14 = new14
             qh = [sat(rhu(v, 14 - eh), 8) for v in h14]
             y[t, b] = [sat(rhu(v, 14 - eo), 8) for v in h14]
+            y14[t, b] = [float(v) / 2 ** 14 for v in h14]
         h_n[b] = [float(v) / 2 ** 14 for v in h14]
-    return y, h_n
+    return y, h_n, y14
 
 
 @pytest.mark.parametrize("kind,forward", [("lstm", True), ("lstm", False), ("gru", True),
@@ -533,9 +545,34 @@ def test_lstm_gru(kind, forward):
         s0 = h0
     m = model([node], ins, outs, [("wih", wih), ("whh", whh), ("bih", bih), ("bhh", bhh)])
     got = run(m, **feed)
-    y, h_n = rnn_ref(kind, x, lengths, h0[0], s0[0], wih, whh, bih, bhh, ex, eiw, ehw, eh, eh,
-                     forward)
+    y, h_n, _ = rnn_ref(kind, x, lengths, h0[0], s0[0], wih, whh, bih, bhh, ex, eiw, ehw, eh,
+                        eh, forward)
     assert np.array_equal(got[0].astype(np.int64), y)
+    assert np.array_equal(got[1][0].astype(np.float64), h_n)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_lstm_gru_batch_first_float_output_no_bias(kind):
+    """No lengths, no initial state, no bias, no o_bits (float Y), batch-first layout."""
+    t_len, n, f, h = 4, 2, 3, 5
+    g = 4 if kind == "lstm" else 3
+    x = RNG.integers(-128, 128, size=(n, t_len, f)).astype(np.int8)
+    wih = RNG.integers(-128, 128, size=(g * h, f)).astype(np.int8)
+    whh = RNG.integers(-128, 128, size=(g * h, h)).astype(np.int8)
+    ex, eiw, ehw, eh = 3, 9, 8, 6       # Q11 conversion of gi by a left shift
+    attrs = dict(input_size=f, hidden_size=h, num_layers=1, batch_first=1, go_forward=1,
+                 scale_i=2.0 ** ex, scale_h=2.0 ** eh, scale_iw=2.0 ** eiw,
+                 scale_hw=2.0 ** ehw, data_bits=8, parameter_bits=8)
+    outs = ["y", "hn", "cn"] if kind == "lstm" else ["y", "hn"]
+    op = "LSTMInt" if kind == "lstm" else "GRUInt"
+    m = model([tnode(op, ["x", "wih", "whh"], outs, **attrs)], [("x", I8, [n, t_len, f])],
+              [(o, F32, None) for o in outs], [("wih", wih), ("whh", whh)])
+    got = run(m, x=x)
+    zeros = np.zeros((n, h))
+    _, h_n, y14 = rnn_ref(kind, x.transpose(1, 0, 2), np.full(n, t_len), zeros, zeros, wih, whh,
+                          np.zeros(g * h, int), np.zeros(g * h, int), ex, eiw, ehw, eh, eh, True)
+    assert got[0].dtype == np.float32
+    assert np.array_equal(got[0].astype(np.float64), y14.transpose(1, 0, 2))
     assert np.array_equal(got[1][0].astype(np.float64), h_n)
 
 
