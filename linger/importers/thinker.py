@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from fractions import Fraction
 
 import numpy as np
 import onnx
@@ -412,6 +411,10 @@ class _Importer:
             self.lut(x, self.float_fn(lambda v, k: v / k, ex, c, eo, "div"))
             return
         ey = self.exp(a, "scale_y")
+        if abs(ey + eo - ex) > 40:
+            self.refuse(f"scales put x / y {abs(ey + eo - ex)} bits away from the output grid"
+                        f" (scale_x, scale_y, scale_o = {a['scale_x']}, {a['scale_y']},"
+                        f" {a['scale_o']})")
         self.lut(x, lambda qx, qy: _div_table(qx, qy, ex, ey, eo), y=y)
 
     def one_value(self, c, name):
@@ -641,22 +644,25 @@ def _float_eval(op, q, ex, c, eo, ft):
 
 
 def _div_table(qx, qy, ex, ey, eo):
-    """``sat8(floor((qx / 2**ex) / (qy / 2**ey) * 2**eo + 0.5))`` exactly (rational rounding).
+    """``sat8(floor((qx / 2**ex) / (qy / 2**ey) * 2**eo + 0.5))`` exactly: with ``k = ey + eo -
+    ex`` and the sign moved to the numerator, ``floor((2 qx 2^k + qy) / (2 qy))`` (``k < 0``:
+    ``floor((2 qx + qy 2^-k) / (2 qy 2^-k))``) in int64.
 
     Division by 0 gives 127 (x > 0), -128 (x < 0) or 0 (0 / 0): the original's float division
     gave +-inf (saturated to the same values) or NaN there.
     """
     qx, qy = np.broadcast_arrays(np.asarray(qx, np.int64), np.asarray(qy, np.int64))
-    out = np.empty(qx.shape, np.int64)
-    scale = Fraction(2) ** (ey + eo - ex)
-    for idx in np.ndindex(qx.shape):
-        a, b = int(qx[idx]), int(qy[idx])
-        if b == 0:
-            out[idx] = 127 if a > 0 else (-128 if a < 0 else 0)
-            continue
-        v = Fraction(a, b) * scale + Fraction(1, 2)
-        out[idx] = min(127, max(-128, math.floor(v)))
-    return out
+    k = int(ey) + int(eo) - int(ex)
+    num = np.where(qy < 0, -qx, qx)
+    den = np.abs(qy)
+    if k >= 0:
+        num = num << k
+    else:
+        den = den << -k
+    safe = np.where(den == 0, 1, den)
+    q = (2 * num + safe) // (2 * safe)
+    zero = np.where(qx > 0, 127, np.where(qx < 0, -128, 0))
+    return np.where(qy == 0, zero, np.clip(q, -128, 127))
 
 
 def supported_ops() -> list[str]:
