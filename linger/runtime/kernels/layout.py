@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import ModelFileError
+from .. import schema as S
 from . import KERNELS, fast, kernel
 from ._fast import FastOp, cl, fast_ok, uncl
 
@@ -22,6 +23,61 @@ def _axis(axis: int, ndim: int) -> int:
     if not -ndim <= axis < ndim:
         raise ModelFileError(f"axis {axis} is out of range for rank {ndim}")
     return axis % ndim
+
+
+def _values(arg):
+    """The ints of a shape/pads/axes input, ``None`` when not known before running."""
+    return None if arg is None or arg.value is None else _ints(arg.value)
+
+
+def _pad_memory(attrs, ins, fast):
+    """The padded copy: each axis grows by its positive pads."""
+    x, pads, axes = ins[0], _values(ins[1]), _values((list(ins) + [None] * 4)[3])
+    axes = list(range(len(x.shape))) if axes is None else axes
+    if pads is None or len(pads) != 2 * len(axes) or any(not -len(x.shape) <= a < len(x.shape)
+                                                          for a in axes):
+        return 2 * x.nbytes  # the kernel explains what is wrong
+    shape = list(x.shape)
+    for i, a in enumerate(axes):
+        shape[a] += max(pads[i], 0) + max(pads[i + len(axes)], 0)
+    return x.nbytes + S.nbytes(shape, x.dtype.itemsize)
+
+
+def _expand_memory(attrs, ins, fast):
+    x, shape = ins[0], _values(ins[1])
+    if shape is None:
+        return 2 * x.nbytes
+    return S.nbytes(S.broadcast([x.shape, shape], "Expand"), x.dtype.itemsize)
+
+
+def _gather_memory(attrs, ins, fast):
+    x, idx = ins
+    axis = int(attrs.get("axis", 0))
+    if not -len(x.shape) <= axis < len(x.shape):
+        return 0  # the kernel explains the axis
+    axis %= len(x.shape)
+    return S.nbytes([*x.shape[:axis], *idx.shape, *x.shape[axis + 1:]], x.dtype.itemsize)
+
+
+_INT64 = S.Int(-(1 << 63), (1 << 63) - 1)
+S.schema("Identity", "", inputs=(1, 1), memory=S.sum_memory(0))
+S.schema("Constant", "", inputs=(0, 0), memory=S.sum_memory(0), value=S.Tensor(),
+         value_float=S.Float(), value_floats=S.Floats(), value_int=_INT64,
+         value_ints=S.Ints(_INT64.lo, _INT64.hi))
+S.schema("Shape", "", inputs=(1, 1), memory=S.sum_memory(0), start=S.Int(), end=S.Int())
+S.schema("Reshape", "", inputs=(2, 2), memory=S.sum_memory(1), allowzero=S.Flag())
+S.schema("Transpose", "", inputs=(1, 1), memory=S.sum_memory(2), perm=S.Ints(0, 7, (0, 8)))
+S.schema("Flatten", "", inputs=(1, 1), memory=S.sum_memory(1), axis=S.Int(-8, 8))
+S.schema("Squeeze", "", inputs=(1, 2), memory=S.sum_memory(1))
+S.schema("Unsqueeze", "", inputs=(2, 2), memory=S.sum_memory(1))
+S.schema("Concat", "", inputs=(1, S.MAX_LIST), memory=S.sum_memory(2), axis=S.Axis())
+S.schema("Split", "", inputs=(1, 2), memory=S.sum_memory(2), axis=S.Axis(),
+         num_outputs=S.Int(1, S.MAX_LIST))
+S.schema("Slice", "", inputs=(3, 5), memory=S.sum_memory(2))
+S.schema("Pad", "", inputs=(2, 4), memory=_pad_memory,
+         mode=S.Str(("constant", "edge", "reflect")))
+S.schema("Expand", "", inputs=(2, 2), memory=_expand_memory)
+S.schema("Gather", "", inputs=(2, 2), memory=_gather_memory, axis=S.Axis())
 
 
 @kernel("Identity", domain="")
