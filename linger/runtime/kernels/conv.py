@@ -214,7 +214,7 @@ def conv_fast(attrs, args):
                 win = windows_cl(pad_cl(x, pairs, scratch), k, strides, dilations)
             out = scratch.get("out", (*win.shape[:1 + nd], cout))
             win = win.reshape(*win.shape[:-1], g, cg)                   # (N, *O, *k, G, Cg)
-            cols = np.moveaxis(win, -2, 0).reshape(g, out.size // cout, -1)  # (G, N*P, K)
+            cols = np.moveaxis(win, -2, 0).reshape(g, out.size // cout, wm.shape[1])  # (G,N*P,K)
             acc = np.matmul(cols, wm)                                   # (G, N*P, Cout/G)
             out.reshape(-1, g, cout // g)[...] = acc.transpose(1, 0, 2)
             return [stage(out)]
