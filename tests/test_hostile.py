@@ -325,3 +325,22 @@ def test_initializer_fed_to_a_fast_input_is_loaded():
     node = next(n for n in m.graph.node if n.name == "conv")
     node.input[0] = "cw"                     # the weight read as the input: wrong, but defined
     _refused(m, "flatten", ["Reshape cannot be applied", "[4, 4, 1, 1]"])
+
+
+def test_pack_refuses_a_declared_input_shape_too_large_to_measure():
+    from linger import packer
+    m = fuzzing.conv_model()
+    m.graph.input[0].type.tensor_type.shape.dim[2].dim_value = 1 << 40
+    with pytest.raises(InputError, match=r"input 'x' of shape \[1, 1, 1099511627776, 6\]"):
+        packer.pack(m, force=True)
+
+
+def test_the_documented_ranges_are_the_schema():
+    """docs/reliability.md holds the schema table for other executors (the C engine): it must
+    be the one the runtime enforces. Regenerate with linger.runtime.schema.markdown_table()."""
+    from pathlib import Path
+
+    from linger.runtime.schema import markdown_table
+    doc = (Path(__file__).parents[1] / "docs" / "reliability.md").read_text()
+    start = doc.index("<!-- schema-table-start -->\n") + len("<!-- schema-table-start -->\n")
+    assert doc[start:doc.index("<!-- schema-table-end -->")] == markdown_table()

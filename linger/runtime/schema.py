@@ -368,3 +368,17 @@ def sum_memory(factor: int) -> Callable:
     def memory(attrs, ins, fast):
         return factor * sum(nbytes(i.shape) for i in ins if i is not None)
     return memory
+
+
+def markdown_table() -> str:
+    """The declared ranges of every op as a markdown table (docs/reliability.md holds a copy
+    that a test keeps identical)."""
+    rows = ["| op | inputs | attributes |", "|---|---|---|"]
+    for (domain, op), sch in sorted(SCHEMAS.items(), key=lambda kv: (kv[0][0] == "", kv[0])):
+        attrs = "; ".join(f"`{k}` " + v.describe().replace("an int in ", "int ")
+                          .replace("a list of ", "").replace(" ints, each in ", " ints ")
+                          for k, v in sch.attrs.items()) or "none"
+        least, most = sch.inputs
+        count = f"{least}" if least == most else f"{least}..{most}"
+        rows.append(f"| `{domain or 'ai.onnx'}::{op}` | {count} | {attrs} |")
+    return "\n".join(rows) + "\n"
