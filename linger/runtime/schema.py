@@ -44,7 +44,7 @@ from ..errors import ModelFileError
 
 #: Bit widths of integer values: 2..32 bits (stored in int8/int16/int32).
 BITS = (2, 32)
-#: Exponents (``real = q * 2**-exp``); a shift derived from three of them stays within int8 x 3.
+#: Exponents (``real = q * 2**-exp``): each fits int8, a shift derived from three fits int16.
 EXP = (-127, 127)
 #: Kernel sizes, strides, dilations and paddings of one spatial axis.
 MAX_SPATIAL = 1 << 16
@@ -280,7 +280,13 @@ def validate_node(node, initializers: dict, where: str) -> None:
     sch = SCHEMAS.get((node.domain, node.op_type))
     if sch is not None and sch.check is not None:
         consts = [initializers.get(i) if i else None for i in node.inputs]
-        sch.check(node.attrs, consts, where)
+        try:
+            sch.check(node.attrs, consts, where)
+        except ModelFileError:
+            raise
+        except Exception as e:  # a check that trips over what it checks: a gap, not a crash
+            raise ModelFileError(f"{where}: its schema check failed ({type(e).__name__}: {e});"
+                                 f" please report it with the model") from e
 
 
 def node_memory(node, ins, fast: bool) -> int:
@@ -288,7 +294,13 @@ def node_memory(node, ins, fast: bool) -> int:
     sch = SCHEMAS.get((node.domain, node.op_type))
     if sch is None or sch.memory is None:
         return 4 * sum(i.nbytes for i in ins if i is not None)
-    return int(sch.memory(node.attrs, ins, fast))
+    try:
+        return int(sch.memory(node.attrs, ins, fast))
+    except ModelFileError:
+        raise
+    except Exception as e:  # an estimate that trips over its inputs: a gap, not a crash
+        raise ModelFileError(f"its memory estimate failed ({type(e).__name__}: {e}); please"
+                             f" report it with the model") from e
 
 
 # -- helpers the kernel families' schemas share ----------------------------------------------
