@@ -344,3 +344,13 @@ def test_the_documented_ranges_are_the_schema():
     doc = (Path(__file__).parents[1] / "docs" / "reliability.md").read_text()
     start = doc.index("<!-- schema-table-start -->\n") + len("<!-- schema-table-start -->\n")
     assert doc[start:doc.index("<!-- schema-table-end -->")] == markdown_table()
+
+
+def test_pooling_with_huge_windows_is_bounded_before_it_computes():
+    """A pool of 65536-wide windows over 65536 pads each side fits in little memory but would
+    sum 2**32 elements per channel: the estimate counts window elements, so it is refused."""
+    m = fuzzing.arith_model()
+    m = _with_attr(_with_attr(m, "avg", "kernel_shape", [65536]), "avg", "pads", [65536, 65536])
+    sess = InferenceSession(m, max_memory_bytes=256 << 20)
+    with pytest.raises(ResourceError, match=r"node 'avg'.*'q': \[2, 2, 8\]"):
+        sess.run(None, {"x": np.zeros((2, 2, 8), np.float32)})

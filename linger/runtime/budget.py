@@ -53,19 +53,19 @@ class Meter:
         self.budget, self.key, self.program, self.held = budget, key, program, held
         self.owned: dict = {}                     # value key -> bytes, for values the run made
 
-    def before(self, step, args, values, initializers) -> None:
+    def before(self, step, args, initializers) -> None:
+        ins = []
         if step.kind == "convert":
             need = 2 * sum(a.nbytes for a in args if a is not None)
         else:
+            ins = self._ins(step, args, initializers)
             try:
-                need = node_memory(step.node, self._ins(step, args, initializers),
-                                   step.kind == "fast")
+                need = node_memory(step.node, ins, step.kind == "fast")
             except LingerError as e:  # the geometry does not fit: as the kernel would say
                 raise type(e)(f"{step.node.where}: {e}") from e
         if self.held + need > self.budget.limit:
             node = step.node
-            shapes = {n: list(a.shape) for n, a in zip(node.inputs, args)
-                      if n and a is not None}
+            shapes = {n: list(i.shape) for n, i in zip(node.inputs, ins) if n and i is not None}
             raise ResourceError(
                 f"{node.where} would need about {size_text(need)} for inputs {shapes}"
                 f" ({size_text(self.held)} already held), above the session's limit"
@@ -82,6 +82,8 @@ class Meter:
             self.held -= self.owned.pop(key, 0)
 
     def done(self) -> None:
+        if len(self.budget._checked) >= 4096:  # many input shapes (variable lengths): forget
+            self.budget._checked.clear()
         self.budget._checked.add(self.key)
 
     def _ins(self, step, args, initializers) -> list:

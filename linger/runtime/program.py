@@ -254,7 +254,7 @@ def _execute(program, initializers, feed, profile, keep, meter=None):
     for step in program.steps:
         args = [values[k] if k else None for k in step.ins]
         if meter is not None:
-            meter.before(step, args, values, initializers)
+            meter.before(step, args, initializers)
         if clock:
             t0 = clock()
         try:

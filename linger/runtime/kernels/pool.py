@@ -19,7 +19,9 @@ def _pool_check(attrs, consts, where):
 
 
 def _pool_memory(attrs, ins, fast):
-    """The padded input and the window sums in int64, the output."""
+    """The padded input and the window sums in int64, the output; plus one int64 per window
+    element summed: not memory, but it bounds the time a pool of huge windows (a tiny file)
+    may take in proportion to ``max_memory_bytes``."""
     x = ins[0]
     k = [int(v) for v in attrs["kernel_shape"]]
     nd = len(k)
@@ -31,7 +33,8 @@ def _pool_memory(attrs, ins, fast):
     out = [S.window_out(L, pp, kd, s, d, "input x") + 1 for L, pp, kd, s, d in
            zip(x.shape[2:], pairs, k, strides, dil)]    # + 1: ceil_mode's last window
     padded = [L + a + b + s for L, (a, b), s in zip(x.shape[2:], pairs, strides)]
-    return 2 * S.nbytes([*x.shape[:2], *padded]) + 3 * S.nbytes([*x.shape[:2], *out])
+    return 2 * S.nbytes([*x.shape[:2], *padded]) + 3 * S.nbytes([*x.shape[:2], *out]) \
+        + S.nbytes([*x.shape[:2], *out, *k])
 
 
 _POOL = dict(kernel_shape=S.Ints(1, S.MAX_SPATIAL, (1, 3)),
