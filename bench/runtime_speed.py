@@ -1,7 +1,8 @@
 """linger's integer runtime vs onnxruntime on the small ResNet-style CNN, 1 thread.
 
-Three graphs of the same calibrated model: linger's integer graph run by ``linger.runtime``,
-its QDQ export run by onnxruntime, and the float model exported by ``torch.onnx.export`` run by
+Four graphs of the same calibrated model: linger's integer graph run by ``linger.runtime``,
+its QDQ export run by onnxruntime, its ``format="exact"`` export (standard ONNX, bit-identical to
+linger) run by onnxruntime, and the float model exported by ``torch.onnx.export`` run by
 onnxruntime. Batch 1 and 32; every repetition runs the three in turn (interleaved, so load
 changes hit all alike); prints medians with the 25-75 % range, the ratios runtime / onnxruntime,
 the machine and its load. ``--profile`` adds the runtime's time per op type.
@@ -84,7 +85,9 @@ def _models():
     ours = linger.runtime.InferenceSession(linger.onnx.export(model, x1, None, dynamic_axes=dyn))
     qdq = _ort(linger.onnx.export(model, x1, None, format="qdq",
                                   dynamic_axes=dyn).SerializeToString())
-    return model, ours, qdq, _ort(buf.getvalue())
+    exact = _ort(linger.onnx.export(model, x1, None, format="exact",
+                                    dynamic_axes=dyn).SerializeToString())
+    return model, ours, qdq, _ort(buf.getvalue()), exact
 
 
 def _timed(runners: dict, x, reps: int) -> dict:
@@ -142,10 +145,11 @@ def main(argv=None):
     p.add_argument("--openblas-coretype", metavar="NAME",
                    help="OPENBLAS_CORETYPE for this run (e.g. SkylakeX), set before numpy loads")
     args = p.parse_args(argv)
-    model, ours, qdq, flt = _models()
+    model, ours, qdq, flt, exact = _models()
     runners = {"linger runtime": lambda x: ours.run(None, {"input": x}),
                "onnxruntime QDQ": lambda x: qdq.run(None, {"input": x}),
-               "onnxruntime float": lambda x: flt.run(None, {"input": x})}
+               "onnxruntime float": lambda x: flt.run(None, {"input": x}),
+               "onnxruntime exact": lambda x: exact.run(None, {"input": x})}
     print(f"SmallResNet 3x32x32, 1 thread, median [25-75 %] of {args.reps} interleaved reps")
     print(f"machine: {_machine()}")
     if os.environ.get("OPENBLAS_CORETYPE"):
@@ -154,22 +158,17 @@ def main(argv=None):
     for batch in (1, 32):
         x = np.random.default_rng(0).standard_normal((batch, 3, 32, 32)).astype(np.float32)
         with torch.no_grad():
-            exact = np.array_equal(runners["linger runtime"](x)[0], model(torch.from_numpy(x)))
-        times = {k: [] for k in runners}
-        for fn in runners.values():
-            fn(x)  # warm-up
-        for _ in range(args.reps):
-            for name, fn in runners.items():
-                t = time.perf_counter()
-                fn(x)
-                times[name].append(time.perf_counter() - t)
-        print(f"batch {batch:2d} (runtime bit-exact with PyTorch eval: {exact}):")
+            want = model(torch.from_numpy(x)).plain().numpy()
+        same = np.array_equal(runners["linger runtime"](x)[0], want)
+        same_exact = np.array_equal(runners["onnxruntime exact"](x)[0], want)
+        print(f"batch {batch:2d} (bit-exact with PyTorch eval: runtime {same}, onnxruntime on"
+              f" the exact export {same_exact}):")
         med = {}
-        for name, ts in times.items():
-            q1, med[name], q3 = (v * 1e3 for v in statistics.quantiles(ts, n=4))
+        for name, (q1, med[name], q3) in _timed(runners, x, args.reps).items():
             print(f"  {name:18s} {med[name]:7.2f} ms  [{q1:.2f}-{q3:.2f}]")
         print(f"  linger/ort-QDQ = {med['linger runtime'] / med['onnxruntime QDQ']:.2f},"
-              f" linger/ort-float = {med['linger runtime'] / med['onnxruntime float']:.2f}")
+              f" linger/ort-float = {med['linger runtime'] / med['onnxruntime float']:.2f},"
+              f" ort-exact/ort-QDQ = {med['onnxruntime exact'] / med['onnxruntime QDQ']:.2f}")
         if args.profile:
             prof = ours.profile({"input": x}, repeat=args.reps)
             total = sum(prof.values())
