@@ -308,3 +308,32 @@ def test_additive_float_mask_is_refused_with_the_fix():
     x = m.train()(torch.randn(2, 3, 4))
     with pytest.raises(linger.UnsupportedError, match="bool mask"):
         attn(x, x, x, attn_mask=torch.full((3, 3), 0.5))
+
+
+class _SkipFromInput(nn.Module):
+    """U-Net style: the float model input concatenated with a quantized feature map."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.out = nn.Conv2d(4, 1, 3, padding=1)
+
+    def forward(self, x):
+        return torch.sigmoid(self.out(torch.cat([self.conv(x), x], 1))) * x
+
+
+def test_cat_with_the_float_input_quantizes_it_at_its_own_site(tmp_path):
+    import linger.runtime
+    model = linger.init(_SkipFromInput()).train()
+    for _ in range(3):
+        model(torch.randn(2, 1, 8, 6))
+    assert any(k.endswith("_in1.output_exp") for k in model.state_dict())
+    model.eval()
+    x = torch.randn(2, 1, 8, 6)
+    graph = linger.onnx.export(model, x, tmp_path / "u.onnx", input_names=["x"])
+    assert [n.op_type for n in graph.graph.node].count("Quant") == 2  # conv input, cat operand
+    sess = linger.runtime.InferenceSession(str(tmp_path / "u.onnx"))
+    for k in (1.0, 8.0):
+        with torch.no_grad():
+            want = model(x * k).numpy()
+        assert np.array_equal(sess.run(None, {"x": (x * k).numpy()})[0], want)
