@@ -337,3 +337,27 @@ def test_cat_with_the_float_input_quantizes_it_at_its_own_site(tmp_path):
         with torch.no_grad():
             want = model(x * k).numpy()
         assert np.array_equal(sess.run(None, {"x": (x * k).numpy()})[0], want)
+
+
+@pytest.mark.parametrize("row", ROWS, ids=lambda r: r.name)
+def test_exact_standard_onnx_form_or_a_refusal_naming_the_node(row):
+    """format='exact' (standard ONNX, any runtime): equal to eval in onnxruntime, or refused with
+    the node and op it has no exact rule for (use the linger graph and runtime there)."""
+    import onnxruntime as ort
+    model, _ = table.build(row)
+    xs = table._inputs(row)
+    names = [f"x{i}" for i in range(len(xs))]
+    ops = {n.op_type for n in linger.onnx.export(model, tuple(xs), None,
+                                                 input_names=names).graph.node}
+    try:
+        graph = linger.onnx.export(model, tuple(xs), None, input_names=names, format="exact")
+    except linger.ExportError as e:
+        assert "node '" in str(e) and any(f"({op})" in str(e) for op in ops), str(e)
+        return
+    sess = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    for k in (1.0, 8.0, 0.05):
+        xk = table._inputs(row, k)
+        with torch.no_grad():
+            want = table._plain(model(*xk)).numpy()
+        got = sess.run(None, {n: x.numpy() for n, x in zip(names, xk)})[0]
+        assert np.array_equal(got, want), row.name
