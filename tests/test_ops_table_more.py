@@ -361,3 +361,33 @@ def test_exact_standard_onnx_form_or_a_refusal_naming_the_node(row):
             want = table._plain(model(*xk)).numpy()
         got = sess.run(None, {n: x.numpy() for n, x in zip(names, xk)})[0]
         assert np.array_equal(got, want), row.name
+
+
+class _Stack(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 16)
+        layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, 2, norm=nn.LayerNorm(16))
+
+    def forward(self, x, key_padding):
+        return self.enc(self.fc(x), src_key_padding_mask=key_padding)
+
+
+def test_transformer_encoder_stack_with_a_mask_input(tmp_path):
+    """nn.TransformerEncoder converts bool masks to float ones and may switch to nested tensors;
+    linger's version passes the bool mask to its layers, so it stays a graph input."""
+    import linger.runtime
+    model = linger.init(_Stack()).train()
+    pad = torch.zeros(3, 6, dtype=torch.bool)
+    pad[1, 4:] = True
+    for _ in range(3):
+        model(torch.randn(3, 6, 4), pad)
+    model.eval()
+    x = torch.randn(3, 6, 4)
+    linger.onnx.export(model, (x, pad), tmp_path / "s.onnx", input_names=["x", "pad"])
+    sess = linger.runtime.InferenceSession(str(tmp_path / "s.onnx"))
+    for k in (1.0, 8.0):
+        with torch.no_grad():
+            want = model(x * k, pad).plain().numpy()
+        assert np.array_equal(sess.run(None, {"x": (x * k).numpy(), "pad": pad.numpy()})[0], want)

@@ -300,8 +300,27 @@ class QTransformerEncoderLayer(_ConvertedOnly, nn.TransformerEncoderLayer):
         return self.norm2(x + self._ff_block(x))
 
 
+class QTransformerEncoder(_ConvertedOnly, nn.TransformerEncoder):
+    """``nn.TransformerEncoder``: its layers in turn (and ``norm``), without PyTorch's mask
+    canonicalisation and nested-tensor path, so bool masks stay masks (graph inputs included)."""
+
+    linger_convert_children = True
+    onnx_ops_doc = "its layers' ops"
+
+    def _check_options(self):
+        pass
+
+    def forward(self, src, mask=None, src_key_padding_mask=None, is_causal=None):
+        x = src
+        for layer in self.layers:
+            x = layer(x, src_mask=mask, src_key_padding_mask=src_key_padding_mask,
+                      is_causal=bool(is_causal))
+        return self.norm(x) if self.norm is not None else x
+
+
 #: float class -> converted class (merged into ``linger.quant.layers.QUANT_CLASSES``).
 ATTENTION_CLASSES = {nn.MultiheadAttention: QMultiheadAttention,
-                     nn.TransformerEncoderLayer: QTransformerEncoderLayer}
+                     nn.TransformerEncoderLayer: QTransformerEncoderLayer,
+                     nn.TransformerEncoder: QTransformerEncoder}
 for _f, _q in ATTENTION_CLASSES.items():  # linger.init converts them by default
     QUANT_CLASSES.setdefault(_f, _q)
