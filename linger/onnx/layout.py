@@ -284,6 +284,10 @@ def _float_cause(args, kwargs) -> str:
                 f" parameter, a buffer or a view of one (expand, slicing and view keep it one;"
                 f" repeat, clone and arithmetic make a copy). Use a view of the parameter, or"
                 f" quantize the tensor with linger.quant_tensor(self, t, name=...)")
+    if any(not t.is_floating_point() for t in floats):
+        return ("an operand is a bool or integer graph value (a mask, indices) that this op"
+                " cannot take in a linger graph; compute it outside the model and pass the"
+                " result as an input, or use an op of docs/ops.md that takes it")
     if floats:
         return ("an operand was computed in float earlier (an op upstream ran on dequantized"
                 " values, or a model input reaches the op without linger.quant_tensor). Quantize"

@@ -22,9 +22,10 @@ def init(model: nn.Module, quant_modules=DEFAULT_QUANT_MODULES, data_bits: int =
     """Make ``model`` quantization-aware, in place, and return it.
 
     Every sub-module whose type is in ``quant_modules`` becomes its quantized twin (same
-    parameters, same names, plus quantization buffers); ReLU, ReLU6, max-pooling and dropout act
-    on quantized values directly. Everything else, including the model's own ``forward`` code,
-    is left as it is. Train as usual afterwards; ``model.eval()`` then computes with integers.
+    parameters, same names, plus quantization buffers); activations, pooling, dropout and the
+    other layers of ``PASSTHROUGH_CLASSES`` act on quantized values directly (docs/ops.md lists
+    everything, generated from the code). Everything else, including the model's own
+    ``forward`` code, is left as it is. Train as usual afterwards; ``model.eval()`` then computes with integers.
 
     Bits: ``data_bits`` in {8, 16}, ``parameter_bits`` in {4, 8, 16}, ``out_bits`` in {8, 16, 32}.
     ``on_unsupported``: "dequant" (a torch op without a quantized version computes in float on the

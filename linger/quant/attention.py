@@ -8,10 +8,12 @@ the q/k/v slices of ``in_proj_weight``) is the ``LinearInt`` of ``nn.Linear``: w
 :class:`QMultiheadAttention` (``linger.init`` converts ``nn.MultiheadAttention``; same parameters
 and state_dict keys) computes, per head, with quantized ops only::
 
-    q, k, v = F.linear(query, W_q, b_q), ...            LinearInt (x3)
-    s = (q @ k^T) * (1 / sqrt(d))                       MatMulInt, iqMul (int16 constant)
-    p = softmax(s, mask)                                SoftmaxInt with a bool mask input
-    o = F.linear(p @ v, W_out, b_out)                   MatMulInt, LinearInt
+    q = F.linear(query, W_q, b_q) * (1 / sqrt(d))       LinearInt, iqMul (int16 constant)
+    k, v = F.linear(key, W_k, b_k), ...                 LinearInt (x2)
+    per head h (columns of q, k, v; 3-d tensors only, as the chips need):
+        p_h = softmax(q_h @ k_h^T, mask_h)              MatMulInt, SoftmaxInt with a bool mask
+        o_h = p_h @ v_h                                 MatMulInt
+    o = F.linear(cat(o_h), W_out, b_out)                iqCat, LinearInt
 
 ``attn_mask`` (2-d or 3-d) and ``key_padding_mask`` may be bool (True = not attended) or float
 with values 0 and ``-inf`` (what PyTorch's mask helpers produce); other float values are additive
@@ -166,6 +168,27 @@ def attention_mask(attn_mask, key_padding_mask, n, h, lq, s):
     return mask, f"{name}:out"
 
 
+def head_mask(mask, mask_name, i: int):
+    """The mask of head ``i`` (N, L, S)-broadcastable, from the (N|1, H|1, L|1, S) one."""
+    if mask is None:
+        return None, None
+    if mask.dim() < 4:  # (L, S): the same for every head and sample
+        return mask, mask_name
+    head = min(i, mask.shape[1] - 1)
+    m = mask[:, head]
+    rec = trace.current()
+    if rec is None:
+        return m, None
+    name = rec.unique(f"{rec.module_path()}.mask_head{i}")
+    rec.emit("Gather", [mask_name, rec.constant([head], np.int64)], [f"{name}:g"], name=name,
+             axis=1)                                                    # (N, 1, L, S)
+    rec.value_info[f"{name}:g"] = (np.dtype(np.bool_), tuple(mask[:, head:head + 1].shape))
+    rec.emit("Squeeze", [f"{name}:g", rec.constant([1], np.int64)], [f"{name}:out"],
+             name=rec.unique(name + ".squeeze"))
+    rec.value_info[f"{name}:out"] = (np.dtype(np.bool_), tuple(m.shape))
+    return m, f"{name}:out"
+
+
 def masked_softmax(x: QTensor, mask, mask_name) -> QTensor:
     """Softmax over the last axis with ``mask`` (bool, True = excluded): ``SoftmaxInt`` with the
     mask as its second input (:func:`linger.iqmath.softmax`)."""
@@ -205,7 +228,8 @@ class _ConvertedOnly:
 class QMultiheadAttention(_ConvertedOnly, nn.MultiheadAttention):
     """``nn.MultiheadAttention`` computed with linger's integer ops (module docstring)."""
 
-    onnx_ops_doc = "LinearInt, MatMulInt, iqMul, SoftmaxInt (+ mask: Reshape, Or), iqMean"
+    onnx_ops_doc = ("LinearInt, iqMul, Slice, Transpose, MatMulInt, SoftmaxInt (mask: Reshape, Or,"
+                    " Gather, Squeeze), iqCat; iqMean for the weights")
 
     def _check_options(self):
         if self.bias_k is not None or self.add_zero_attn:
@@ -235,19 +259,25 @@ class QMultiheadAttention(_ConvertedOnly, nn.MultiheadAttention):
         b = self.in_proj_bias
         bq, bk, bv = (None, None, None) if b is None else (b[:e], b[e:2 * e], b[2 * e:])
         n, lq, s = q_in.shape[0], q_in.shape[1], k_in.shape[1]
-        qh = F.linear(q_in, wq, bq).reshape(n, lq, h, d).transpose(1, 2)    # (N, H, L, d)
-        kh = F.linear(k_in, wk, bk).reshape(n, s, h, d).transpose(1, 2)     # (N, H, S, d)
-        vh = F.linear(v_in, wv, bv).reshape(n, s, h, d).transpose(1, 2)     # (N, H, S, d)
-        scores = torch.matmul(qh, kh.transpose(-2, -1)) * (1.0 / math.sqrt(d))  # (N, H, L, S)
+        # per head on 3-d tensors (the chips run matmul and transpose up to 3-d):
+        qp = F.linear(q_in, wq, bq) * (1.0 / math.sqrt(d))                  # (N, L, E)
+        kp, vp = F.linear(k_in, wk, bk), F.linear(v_in, wv, bv)             # (N, S, E)
         mask, mask_name = attention_mask(attn_mask, key_padding_mask, n, h, lq, s)
-        p = masked_softmax(scores, mask, mask_name)
-        p = F.dropout(p, self.dropout, self.training)
-        o = torch.matmul(p, vh).transpose(1, 2).reshape(n, lq, e)           # (N, L, E)
+        outs, probs = [], []
+        for i in range(h):
+            cols = slice(i * d, (i + 1) * d)
+            scores = torch.matmul(qp[..., cols], kp[..., cols].transpose(1, 2))  # (N, L, S)
+            m, m_name = head_mask(mask, mask_name, i)
+            p = F.dropout(masked_softmax(scores, m, m_name), self.dropout, self.training)
+            probs.append(p)
+            outs.append(torch.matmul(p, vp[..., cols]))                      # (N, L, d)
+        o = torch.cat(outs, -1) if h > 1 else outs[0]                       # (N, L, E)
         o = F.linear(o, self.out_proj.weight, self.out_proj.bias)
         if not self.batch_first:
             o = o.transpose(0, 1)
         if not need_weights:
             return o, None
+        p = torch.stack(probs, 1)                                           # (N, H, L, S)
         return o, (p.mean(1) if average_attn_weights else p)
 
 
@@ -270,8 +300,27 @@ class QTransformerEncoderLayer(_ConvertedOnly, nn.TransformerEncoderLayer):
         return self.norm2(x + self._ff_block(x))
 
 
+class QTransformerEncoder(_ConvertedOnly, nn.TransformerEncoder):
+    """``nn.TransformerEncoder``: its layers in turn (and ``norm``), without PyTorch's mask
+    canonicalisation and nested-tensor path, so bool masks stay masks (graph inputs included)."""
+
+    linger_convert_children = True
+    onnx_ops_doc = "its layers' ops"
+
+    def _check_options(self):
+        pass
+
+    def forward(self, src, mask=None, src_key_padding_mask=None, is_causal=None):
+        x = src
+        for layer in self.layers:
+            x = layer(x, src_mask=mask, src_key_padding_mask=src_key_padding_mask,
+                      is_causal=bool(is_causal))
+        return self.norm(x) if self.norm is not None else x
+
+
 #: float class -> converted class (merged into ``linger.quant.layers.QUANT_CLASSES``).
 ATTENTION_CLASSES = {nn.MultiheadAttention: QMultiheadAttention,
-                     nn.TransformerEncoderLayer: QTransformerEncoderLayer}
+                     nn.TransformerEncoderLayer: QTransformerEncoderLayer,
+                     nn.TransformerEncoder: QTransformerEncoder}
 for _f, _q in ATTENTION_CLASSES.items():  # linger.init converts them by default
     QUANT_CLASSES.setdefault(_f, _q)

@@ -27,11 +27,12 @@ import numpy as np
 import torch
 
 from .. import iqmath, numerics
-from . import trace
+from . import scope, trace
 from .functional import clip_on_grid
 from .functions import fake_requant
 from .ops_common import (OpCall, fallback, fq, from_int, inplace, int_const, is_number, is_q,
                          param_like, to_int, weight_fake, weight_int)
+from .ops_tensor import quant_tensor
 from .qtensor import QTensor, register
 
 T = torch.Tensor
@@ -169,7 +170,7 @@ def _cat(func, args, kwargs, new_axis: bool):
     tensors = list(args[0] if args else kwargs.get("tensors", kwargs.get("seq")))
     dim = args[1] if len(args) > 1 else kwargs.get("dim", kwargs.get("axis", 0))
     if "out" in kwargs or not tensors or not any(is_q(t) for t in tensors) \
-            or not all(is_q(t) or param_like(t) for t in tensors):
+            or not all(isinstance(t, torch.Tensor) and t.is_floating_point() for t in tensors):
         return fallback(func, args, kwargs)
     op = "stack" if new_axis else "cat"
     call = OpCall.start(op, op, stateful=False)
@@ -177,6 +178,13 @@ def _cat(func, args, kwargs, new_axis: bool):
         return fallback(func, args, kwargs)
     like = _like(*tensors)
     data_bits = _out_bits(*tensors)
+    if not all(is_q(t) or param_like(t) for t in tensors):
+        # a float activation (e.g. the model's input, U-Net style) gets its own quantization
+        # point, as linger.quant_tensor: statistic `<site>_in<i>` of the owner, Quant node
+        site = call.key if trace.current() is not None else scope.site_key(call.frame, op)
+        tensors = [t if is_q(t) or param_like(t) else
+                   quant_tensor(call.frame.module, t, name=f"{site}_in{i}", bits=data_bits)
+                   for i, t in enumerate(tensors)]
     # a parameter operand (class token...) is quantized like a weight at the data bits
     consts = {i: (weight_fake(t.to(like.dtype), data_bits) if call.training
                   else weight_int(t, data_bits)) for i, t in enumerate(tensors) if not is_q(t)}

@@ -143,8 +143,10 @@ def compile_program(graph, wanted, use_fast: bool = True) -> Program:
         _publish(node.outputs, wanted_set, fast, canon, need, node)
 
     results = {name: name for name in wanted}
-    read = {k for s in steps for k in s.ins}  # by any step: plain, fast or conversion
-    initializers = tuple(n for n in inits if n in wanted_set or n in read)
+    # read by a plain step, a conversion or a fast step taking it as is (a graph may feed an
+    # initializer to any input)
+    initializers = tuple(n for n in inits if n in wanted_set
+                         or any(n in s.ins for s in steps))
     _plan_memory(steps, set(results.values()), owned)
     return Program(steps, results, initializers, fast)
 

@@ -7,8 +7,17 @@ import numpy as np
 
 from ... import iqops, numerics
 from ...errors import ModelFileError
+from .. import schema as S
 from . import kernel
 from ._common import check_dtype
+
+_ONE = dict(exp_x=S.Exp(), bits_x=S.Bits(), exp_o=S.Exp(), bits_o=S.Bits())
+S.schema("iqHardSigmoid", inputs=(1, 1), memory=S.sum_memory(8), **_ONE)
+S.schema("iqHardSwish", inputs=(1, 1), memory=S.sum_memory(8), **_ONE)
+S.schema("iqPReLU", inputs=(2, 2), memory=S.sum_memory(16), axis=S.Axis(), exp_w=S.Exp(),
+         bits_w=S.Bits(), **_ONE)
+S.schema("iqELU", inputs=(1, 1), memory=S.sum_memory(16), alpha_q=S.Int(-(1 << 15), 1 << 15),
+         exp_alpha=S.Exp(), **_ONE)
 
 
 def _out(q, bits):

@@ -6,7 +6,15 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import ModelFileError
+from .. import schema as S
 from . import kernel
+
+for _op in ("ReduceMax", "ReduceMin"):
+    S.schema(_op, "", inputs=(1, 2), memory=S.sum_memory(2), axes=S.Ints(-8, 7, (0, 8)),
+             keepdims=S.Flag(), noop_with_empty_axes=S.Flag())
+for _op in ("ArgMax", "ArgMin"):
+    S.schema(_op, "", inputs=(1, 1), memory=S.sum_memory(9), axis=S.Axis(), keepdims=S.Flag(),
+             select_last_index=S.Flag())
 
 
 def _axes(inputs, axes, ndim):

@@ -8,8 +8,58 @@ import numpy as np
 
 from ... import iqops, numerics
 from ...errors import ModelFileError
+from .. import schema as S
 from . import kernel
 from ._common import check_dtype
+
+
+class _Scales(S.Spec):
+    """One or two positive decimal numbers, as strings (the float64 scale factors)."""
+
+    def describe(self) -> str:
+        return "1..2 strings holding positive decimal numbers (at most 2**16)"
+
+    def check(self, value):
+        try:
+            vals = [float(v.decode() if isinstance(v, bytes) else v) for v in value]
+        except (TypeError, ValueError, AttributeError):
+            return f"must be {self.describe()}, got {value!r:.60}"
+        if not 1 <= len(vals) <= 2 or not all(0 < v <= 1 << 16 for v in vals):
+            return f"must be {self.describe()}, got {value!r:.60}"
+        return None
+
+
+_SIZES = S.Ints(1, S.MAX_SPATIAL, (1, 2))
+
+
+def _resample_memory(attrs, ins, fast):
+    """int64 input copy and output (linear: three int64 temporaries of the output)."""
+    x = ins[0]
+    nd = len(attrs.get("sizes") or attrs.get("scales") or [])
+    S.need(1 <= nd <= 2 and len(x.shape) == nd + 2, "resampling",
+           f"{nd} resampled axes do not fit input shape {list(x.shape)}")
+    if attrs.get("sizes") is not None:
+        out = [int(v) for v in attrs["sizes"]]
+    else:
+        out = [iqops.out_size(x.shape[2 + k], None, float(v.decode() if isinstance(v, bytes)
+                                                          else v))
+               for k, v in enumerate(attrs["scales"])]
+    return S.nbytes(x.shape) + 4 * S.nbytes(list(x.shape[:2]) + [max(o, 1) for o in out])
+
+
+def _adaptive_memory(attrs, ins, fast):
+    """int64 copies of the input (windows may overlap: at most twice) and the output."""
+    x = ins[0]
+    return 3 * S.nbytes(x.shape) + S.nbytes(list(x.shape[:2]) + list(attrs["output_size"]))
+
+
+S.schema("UpsampleNearest", inputs=(1, 1), memory=_resample_memory, sizes=_SIZES,
+         scales=_Scales())
+S.schema("UpsampleLinearInt", inputs=(1, 1), memory=_resample_memory, sizes=_SIZES,
+         scales=_Scales(), align_corners=S.Flag(), bits=S.Bits())
+S.schema("AdaptiveAvgPoolInt", inputs=(1, 1), memory=_adaptive_memory, output_size=_SIZES,
+         bits=S.Bits())
+S.schema("AdaptiveMaxPool", inputs=(1, 1), memory=_adaptive_memory, output_size=_SIZES)
 
 
 def _geometry(x, sizes, scales, what):
