@@ -3,15 +3,11 @@ same bits as eval(), on random inputs and inputs that saturate; the audio models
 time axis, at three other lengths and at batch sizes 1 and 5.
 
 Nothing is refused first at export: every model that passes linger.init and its first training
-step exports (a refusal must come earlier, as test_refusal.py shows). Two models need a model-side
-change, each tested for the early refusal that tells the user so:
-
-- ``unet_se`` concatenates the raw input spectrogram with a quantized value: refused on the first
-  training step, naming the op and ``linger.quant_tensor`` as the fix; converted with that fix.
-- ``kwt`` slices its learned positional table to the input length, and that slice is quantized
-  with an exponent taken from the slice: its result depends on the length, so a dynamic time
-  axis is refused at export naming the node and the axis; it converts at a fixed length (pad
-  the input to ``max_frames`` to serve other lengths).
+step exports (a refusal must come earlier, as test_refusal.py shows). One model cannot have a
+dynamic time axis, and the export says so: ``kwt`` slices its learned positional table to the
+input length, and that slice is quantized with an exponent taken from the slice, so its result
+depends on the length: a dynamic time axis is refused naming the node and the axis; it converts
+at a fixed length (pad the input to ``max_frames`` to serve other lengths).
 """
 
 from __future__ import annotations
@@ -24,25 +20,14 @@ import pytest
 import torch
 
 import linger
-from linger.errors import ExportError, UnsupportedError
+from linger.errors import ExportError
 from linger.runtime import InferenceSession
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from zoo import ZOO, UNetSE  # noqa: E402
+from zoo import ZOO  # noqa: E402
 
 #: Models whose time axis cannot be dynamic, and why (asserted below).
 FIXED_LENGTH = {"kwt": "positional table sliced to the length"}
-
-
-class UNetSEQuantInput(UNetSE):
-    """UNetSE with the documented fix: the raw input is quantized before it joins quantized
-    values in ``torch.cat`` (it then has its own exponent)."""
-
-    def forward(self, x):
-        return super().forward(linger.quant_tensor(self, x, name="x"))
-
-
-MAKERS = {"unet_se": UNetSEQuantInput}
 
 
 def _out(y):
@@ -73,7 +58,7 @@ def _cases(entry, dynamic):
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_zoo_model_converts_bit_exact(name):
     entry = ZOO[name]
-    model = _qat(entry, MAKERS.get(name, entry.make))
+    model = _qat(entry, entry.make)
     gen = torch.Generator().manual_seed(1)
     args = entry.inputs(2, generator=gen)
     names = ["x", "lengths"][:len(args)]
@@ -95,13 +80,6 @@ def test_zoo_model_converts_bit_exact(name):
             assert got.shape == want.shape and np.array_equal(got, want), (
                 f"{name} at batch {n}, length {t}, x{scale}: max diff"
                 f" {np.abs(got - want).max() if got.shape == want.shape else got.shape}")
-
-
-def test_unet_raw_input_in_cat_is_refused_on_the_first_step_with_the_fix():
-    model = linger.init(ZOO["unet_se"].make())
-    with pytest.raises(UnsupportedError, match=r"'cat' in UNetSE\.forward.*never quantized"
-                                               r".*linger\.quant_tensor"):
-        model(*ZOO["unet_se"].inputs(2))
 
 
 def test_kwt_dynamic_time_axis_is_refused_naming_node_and_axis():

@@ -74,6 +74,9 @@ def avg_pool_int(inputs, *, kernel_shape, exp, bits, strides=None, pads=None,
     return [numerics.rounded_div(sums, counts).astype(numerics.int_dtype(bits))]
 
 
+S.schema("GlobalAvgPoolInt", inputs=(1, 1), memory=S.sum_memory(2), exp=S.Exp(), bits=S.Bits())
+
+
 @kernel("GlobalAvgPoolInt")
 def global_avg_pool_int(inputs, *, exp, bits):
     """``AvgPoolInt`` over the whole spatial extent of the input it is given (written by export
