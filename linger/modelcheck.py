@@ -3,8 +3,8 @@
 A dry run on a copy of the model (the model itself is not touched): the static scan of layer types
 ``linger.init`` does, one training-mode forward pass (the ops that run in float on quantized
 values), the export's trace with the given dynamic axes (every op it cannot write, not only the
-first) and, with ``target=``, the chip's checks of the exported graph (op support, limits,
-memory).
+first; listed when the first two found nothing, as the rest would mostly be their consequences)
+and, with ``target=``, the chip's checks of the exported graph (op support, limits, memory).
 """
 
 from __future__ import annotations
@@ -77,8 +77,9 @@ def check(model: torch.nn.Module, example_input, target=None, *, dynamic_axes=No
                 report.problems.append(f"training forward: {e}")
                 return report
             found = refusal.findings_for(work, refusal.take_pending())
-        listed = {(f.path, f.what.split("'")[1]) for f in found if "'" in f.what}
-        report.problems += [str(f) for f in found]
+        static = {p.split(":")[0] for p in report.problems}
+        report.problems += [str(f) for f in found if f.path not in static]
+        earlier = bool(report.problems)
         layout.COLLECT.problems = []
         try:
             graph = lonnx.export(work, tuple(inputs), None, input_names=input_names,
@@ -87,9 +88,8 @@ def check(model: torch.nn.Module, example_input, target=None, *, dynamic_axes=No
             graph = None
             report.problems.append(f"export: {e}")
         seen = set()
-        for path, op in layout.COLLECT.problems:
-            if (path, op) not in seen and (path, op) not in listed and \
-                    not any(p.startswith(f"{path}:") for p in report.problems):
+        for path, op in [] if earlier else layout.COLLECT.problems:  # else: their consequences
+            if (path, op) not in seen:
                 seen.add((path, op))
                 report.problems.append(f"{path}: '{op}' has no exact ONNX form (on a value that"
                                        f" is not quantized; quantize it first or move it out of"
