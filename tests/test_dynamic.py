@@ -178,3 +178,29 @@ def test_packer_plans_a_range_for_its_maximum(gru_model, gru_onnx, tmp_path):
     assert pack_main(["check", str(gru_onnx), "--dim", "T=200:50"]) == 2
     with pytest.raises(ConfigError, match="min <= max"):
         packer.check(gru_onnx, dims={"T": (0, 5)})
+
+
+class ConvPool(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(8, 16, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool1d(1)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):                                   # (N, 8, T)
+        return self.fc(self.pool(self.conv(x).relu()).flatten(1))
+
+
+def test_exact_format_pools_over_the_actual_length_in_onnxruntime():
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(4)
+    model = _qat(ConvPool(), lambda: torch.randn(4, 8, 30))
+    graph = linger.onnx.export(model, torch.randn(2, 8, 30), None, input_names=["x"],
+                               dynamic_axes={"x": {2: "T"}}, format="exact")
+    sess = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    for n, t in [(1, 7), (5, 30), (3, 101)]:
+        for scale in (1.0, 1000.0):
+            x = torch.randn(n, 8, t) * scale
+            with torch.no_grad():
+                want = model(x).numpy()
+            assert np.array_equal(sess.run(None, {"x": x.numpy()})[0], want)
