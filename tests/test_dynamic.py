@@ -204,3 +204,22 @@ def test_exact_format_pools_over_the_actual_length_in_onnxruntime():
             with torch.no_grad():
                 want = model(x).numpy()
             assert np.array_equal(sess.run(None, {"x": x.numpy()})[0], want)
+
+
+class HalfLength(nn.Module):
+    """Crops a stride-2 output (ceil(T/2) long) to floor(T/2): at even T both are the same."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(4, 4, 3, stride=2, padding=1)
+
+    def forward(self, x):                                   # (N, 4, T)
+        return self.conv(x)[..., : x.size(2) // 2]
+
+
+def test_a_size_that_matches_only_at_the_traced_lengths_is_caught_at_a_third():
+    torch.manual_seed(5)
+    model = _qat(HalfLength(), lambda: torch.randn(2, 4, 50))
+    with pytest.raises(ExportError, match=r"at T=51 the exported graph computes other numbers"):
+        linger.onnx.export(model, torch.randn(2, 4, 50), None, input_names=["x"],
+                           dynamic_axes={"x": {2: "T"}})

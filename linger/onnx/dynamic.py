@@ -18,6 +18,9 @@ depends on the size and is resolved or refused:
 - anything else (a float constant made from the size, another attribute, different nodes) is
   refused with :class:`~linger.errors.ExportError`, naming the node, the input axis and the fix.
 
+Then the runtime runs the graph at a third size of each named dimension and must give eval's bits
+(:func:`verify`), or the export refuses.
+
 Batch is dynamic by default: axis 0 of every input (of the first input's leading size) is named
 ``N`` unless ``dynamic_axes`` names it. A model whose graph cannot follow the batch keeps the
 example's batch, with a warning (the runtime then refuses other batch sizes instead of computing
@@ -369,7 +372,64 @@ def trace_dynamic(trace, model, inputs, input_names, output_names, opset, dynami
         alts[dim] = trial[dim]
     model_proto = resolve(_copy(base), alts, axes) if alts else base[0]
     symbolic_shapes(model_proto, base[1], alts, axes, out_axes)
+    for dim in alts:
+        if dim not in defaults:
+            verify(model_proto, model, inputs, names, axes, dim)
     return model_proto, base[1], bool(defaults & set(alts))
+
+
+def resized(inputs, input_names, axes, dim, size):
+    """The inputs with every axis named ``dim`` made ``size`` long (the example repeated)."""
+    out = []
+    for name, x in zip(input_names, inputs):
+        for a, n in axes[name].items():
+            if n == dim:
+                reps = -(-size // x.shape[a])
+                x = torch.cat([x] * reps, a).narrow(a, 0, size)
+        out.append(x)
+    return out
+
+
+def verify(graph, model, inputs, input_names, axes, dim) -> None:
+    """A third size, that neither trace saw: the runtime on ``graph`` must give eval's bits.
+
+    The two traces prove the graph's numbers follow the dimension at two sizes; a size taken
+    from a tensor whose length matched at both (``ceil(T/2)`` for ``floor(T/2)`` at even ``T``)
+    would differ at odd ones. Sizes tried: one more than the example's, then three times it
+    (which keeps its divisibility); a size the model itself refuses is skipped.
+    """
+    from ..runtime import InferenceSession
+    from ..quant.qtensor import QTensor
+
+    size = next(int(x.shape[a]) for n, x in zip(input_names, inputs)
+                for a, d in axes[n].items() if d == dim)
+    sess = None
+    was_training = model.training
+    for other in (size + 1, 3 * size):
+        feed = resized(inputs, input_names, axes, dim, other)
+        try:
+            model.eval()
+            with torch.no_grad():
+                want = model(*feed)
+        except Exception:
+            continue  # the model does not take this size
+        finally:
+            model.train(was_training)
+        want = want[0] if isinstance(want, (tuple, list)) else want
+        want = (want.plain() if isinstance(want, QTensor) else want).detach().cpu().numpy()
+        sess = sess or InferenceSession(graph)
+        try:
+            got = sess.run(None, {n: x.detach().cpu().numpy() for n, x in zip(input_names, feed)})
+        except Exception as e:
+            raise ExportError(f"dynamic dimension '{dim}': the exported graph fails at {dim}="
+                              f"{other}, where the model runs ({type(e).__name__}: {e}); report"
+                              f" this with the model") from e
+        if got[0].shape != want.shape or not np.array_equal(got[0], want):
+            raise ExportError(f"dynamic dimension '{dim}': at {dim}={other} the exported graph"
+                              f" computes other numbers than eval (shape {list(got[0].shape)} vs"
+                              f" {list(want.shape)}): a size in it follows another tensor than"
+                              f" the model's. Export without this dynamic axis, and report this"
+                              f" with the model")
 
 
 def _trace_grown(trace, model, inputs, names, output_names, opset, axes, dim):
