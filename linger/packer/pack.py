@@ -42,7 +42,13 @@ class CheckResult:
             + lowering_text(self.lowerings)
 
     def html(self) -> str:
-        return html_report(self.graph, self.plan, self.target, self.violations)
+        page = html_report(self.graph, self.plan, self.target, self.violations)
+        if not self.lowerings:
+            return page
+        import html as _html
+        items = "".join(f"<li>{_html.escape(str(lw))}</li>" for lw in self.lowerings)
+        block = f"<h2>Lowered automatically ({len(self.lowerings)})</h2><ul>{items}</ul>"
+        return page.replace("</body></html>", block + "</body></html>")
 
 
 @dataclass
@@ -120,14 +126,13 @@ def lower_graph(pg: PackGraph, target: Target, violations, dims):
         pg = load(res.model, dims)
         pg.source = pg.graph.source = where
         violations = check_graph(pg, target)
-    if res.notes:
-        violations = [_with_note(v, res.notes) for v in violations]
+    violations = [_with_note(v, res.notes) for v in violations
+                  if v.node not in res.kept or v.rule in res.kept[v.node]]
     return pg, violations, res.lowerings
 
 
 def _with_note(v, notes):
-    base = v.node.split("/")[0]
-    why = notes.get(v.node) or notes.get(base)
+    why = notes.get(v.node)
     if not why or v.severity != "error":
         return v
     return Violation(v.target, v.op_type, v.node, v.rule, v.severity,

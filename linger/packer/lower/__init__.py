@@ -13,6 +13,7 @@ split...). What no pass can fix stays in the graph and is reported as it was.
 pass                identity (module docstrings give the proof)  fixes (venus)
 ==================  ===========================================  ==============================
 explicit_pad        conv(x, pads) == conv(Pad(x), 0)             pad, pad < kernel, input size
+dense_kernel        dilation d == zero taps in a dense kernel    dilation
 stride              stride s = stride s/r + keep every r-th out  stride, kernel >= stride
                     (kernel 1: sub-sample the input instead)
 output_channels     channels / groups are independent: Concat    weight, depthwise weight,
@@ -41,7 +42,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from . import channels, matmul, pad, partial, stride, tiling
+from . import channels, dilation, matmul, pad, partial, stride, tiling
 from .graph import Ctx, LNode
 
 #: A node is lowered at most this many levels deep (each level strictly shrinks a quantity).
@@ -60,6 +61,7 @@ class Pass:
 
 PASSES = (
     Pass("explicit_pad", pad.OPS, frozenset(pad.CHANGES), pad.candidates),
+    Pass("dense_kernel", dilation.OPS, frozenset(dilation.CHANGES), dilation.candidates),
     Pass("stride", stride.OPS, frozenset(stride.CHANGES), stride.candidates),
     Pass("output_channels", channels.OPS, frozenset(channels.CHANGES), channels.candidates),
     Pass("column_tiles", tiling.OPS, frozenset(tiling.COLS_CHANGES), tiling.cols),
@@ -95,6 +97,7 @@ class LowerResult:
     model: onnx.ModelProto
     lowerings: list
     notes: dict             # node -> reasons a pass could not apply
+    kept: dict              # node left as exported -> the rules lowering cannot fix there
 
 
 def lower_model(model, values, nodes, target) -> LowerResult:
@@ -109,18 +112,24 @@ def lower_model(model, values, nodes, target) -> LowerResult:
               {k: np.dtype(v.dtype).name for k, v in values.items()}, inits)
     ctx.node_names = {n.name for n in nodes}
     protos = {tuple(p.output): p for p in model.graph.node}
-    out, lowerings = [], []
+    out, lowerings, kept = [], [], {}
     for rn in nodes:
         node = LNode(rn.op_type, rn.domain, rn.name, list(rn.inputs), list(rn.outputs),
                      dict(rn.attrs), protos.get(tuple(rn.outputs)))
         errs = ctx.errors(node)
         new, steps = _lower(node, ctx, errs, 0) if errs else ([node], [])
+        left = {v.rule for n in new for v in ctx.errors(n)} if steps else set()
+        if left:
+            # something no pass fixes (bit widths, an unsupported op...): the layer stays as
+            # exported and is reported by its own name, with only what lowering cannot fix
+            kept[node.name] = {v.rule for v in errs if v.rule in left} or {v.rule for v in errs}
+            new, steps = [node], []
         if steps:
             lowerings.append(_record(node, new, steps, errs, ctx))
         out += new
     if not lowerings:
-        return LowerResult(model, [], ctx.notes)
-    return LowerResult(_write(model, out, ctx), lowerings, ctx.notes)
+        return LowerResult(model, [], ctx.notes, kept)
+    return LowerResult(_write(model, out, ctx), lowerings, ctx.notes, kept)
 
 
 def _lower(node, ctx, errs, depth):
