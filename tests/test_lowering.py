@@ -119,6 +119,7 @@ ROWS = [
     ("output_65536", None, conv((1, 2, 66, 66), (16, 2, 3, 3))),
     ("output_66560", "output_size", conv((1, 2, 67, 66), (16, 2, 3, 3))),
     ("output_one_channel_too_big", "output_size", conv((1, 1, 302, 300), (1, 1, 3, 3))),
+    ("output_rows_only", "output_size", conv((1, 1, 70000, 3), (1, 1, 3, 3), pads=[1, 0, 1, 0])),
     ("output_int32", "output_size", conv((1, 2, 35, 34), (16, 2, 3, 3), bits_o=32, exp_o=10)),
     ("left_shift_kernel_7", "kernel", conv((1, 2, 10, 10), (3, 2, 7, 7), exp_o=12, w_scale=3)),
     # linear left matrix: align4(M) * align8(N) <= 65536
@@ -228,20 +229,43 @@ def test_transposed_conv_weight_split_is_exact():
                               InferenceSession(res.data).run(None, {"x": x})[0])
 
 
+def test_symbolic_length_is_fixed_to_the_planned_size_in_a_lowered_file():
+    model = layer_model("Conv1dInt", ("N", 8, "T"), (6, 8, 9), pads=[4, 4])
+    res = packer.pack(model, target="venus", dims={"T": 50})
+    assert res.lowerings and not res.violations
+    sess = InferenceSession(res.data)
+    assert sess.get_inputs()[0].shape[1:] == [8, 50]       # the batch stays free
+    x = np.random.default_rng(2).standard_normal((3, 8, 50)).astype(np.float32) * 4
+    assert np.array_equal(sess.run(None, {"x": x})[0],
+                          InferenceSession(model).run(None, {"x": x})[0])
+    from linger.errors import InputError
+    with pytest.raises(InputError, match="dimension 2 must be 50"):
+        sess.run(None, {"x": x[:, :, :40]})
+
+
 @pytest.mark.parametrize("q,fixed", [
     ({"kernel": (7, 7), "stride": (1, 1), "pads": (3, 3, 3, 3), "Cin": 8, "Cout": 8}, {"kernel"}),
     ({"kernel": (1, 1), "stride": (2, 2), "pads": (0,) * 4, "Cin": 8, "Cout": 8},
      {"kernel_ge_stride"}),
     ({"kernel": (3, 3), "stride": (1, 1), "pads": (1,) * 4, "Cin": 8, "Cout": 8, "bits_x": 16},
      set()),
+    ({"kernel": (3, 3), "stride": (2, 2), "pads": (0,) * 4, "Cin": 64, "Cout": 64,
+      "op": "ConvTranspose2dInt"}, {"weight_buffer"}),
+    ({"kernel": (3, 3), "stride": (2, 2), "pads": (0,) * 4, "Cin": 8, "Cout": 8, "groups": 2,
+      "op": "ConvTranspose2dInt"}, set()),
 ])
 def test_init_time_question_uses_the_same_passes(q, fixed):
     from linger.targets import check_op
     from linger.targets.quantities import _conv
-    full = _conv(q["kernel"], q["stride"], q["pads"], [1, 1], 1, q["Cin"], q["Cout"], 2)
-    full.update({k: v for k, v in q.items() if k.startswith("bits")})
-    broken = {v.rule for v in check_op(VENUS, "Conv2dInt", "l", full)}
-    assert {r.split(".")[1] for r in fixable_rules(VENUS, "Conv2dInt", full)} == fixed
+    op = q.get("op", "Conv2dInt")
+    full = _conv(q["kernel"], q["stride"], q["pads"], [1, 1], q.get("groups", 1), q["Cin"],
+                 q["Cout"], 2)
+    bits = {"bits_x": 8, "bits_w": 8, "bits_o": 8, **{k: v for k, v in q.items()
+                                                      if k.startswith("bits")}}
+    full.update({**bits, **{"bytes" + k[4:]: -(-v // 8) for k, v in bits.items()}})
+    broken = {v.rule for v in check_op(VENUS, op, "l", full)}
+    assert broken
+    assert {r.split(".")[1] for r in fixable_rules(VENUS, op, full)} == fixed
     assert {r.split(".")[1] for r in broken} >= fixed
 
 

@@ -18,8 +18,8 @@ stride              stride s = stride s/r + keep every r-th out  stride, kernel 
                     (kernel 1: sub-sample the input instead)
 output_channels     channels / groups are independent: Concat    weight, depthwise weight,
                                                                  output size
-column_tiles        outputs o0:o1 read one input window (halo)   input line buffer, output
-row_tiles           the same along H                             output size
+row_tiles           outputs o0:o1 read one input window (halo)   output size
+column_tiles        the same along W                             input line buffer, output
 input_channels      acc = sum of partial accs (int32), one       weight, input buffer
                     requantization
 kernel_split        the same over kernel tiles                   kernel, weight
@@ -64,8 +64,8 @@ PASSES = (
     Pass("dense_kernel", dilation.OPS, frozenset(dilation.CHANGES), dilation.candidates),
     Pass("stride", stride.OPS, frozenset(stride.CHANGES), stride.candidates),
     Pass("output_channels", channels.OPS, frozenset(channels.CHANGES), channels.candidates),
-    Pass("column_tiles", tiling.OPS, frozenset(tiling.COLS_CHANGES), tiling.cols),
     Pass("row_tiles", tiling.OPS, frozenset(tiling.ROWS_CHANGES), tiling.rows),
+    Pass("column_tiles", tiling.OPS, frozenset(tiling.COLS_CHANGES), tiling.cols),
     Pass("input_channels", partial.OPS, frozenset(partial.CIN_CHANGES), partial.cin_split),
     Pass("kernel_split", partial.OPS, frozenset(partial.KERNEL_CHANGES), partial.kernel_split),
     Pass("matmul_rows", matmul.OPS, frozenset(matmul.ROWS_CHANGES), matmul.rows),
@@ -136,7 +136,7 @@ def _lower(node, ctx, errs, depth):
     """``(nodes, steps)``: ``node`` rewritten until it fits (or no pass helps)."""
     if not errs or depth > MAX_DEPTH:
         return [node], []
-    rules_of = {f"{op}.{r.id}": r for op, spec in ctx.target.ops.items() for r in spec.rules}
+    rules_of = _rules(ctx.target)
     choice = fallback = None
     for p in PASSES:
         if node.op_type not in p.ops:
@@ -144,17 +144,19 @@ def _lower(node, ctx, errs, depth):
         rules = {v.rule for v in errs if v.rule in rules_of and rules_of[v.rule].names & p.changes}
         if not rules:
             continue
+        progress = None           # this pass's most split rewrite that shrank the violation
         for count, rw in enumerate(p.candidates(node, ctx)):
             left = [v for n in rw.nodes for v in ctx.errors(n, rw) if v.rule in rules]
             if not left:
                 choice = (p, rw)
                 break
             if _progress(errs, left, rules):
-                fallback = fallback if fallback and fallback[0] is not p else (p, rw)
+                progress = (p, rw)
             if count + 1 >= MAX_CANDIDATES:
                 break
         if choice:
             break
+        fallback = fallback or progress       # the first pass that helped at all
     choice = choice or fallback
     if choice is None:
         return [node], []
@@ -166,6 +168,11 @@ def _lower(node, ctx, errs, depth):
         nodes += sub
         steps += more
     return nodes, steps
+
+
+def _rules(target) -> dict:
+    """``"<op>.<rule id>"`` -> Rule, as violations name them."""
+    return {f"{op}.{r.id}": r for op, spec in target.ops.items() for r in spec.rules}
 
 
 def _size(value) -> float:

@@ -10,7 +10,6 @@ shapes).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -239,9 +238,3 @@ def pieces(total: int, n: int) -> list:
 def chunks(total: int, size: int) -> list:
     """``[(begin, end)]`` of ``size`` elements each (the last smaller)."""
     return [(i, min(i + size, total)) for i in range(0, total, size)]
-
-
-def nbytes(rw: Rewrite, exclude=()) -> int:
-    """Bytes of the activations a rewrite creates (parameters and ``exclude`` not counted)."""
-    return sum(math.prod(shape) * np.dtype(dt).itemsize for name, (shape, dt) in rw.values.items()
-               if name not in rw.inits and name not in exclude)

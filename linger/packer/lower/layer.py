@@ -14,10 +14,10 @@ from __future__ import annotations
 import numpy as np
 
 from ... import numerics
-from .graph import CONV_OPS, Ctx, LNode, conv_out_shape
+from .graph import CONV_OPS, DECONV_OPS, Ctx, LNode, conv_out_shape
 
 #: Ops a one-node graph can be built for from the layer's parameters.
-OPS = CONV_OPS
+OPS = CONV_OPS + DECONV_OPS
 
 
 def fixable_rules(target, op_type: str, q: dict) -> set:
@@ -30,14 +30,17 @@ def fixable_rules(target, op_type: str, q: dict) -> set:
     k, s = list(q["kernel"]), list(q["stride"])
     d = list(q.get("dilation") or [1] * nd)
     pads = list(q.get("pads") or [0] * (2 * nd))
-    g, cin, cout = int(q.get("groups", 1)), int(q["Cin"]), int(q["Cout"])
+    g, cin, cout = max(int(q.get("groups", 1)), 1), int(q["Cin"]), int(q["Cout"])
     bits = {r: int(q.get(f"bits_{r}", 8)) for r in "xwo"}
     attrs = {"exp_x": 0, "exp_w": 0, "exp_o": 0, "bits_x": bits["x"], "bits_w": bits["w"],
              "bits_o": bits["o"], "kernel_shape": k, "strides": s, "pads": pads,
              "dilations": d, "group": g}
+    if op_type in DECONV_OPS:
+        attrs["output_padding"] = list(q.get("output_padding") or [0] * nd)
     size = [dv * (kv - 1) + 1 + sv for kv, sv, dv in zip(k, s, d)]
     x_shape = (1, cin, *size)
-    w = np.zeros((cout, max(cin // max(g, 1), 1), *k), numerics.int_dtype(bits["w"]))
+    wshape = (cin, cout // g, *k) if op_type in DECONV_OPS else (cout, cin // g, *k)
+    w = np.zeros(wshape, numerics.int_dtype(bits["w"]))
     y_shape = conv_out_shape(op_type, x_shape, w.shape, attrs)
     dt = {r: np.dtype(numerics.int_dtype(b)).name for r, b in bits.items()}
     ctx = Ctx(target, {"x": x_shape, "w": w.shape, "y": y_shape},

@@ -12,6 +12,8 @@ initializers, an activation through a ``Slice``.
 
 from __future__ import annotations
 
+import numpy as np
+
 from ... import numerics
 from .graph import Builder, chunks
 
@@ -26,8 +28,7 @@ def _emit(b, node, inputs, out=None, suffix="0"):
         shape = (*xs[:-1], b.shape(x1)[0])
     else:
         ys = b.shape(x1)
-        batch = max(xs[:-2], ys[:-2], key=len)   # the ranks linger exports broadcast this way
-        shape = (*batch, xs[-2], ys[-1]) if len(xs) > 1 else (ys[-1],)
+        shape = (*np.broadcast_shapes(xs[:-2], ys[:-2]), xs[-2], ys[-1])
     return b.emit(node.op_type, inputs, node.attrs, shape, numerics.int_dtype(node.attrs["bits_o"]),
                   suffix, out, node.domain)
 

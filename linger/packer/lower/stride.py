@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 
-from .graph import CONV_OPS, Builder, LNode, spatial_attrs
+from .graph import CONV_OPS, Builder, spatial_attrs
 
 OPS = CONV_OPS
 CHANGES = {"stride", "stride_h", "stride_w"}
@@ -68,5 +68,3 @@ def candidates(node, ctx):
                        f" {[r[i] for i in outer]}-th output kept")
         yield b.done("; ".join(how))
 
-
-__all__ = ["candidates", "LNode"]
