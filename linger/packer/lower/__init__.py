@@ -223,7 +223,8 @@ def _write(model, nodes, ctx) -> onnx.ModelProto:
     g.initializer.extend(kept)
     for name in sorted(read - have):
         if name in ctx.inits and name not in {i.name for i in g.input}:
-            g.initializer.append(numpy_helper.from_array(ctx.inits[name], name))
+            g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(ctx.inits[name]),
+                                                         name))
     del g.value_info[:]
     # the lowered graph is cut for the planned sizes: declare them (the batch axis stays free)
     for vi in g.input:

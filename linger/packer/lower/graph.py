@@ -163,9 +163,9 @@ class Builder:
         and ``like``'s attributes updated by ``attrs``."""
         a = {**like.attrs, **attrs}
         a["kernel_shape"] = list(w.shape[2:])
-        inputs = [x, self.init(np.ascontiguousarray(w), f"{suffix}.weight")]
+        inputs = [x, self.init(w, f"{suffix}.weight")]          # a view: copied when written
         if b is not None:
-            inputs.append(self.init(np.ascontiguousarray(b), f"{suffix}.bias"))
+            inputs.append(self.init(b, f"{suffix}.bias"))
         shape = conv_out_shape(like.op_type, self.shape(x), w.shape, a)
         return self.emit(like.op_type, inputs, a, shape, numerics.int_dtype(a["bits_o"]), suffix,
                          out)
