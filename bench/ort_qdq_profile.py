@@ -48,7 +48,7 @@ def profile(model_bytes: bytes, level, tag: str, x: np.ndarray):
 
 
 def main():
-    model, _, _, _ = runtime_speed._models()
+    model = runtime_speed._models()[0]
     import torch
     x1 = torch.randn(1, 3, 32, 32)
     dyn = {"input": {0: "batch"}, "output": {0: "batch"}}
