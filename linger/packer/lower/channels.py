@@ -19,10 +19,10 @@ CHANGES = {"Cout", "Cout_g", "numel_out"}
 
 
 def candidates(node, ctx):
-    w = ctx.inits.get(node.inputs[1])
-    if w is None:
+    params = ctx.params(node)
+    if params is None:
         return
-    bias = ctx.inits[node.inputs[2]] if len(node.inputs) > 2 and node.inputs[2] else None
+    w, bias = params
     g = int(node.attrs.get("group", 1))
     deconv = node.op_type in DECONV_OPS
     if deconv and g != 1:

@@ -19,12 +19,12 @@ CHANGES = {"dilation", "dilation_h", "dilation_w", "dilated"}
 def candidates(node, ctx):
     nd = len(node.attrs["kernel_shape"])
     k, _, d, _, _ = spatial_attrs(node, nd)
-    w = ctx.inits.get(node.inputs[1])
-    if w is None or all(v == 1 for v in d):
+    params = ctx.params(node)
+    if params is None or all(v == 1 for v in d):
         return
+    w, bias = params
     dense = np.zeros(w.shape[:2] + tuple(dv * (kv - 1) + 1 for kv, dv in zip(k, d)), w.dtype)
     dense[(slice(None), slice(None)) + tuple(slice(None, None, dv) for dv in d)] = w
-    bias = ctx.inits[node.inputs[2]] if len(node.inputs) > 2 and node.inputs[2] else None
     b = Builder(ctx, node, "dense")
     b.conv(node, node.inputs[0], dense, bias, {"dilations": [1] * nd}, "conv",
            out=node.outputs[0])

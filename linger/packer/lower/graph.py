@@ -10,7 +10,7 @@ shapes).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -64,6 +64,15 @@ class Ctx:
         self.inits.update(rw.inits)
         self.names.update(rw.values)
         self.node_names.update(n.name for n in rw.nodes)
+
+    def params(self, node):
+        """``(W, B or None)`` of a layer node when both are initializers, else ``None`` (a
+        weight computed in the graph is not split: the node is reported as it is)."""
+        w = self.inits.get(node.inputs[1]) if len(node.inputs) > 1 else None
+        bname = node.inputs[2] if len(node.inputs) > 2 else ""
+        if w is None or (bname and bname not in self.inits):
+            return None
+        return w, (self.inits[bname] if bname else None)
 
     def note(self, node, why: str) -> None:
         self.notes.setdefault(node.name, []).append(why)

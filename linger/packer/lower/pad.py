@@ -18,13 +18,13 @@ CHANGES = {"pads", "pad_top", "pad_left", "pad_bottom", "pad_right", "H", "W"}
 def candidates(node, ctx):
     nd = len(node.attrs["kernel_shape"])
     _, _, _, begins, ends = spatial_attrs(node, nd)
-    if not any(begins + ends) or not ctx.target.supports("Pad"):
+    params = ctx.params(node)
+    if params is None or not any(begins + ends) or not ctx.target.supports("Pad"):
         return
+    w, bias = params
     b = Builder(ctx, node, "pad")
     x = node.inputs[0]
     lead = [0] * (len(b.shape(x)) - nd)
     xp = b.pad(x, lead + begins, lead + ends)
-    w = ctx.inits[node.inputs[1]]
-    bias = ctx.inits[node.inputs[2]] if len(node.inputs) > 2 and node.inputs[2] else None
     b.conv(node, xp, w, bias, {"pads": [0] * (2 * nd)}, "conv", out=node.outputs[0])
     yield b.done(f"padding {begins + ends} moved into a Pad node before the conv")

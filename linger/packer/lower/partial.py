@@ -48,8 +48,7 @@ def _build(node, ctx, cin_parts, tiles, what):
     nd = len(node.attrs["kernel_shape"])
     k, s, d, begins, ends = spatial_attrs(node, nd)
     x, y = node.inputs[0], node.outputs[0]
-    w = ctx.inits[node.inputs[1]]
-    bias = ctx.inits[node.inputs[2]] if len(node.inputs) > 2 and node.inputs[2] else None
+    w, bias = ctx.params(node)
     xs = ctx.shapes[x]
     lead = len(xs) - nd
     out_sp = ctx.shapes[y][lead:]
@@ -57,7 +56,7 @@ def _build(node, ctx, cin_parts, tiles, what):
     b = Builder(ctx, node, what)
     parts = []
     for p, ((c0, c1), tile) in enumerate(itertools.product(cin_parts, tiles)):
-        xin, pads, lo, hi = x, begins + ends, [], []
+        xin, pads = x, begins + ends
         axes, sl0, sl1 = [], [], []
         for i, (t0, t1) in enumerate(tile):
             span = d[i] * (t1 - t0 - 1) + 1
@@ -89,11 +88,9 @@ def _build(node, ctx, cin_parts, tiles, what):
 def kernel_split(node, ctx):
     if int(node.attrs.get("group", 1)) != 1:
         return
-    nd = len(node.attrs["kernel_shape"])
     k = list(node.attrs["kernel_shape"])
-    w = ctx.inits.get(node.inputs[1])
-    bias = ctx.inits[node.inputs[2]] if len(node.inputs) > 2 and node.inputs[2] else None
-    if w is None or not _bound_ok(node, ctx, w, bias):
+    params = ctx.params(node)
+    if params is None or not _bound_ok(node, ctx, *params):
         return
     counts = sorted(itertools.product(*[range(1, v + 1) for v in k]),
                     key=lambda c: (np.prod(c), c))
@@ -114,13 +111,11 @@ def kernel_split(node, ctx):
 def cin_split(node, ctx):
     if int(node.attrs.get("group", 1)) != 1:
         return
-    w = ctx.inits.get(node.inputs[1])
-    bias = ctx.inits[node.inputs[2]] if len(node.inputs) > 2 and node.inputs[2] else None
-    if w is None or not _bound_ok(node, ctx, w, bias):
+    params = ctx.params(node)
+    if params is None or not _bound_ok(node, ctx, *params):
         return
-    nd = len(node.attrs["kernel_shape"])
-    cin = w.shape[1]
-    tile = [tuple((0, v) for v in node.attrs["kernel_shape"][:nd])]
+    cin = params[0].shape[1]
+    tile = [tuple((0, v) for v in node.attrs["kernel_shape"])]
     last = None
     for n in range(2, cin + 1):
         size = -(-cin // n)

@@ -30,12 +30,12 @@ def _divisors(s):
 def candidates(node, ctx):
     nd = len(node.attrs["kernel_shape"])
     k, s, _, begins, ends = spatial_attrs(node, nd)
-    if all(v == 1 for v in s):
+    params = ctx.params(node)
+    if params is None or all(v == 1 for v in s):
         return
+    w, bias = params
     options = sorted(itertools.product(*[_divisors(v) for v in s]),
                      key=lambda c: sum(a // b for a, b in zip(s, c)))  # least extra work first
-    w = ctx.inits[node.inputs[1]]
-    bias = ctx.inits[node.inputs[2]] if len(node.inputs) > 2 and node.inputs[2] else None
     x = node.inputs[0]
     lead = len(ctx.shapes[x]) - nd
     for new in options:

@@ -31,10 +31,10 @@ def tiles(axis_from_end: int):
         ax = len(ctx.shapes[x]) - nd + i
         size, out = ctx.shapes[x][ax], ctx.shapes[y][ax]
         span = d[i] * (k[i] - 1) + 1
-        w = ctx.inits.get(node.inputs[1])
-        bias = ctx.inits[node.inputs[2]] if len(node.inputs) > 2 and node.inputs[2] else None
-        if w is None:
+        params = ctx.params(node)
+        if params is None:
             return
+        w, bias = params
         last = None
         for n in range(2, out + 1):
             parts = pieces(out, n)
