@@ -210,6 +210,29 @@ def test_no_lower_keeps_the_strict_check_and_reports_say_how(tmp_path):
     assert main(["check", str(path), "--no-lower"]) == 1
 
 
+def test_a_new_target_gets_the_same_lowering_from_its_profile(tmp_path):
+    prof = tmp_path / "k3.toml"      # a chip with kernels 1..3 only, and no Concat
+    prof.write_text('extends = "venus"\nname = "k3"\nops_removed = ["Concat"]\n'
+                    '[[rulesets.conv_shape]]\nid = "kernel"\nrange = "kernel"\nmin = 1\n'
+                    'max = 3\nfix = "Split it."\n')
+    model, x_shape = _build(conv((1, 3, 9, 9), (4, 3, 5, 5), pads=[1, 1, 1, 1]))
+    assert packer.check(model, "venus").lowerings == []       # 5x5 fits venus
+    res = packer.pack(model, target=str(prof))
+    assert not res.violations and "kernel [5, 5] split into 4 partial convs of <= [3, 3]" in \
+        res.lowerings[0].steps[0]
+    for x in _inputs(x_shape):
+        assert np.array_equal(InferenceSession(model).run(None, {"x": x})[0],
+                              InferenceSession(res.data).run(None, {"x": x})[0])
+    # an output-channel split needs Concat, which this chip lacks: the input channels are split
+    # instead (int32 partials, no Concat)
+    wide, x_shape = _build(conv((1, 56, 5, 5), (66, 56, 3, 3)))
+    res = packer.pack(wide, target=str(prof))
+    assert not res.violations and res.lowerings[0].steps[0].startswith("input_channels:")
+    x = _inputs(x_shape)[1]
+    assert np.array_equal(InferenceSession(wide).run(None, {"x": x})[0],
+                          InferenceSession(res.data).run(None, {"x": x})[0])
+
+
 def test_what_cannot_be_lowered_is_reported_by_its_own_name():
     # 16-bit output of a transposed conv: no pass changes bit widths; the layer stays as it is
     model, _ = _build(("ConvTranspose2dInt", (1, 4, 6, 6), (4, 2, 7, 7), {"strides": [2, 2]}))

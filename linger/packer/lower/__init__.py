@@ -146,6 +146,8 @@ def _lower(node, ctx, errs, depth):
             continue
         progress = None           # this pass's most split rewrite that shrank the violation
         for count, rw in enumerate(p.candidates(node, ctx)):
+            if not all(ctx.target.supports(n.op_type) for n in rw.nodes):
+                break             # the target lacks an op this pass writes (Concat, Pad...)
             left = [v for n in rw.nodes for v in ctx.errors(n, rw) if v.rule in rules]
             if not left:
                 choice = (p, rw)
