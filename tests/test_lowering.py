@@ -292,6 +292,85 @@ def test_init_time_question_uses_the_same_passes(q, fixed):
     assert {r.split(".")[1] for r in broken} >= fixed
 
 
+# -- random layers on a chip with tight limits: the passes compose and stay exact ---------------
+TIGHT = """extends = "venus"
+name = "tight"
+[[rulesets.conv_shape]]
+id = "kernel"
+range = "kernel"
+min = 1
+max = 3
+[[rulesets.conv_shape]]
+id = "stride"
+one_of = "stride"
+values = [1, 2]
+[[rulesets.conv_shape]]
+id = "pad"
+range = "pads"
+min = 0
+max = 1
+[[rulesets.conv_shape]]
+id = "dilation"
+one_of = "dilation"
+values = [1]
+[[rulesets.conv_shape]]
+id = "kernel_ge_stride"
+require = "kernel_h >= stride_h and kernel_w >= stride_w"
+text = "kernel >= stride"
+[[rulesets.conv_shape]]
+id = "pad_lt_kernel"
+require = "max(pad_top, pad_bottom) < kernel_h and max(pad_left, pad_right) < kernel_w"
+text = "pad < kernel"
+[[rulesets.conv_buffers]]
+id = "input_buffer"
+limit = "align8(Cin) * align(W, 8 * stride_w) * kernel_h * bytes_x"
+max = 1024
+[[rulesets.conv_buffers]]
+id = "weight_buffer"
+when = "not depthwise"
+limit = "align2(Cout_g) * align8(Cin_g) * kernel_h * kernel_w * bytes_w"
+max = 256
+[[rulesets.conv_buffers]]
+id = "depthwise_weight"
+when = "depthwise"
+limit = "align16(Cout) * kernel_h * kernel_w * bytes_w"
+max = 256
+[[rulesets.conv_buffers]]
+id = "output_size"
+limit = "Cout * Ho * Wo * bytes_o"
+max = 512
+"""
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_conv_on_a_tight_chip_is_lowered_exactly(seed, tmp_path):
+    """Kernel <= 3, stride 1 or 2, pad <= 1, 256-byte weights, 512-byte outputs: every random
+    conv below breaks several limits at once; the lowered file must fit and be exact."""
+    prof = tmp_path / "tight.toml"
+    prof.write_text(TIGHT)
+    rng = np.random.default_rng(seed)
+    nd = int(rng.integers(1, 3))
+    k = [int(rng.integers(1, 6)) for _ in range(nd)]
+    s = [int(rng.integers(1, 5)) for _ in range(nd)]
+    d = [int(rng.integers(1, 3)) for _ in range(nd)]
+    pads = [int(rng.integers(0, v + 1)) for v in k] + [int(rng.integers(0, v + 1)) for v in k]
+    depthwise = rng.random() < 0.25
+    cin = int(rng.integers(1, 13))
+    cout = cin if depthwise else int(rng.integers(1, 13))
+    g = cin if depthwise else 1
+    x = (1, cin, *[d[i] * (k[i] - 1) + 1 + int(rng.integers(0, 9)) for i in range(nd)])
+    model = layer_model("Conv2dInt" if nd == 2 else "Conv1dInt", x, (cout, cin // g, *k),
+                        strides=s, pads=pads, dilations=d, group=g,
+                        bits_o=int(rng.choice([8, 32])), exp_o=int(rng.choice([3, 12])),
+                        seed=seed)
+    strict = packer.check(model, str(prof), lower=False, memory=False)
+    res = packer.pack(model, target=str(prof))
+    assert not res.violations and bool(res.lowerings) == bool(strict.errors)
+    for xx in _inputs(x):
+        assert np.array_equal(InferenceSession(model).run(None, {"x": xx})[0],
+                              InferenceSession(res.data).run(None, {"x": xx})[0])
+
+
 # -- published architectures: PyTorch eval == the lowered packed file, bit for bit --------------
 DONE_WHEN = ["mobilenet_v2", "resnet8", "tc_resnet8", "ds_cnn", "crnn"]
 

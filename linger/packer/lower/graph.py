@@ -99,21 +99,26 @@ class Builder:
     def __init__(self, ctx: Ctx, node: LNode, tag: str):
         self.ctx, self.node, self.tag = ctx, node, tag
         self.rw = Rewrite([], {}, {})
+        self._nodes: set = set()              # node names taken by this rewrite
 
     # -- names and lookups ----------------------------------------------------------------------
-    def _fresh(self, base: str, taken) -> str:
+    @staticmethod
+    def _fresh(base: str, *taken) -> str:
+        """``base``, or ``base_1``, ``base_2``... : the first name in none of ``taken``."""
         name, k = base, 1
-        while name in taken:
+        while any(name in t for t in taken):
             name, k = f"{base}_{k}", k + 1
         return name
 
     def value_name(self, suffix: str) -> str:
-        return self._fresh(f"{self.node.outputs[0]}/{self.tag}{suffix}",
-                           self.ctx.names | set(self.rw.values) | set(self.rw.inits))
+        return self._fresh(f"{self.node.outputs[0]}/{self.tag}{suffix}", self.ctx.names,
+                           self.rw.values, self.rw.inits)
 
     def node_name(self, suffix: str) -> str:
-        return self._fresh(f"{self.node.name}/{self.tag}{suffix}",
-                           self.ctx.node_names | {n.name for n in self.rw.nodes})
+        name = self._fresh(f"{self.node.name}/{self.tag}{suffix}", self.ctx.node_names,
+                           self._nodes)
+        self._nodes.add(name)
+        return name
 
     def shape(self, name) -> tuple:
         if name in self.rw.values:

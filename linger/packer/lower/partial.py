@@ -86,8 +86,7 @@ def _build(node, ctx, cin_parts, tiles, what):
 
 
 def kernel_split(node, ctx):
-    if int(node.attrs.get("group", 1)) != 1:
-        return
+    """Kernel tiles (grouped and depthwise convs too: each partial keeps the groups)."""
     k = list(node.attrs["kernel_shape"])
     params = ctx.params(node)
     if params is None or not _bound_ok(node, ctx, *params):
