@@ -95,7 +95,14 @@ _PACKED_MAGIC = b"LINGERPK"  # = linger.packer.format.MAGIC; an ONNX load never 
 
 def read_model(source):
     """``source``: path, bytes or ModelProto (ONNX, or a file written by ``linger pack``) ->
-    ``(ModelProto, description for messages)``; anything unreadable is a ModelFileError."""
+    ``(ModelProto, description for messages)``; anything unreadable is a ModelFileError.
+    An opset-11/12 graph comes back in its opset-13 form (:func:`linger.onnx_opsets.upgrade`)."""
+    from ..onnx_opsets import upgrade
+    model, where = _read_raw(source)
+    return upgrade(model, where), where
+
+
+def _read_raw(source):
     if isinstance(source, onnx.ModelProto):
         return source, "<ModelProto>"
     if isinstance(source, (bytes, bytearray, memoryview)):
