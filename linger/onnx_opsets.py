@@ -171,7 +171,8 @@ def _with_attr(n, inputs, attr_name, ints):
     """A copy of node ``n`` with ``inputs``, attribute ``attr_name`` set to ``ints`` (or
     removed when ``ints`` is None)."""
     attrs = [a for a in n.attribute if a.name != attr_name]
-    new = helper.make_node(n.op_type, inputs, list(n.output), name=n.name, domain=n.domain)
+    new = helper.make_node(n.op_type, inputs, list(n.output), name=n.name, domain=n.domain,
+                           doc_string=n.doc_string or None)
     new.attribute.extend(attrs)
     if ints is not None:
         new.attribute.append(helper.make_attribute(attr_name, ints))
@@ -195,21 +196,27 @@ def _softmax_down(n, ranks, opset):
     perm = list(range(rank))
     perm[axis], perm[-1] = perm[-1], perm[axis]  # a swap is its own inverse
     t_in, t_out = f"{n.name}.to_last:out", f"{n.name}.last:out"
-    return [helper.make_node("Transpose", [n.input[0]], [t_in], name=f"{n.name}.to_last",
-                             perm=perm),
-            helper.make_node(n.op_type, [t_in], [t_out], name=f"{n.name}.last", axis=-1),
-            helper.make_node("Transpose", [t_out], [n.output[0]], name=f"{n.name}.back",
-                             perm=perm)]
+    return _same_doc(n, [
+        helper.make_node("Transpose", [n.input[0]], [t_in], name=f"{n.name}.to_last", perm=perm),
+        helper.make_node(n.op_type, [t_in], [t_out], name=f"{n.name}.last", axis=-1),
+        helper.make_node("Transpose", [t_out], [n.output[0]], name=f"{n.name}.back", perm=perm)])
+
+
+def _same_doc(n, nodes):
+    for m in nodes:  # the float-tail mark (linger.onnx.float_tail) travels with the rewrite
+        m.doc_string = n.doc_string
+    return nodes
 
 
 def _softmax_up(n, taken, g):
     axis = _attr_int(n, "axis", 1)
     base = n.name or n.output[0]
     shape, flat, soft = (_fresh(taken, f"{base}.{s}") for s in ("shape", "flat", "soft"))
-    return [helper.make_node("Shape", [n.input[0]], [shape], name=shape),
-            helper.make_node("Flatten", [n.input[0]], [flat], name=flat, axis=axis),
-            helper.make_node(n.op_type, [flat], [soft], name=soft, axis=-1),
-            helper.make_node("Reshape", [soft, shape], [n.output[0]], name=n.name or base)]
+    return _same_doc(n, [
+        helper.make_node("Shape", [n.input[0]], [shape], name=shape),
+        helper.make_node("Flatten", [n.input[0]], [flat], name=flat, axis=axis),
+        helper.make_node(n.op_type, [flat], [soft], name=soft, axis=-1),
+        helper.make_node("Reshape", [soft, shape], [n.output[0]], name=n.name or base)])
 
 
 def _fresh(taken: set, base: str) -> str:

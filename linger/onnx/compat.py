@@ -17,6 +17,7 @@ import torch
 from ..errors import ConfigError, ExportError
 from ..onnx_opsets import NATIVE_OPSET, OLD_OPSETS, downgrade
 from . import export as core
+from .float_tail import check_no_island
 
 DEFAULT_OPSET = core.DEFAULT_OPSET
 
@@ -95,6 +96,7 @@ def export(model, args, f=None, input_names=None, output_names=None,
     target, flat, names = structured(model, args, kwargs, input_names)
     graph = core.export(target, tuple(flat), None, names, output_names,
                         NATIVE_OPSET if old else opset_version, dynamic_axes, **core_options)
+    check_no_island(graph)
     if old:
         graph = downgrade(graph, opset_version)
         if core_options.get("debug_dir"):
