@@ -109,8 +109,8 @@ def test_normalize_module_wins_disable_normalize_skips_and_bad_settings_are_refu
     assert type(model.last_fc) is nn.Linear and two_stage.spec_of(model.last_fc) is None
     linger.disable_normalize(model.conv)               # after the fact: clamps removed
     assert type(model.conv) is nn.Conv2d
-    with pytest.raises(ConfigError, match="LSTM cannot be normalized"):
-        linger.normalize_layers(model, normalize_modules=(nn.Conv2d, nn.LSTM))
+    with pytest.raises(ConfigError, match="TransformerEncoderLayer cannot be normalized"):
+        linger.normalize_layers(model, normalize_modules=(nn.Conv2d, nn.TransformerEncoderLayer))
     with pytest.raises(ConfigError, match="positive number"):
         linger.normalize_layers(model, normalize_weight_value=-1)
 

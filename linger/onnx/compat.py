@@ -253,3 +253,12 @@ def _save(graph, f, external):
                           " parameters go to a file next to it)")
     else:
         f.write(graph.SerializeToString())
+
+
+def parser_dequant(onnx_model, is_change_in_out_type=False):
+    """Refused with the reason: the original's Dequant repair pass. linger's exporter places
+    every Dequant while it traces, so there is nothing to repair; export with
+    :func:`export`."""
+    from ..errors import UnsupportedError
+    raise UnsupportedError("parser_dequant is not needed: linger.onnx.export places every"
+                           " Dequant while it traces. Export with linger.onnx.export")
