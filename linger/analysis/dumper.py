@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .. import numerics
 from .stats import OUTLIER_RATIO, RESERVOIR_SIZE, RunningStats, TensorStats, format_table
 
 
@@ -152,6 +153,11 @@ def _dump_quant_hook(name, path):
         if getattr(x, "bits", None) is not None:
             _save(path, name, "q_input", _ints(x.plain(), x.int_exp()))
             _save(path, name, "q_input_exp", [x.int_exp()])
+        elif isinstance(x, torch.Tensor) and bool(getattr(module, "input_ready", False)):
+            exp, bits = int(module.input_exp), module.linger_cfg.data_bits  # as the layer does
+            q = numerics.quantize(x.detach().double(), exp, bits)
+            _save(path, name, "q_input", q.cpu().numpy().astype(np.int64))
+            _save(path, name, "q_input_exp", [exp])
         weight = getattr(module, "weight", None)
         if isinstance(weight, torch.Tensor) and hasattr(module, "int_weight"):
             q, exp = module.int_weight(weight)

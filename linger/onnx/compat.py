@@ -108,7 +108,7 @@ def export(model, args, f=None, input_names=None, output_names=None,
         graph.graph.input.extend(onnx.helper.make_tensor_value_info(
             t.name, t.data_type, list(t.dims)) for t in graph.graph.initializer)
     if verbose:
-        print(onnx.helper.printable_graph(graph.graph))
+        print(onnx.printer.to_text(graph.graph))
     _save(graph, f, use_external_data_format)
     return graph
 
