@@ -77,7 +77,7 @@ def downgrade(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     out.CopyFrom(model)
     g = out.graph
     consts = _constants(g)
-    ranks = _ranks(g)
+    ranks = _ranks(model)
     nodes = []
     for n in g.node:
         if n.domain not in ("", "ai.onnx"):
@@ -161,9 +161,15 @@ def _constants(g) -> dict:
     return consts
 
 
-def _ranks(g) -> dict:
+def _ranks(model) -> dict:
+    """Value name -> rank, from the graph's declarations and ONNX shape inference."""
+    g = model.graph
+    try:  # custom-domain nodes stop inference locally; the exporter declares their outputs
+        inferred = list(onnx.shape_inference.infer_shapes(model).graph.value_info)
+    except Exception:
+        inferred = []
     return {v.name: len(v.type.tensor_type.shape.dim)
-            for v in list(g.input) + list(g.value_info) + list(g.output)
+            for v in list(g.input) + inferred + list(g.value_info) + list(g.output)
             if v.type.tensor_type.HasField("shape")}
 
 

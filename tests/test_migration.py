@@ -228,6 +228,7 @@ def _error_chain(fn) -> str:
     return ""
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's TorchScript exporter
 def test_torch_onnx_export_is_refused_naming_linger_onnx_export(model, x):
     def call():
         torch.onnx.export(model, x, "m.onnx")
