@@ -402,6 +402,11 @@ def test_quant_module_setting_sticks_without_assignment():
     linger.init(net)
     assert net.conv.linger_cfg.data_bits == 16 and net.fc.linger_cfg.data_bits == 8
     net = Net()
+    linger.quant_module(net.fc, type_modules=(nn.Linear,), mode=linger.QuantMode.QValue, data_bits=8, parameter_bits=8, out_bits=None)  # noqa: E501
+    linger.init(net, data_bits=16)
+    assert (net.fc.linger_cfg.data_bits, net.fc.linger_cfg.out_bits) == (8, 8)
+    assert net.conv.linger_cfg.data_bits == 16
+    net = Net()
     linger.quant_module_by_type(net.conv, (nn.Conv2d,), data_bits=16)
     linger.init(net)
     assert net.conv.linger_cfg.data_bits == 16
@@ -524,6 +529,13 @@ def test_dumper_original_calls(model, x, tmp_path):
     assert np.array_equal(out * 2.0 ** -exp, _torch(model, x).reshape(-1))
     assert {"conv_input.txt", "conv_output.txt", "fc_output.txt"} <= \
         set(os.listdir(tmp_path / "dumpf"))
+
+
+def test_wb_analyse_original_keyword():
+    torch.save(Net().state_dict(), "float.pt")
+    rows = linger.wb_analyse("float.pt", save_log_path="wb.log")
+    assert [r.name for r in rows][:2] == ["conv.weight", "conv.bias"]
+    assert "conv.weight" in open("wb.log").read()
 
 
 # -- linger 3.x ---------------------------------------------------------------------------------

@@ -73,15 +73,20 @@ def init(model: nn.Module, quant_modules=DEFAULT_QUANT_MODULES, data_bits: int =
 
 
 def quant_module(module: nn.Module, quant_modules=DEFAULT_QUANT_MODULES, data_bits: int = 8,
-                 parameter_bits: int = 8, out_bits: int = 8, **kwargs) -> nn.Module:
+                 parameter_bits: int = 8, out_bits: int | None = 8, *, type_modules=None,
+                 **kwargs) -> nn.Module:
     """Quantize one sub-tree with its own settings (e.g. 16-bit data for a sensitive block).
 
     Call it before ``linger.init`` on the whole model: already-quantized layers are left alone.
     Returns the (possibly replaced) module. The request is also remembered on ``module``, so
     ``linger.quant_module(net.conv, (nn.Conv2d,), data_bits=16)`` followed by
     ``linger.init(net)`` quantizes ``net.conv`` with 16-bit data even without assigning the
-    result back (as in the original linger).
+    result back (as in the original linger). ``type_modules`` is the original's name of
+    ``quant_modules``; its ``out_bits=None`` default means 8 here.
     """
+    if type_modules is not None:
+        quant_modules = type_modules
+    out_bits = 8 if out_bits is None else out_bits
     out = init(module, quant_modules, data_bits, parameter_bits, out_bits, **kwargs)
     if out is not module:  # module itself was converted: a later init(parent) meets the original
         module.__dict__[_REQUEST] = (_check_types(quant_modules), out.linger_cfg)

@@ -121,9 +121,8 @@ def quant_module_by_type(module, type_modules=None, mode=None, data_bits=8, para
                          out_bits=8, **kwargs):
     """The original's exact-type variant of :func:`linger.quant_module` (linger always matches
     exact types): the same call."""
-    args = () if type_modules is None else (type_modules,)
-    return quant_module(module, *args, data_bits=data_bits, parameter_bits=parameter_bits,
-                        out_bits=out_bits or 8, mode=mode, **kwargs)
+    return quant_module(module, type_modules=type_modules, data_bits=data_bits,
+                        parameter_bits=parameter_bits, out_bits=out_bits, mode=mode, **kwargs)
 
 
 def quant_tensor_getlayer(module: nn.Module, name: str = "default") -> nn.Module:
