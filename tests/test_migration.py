@@ -316,6 +316,8 @@ def test_two_stage_tutorial_with_float_last_fc_exports_and_validates(capsys):
     report = linger.validate.validate_model(model, x)
     assert report.ok and report.compared > 5 and report.tail_compared >= 1
     assert report.tail_max_abs_diff < 1e-4
+    with pytest.raises(linger.TargetError, match="Gemm `last_fc.gemm`"):  # the NPU runs integers
+        linger.packer.pack("m.onnx", "m.bin")
 
 
 def test_a_float_layer_between_quantized_ones_is_refused():
@@ -563,6 +565,9 @@ def test_config_file_init_and_constrain():
     assert two_stage.spec_of(model.conv).weight == 4
     model = Net()
     linger.init(model, config_file="cfg.yaml")
+    assert model.conv.linger_cfg.parameter_bits == 4
+    model = Net()
+    linger.init(model, "cfg.yaml")  # 3.x passes the file positionally too
     assert model.conv.linger_cfg.parameter_bits == 4
     for bad, match in (({"quant_info": {"weight_bit": 4}}, "unknown key 'weight_bit'.*weight_bits"),
                        ({"quant_info": {"is_perchannel": True}}, "one power-of-two scale"),

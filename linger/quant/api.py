@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch.nn as nn
 
 from ..config import QuantConfig
@@ -51,6 +53,8 @@ def init(model: nn.Module, quant_modules=DEFAULT_QUANT_MODULES, data_bits: int =
     """
     from ..compat import check_mode, load_config
     check_mode(mode, "init(mode)")
+    if isinstance(quant_modules, (str, os.PathLike, dict)):  # 3.x: init(model, "cfg.yaml")
+        config_file, quant_modules = quant_modules, DEFAULT_QUANT_MODULES
     if config_file is not None:
         legacy = load_config(config_file)
         if not legacy.open_quant:
