@@ -85,6 +85,7 @@ def export(model, args, f=None, input_names=None, output_names=None,
         core_options["check"] = bool(enable_onnx_checker)
     if debug_dump and not core_options.get("debug_dir"):
         core_options["debug_dir"] = _debug_dir(f)
+    opset_version = DEFAULT_OPSET if opset_version is None else int(opset_version)
     old = opset_version in OLD_OPSETS
     if opset_version < OLD_OPSETS[0]:
         raise ExportError(f"opset_version={opset_version} is too old; linger writes opset 11, 12"
