@@ -91,9 +91,10 @@ def export(model, args, f=None, input_names=None, output_names=None,
         raise ExportError(f"opset_version={opset_version} is too old; linger writes opset 11, 12"
                           f" or >= {NATIVE_OPSET}")
     if old and core_options.get("format", "linger") != "linger":
-        raise ExportError(f"format={core_options['format']!r} needs opset 21 (int16/int32"
-                          f" QuantizeLinear); opset_version={opset_version} applies to"
-                          f" format='linger' only")
+        raise ExportError(f"format={core_options['format']!r} writes the opset its standard"
+                          f" operators need (int16/int32 QuantizeLinear, integer ops: >= 13);"
+                          f" opset_version={opset_version} applies to format='linger' only."
+                          f" Drop opset_version or use format='linger'")
     target, flat, names = structured(model, args, kwargs, input_names)
     graph = core.export(target, tuple(flat), None, names, output_names,
                         NATIVE_OPSET if old else opset_version, dynamic_axes, **core_options)
