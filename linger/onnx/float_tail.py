@@ -3,9 +3,9 @@
 The original linger's two-stage tutorial keeps the classifier float
 (``linger.disable_quant(model.last_fc)``). Its graph is integer up to a ``Dequant`` and float32
 after it: ``Gemm``/``MatMul``/``Conv``/``Sigmoid``/``Tanh``/``Softmax``/``LogSoftmax`` nodes
-marked with the doc string :data:`TAIL_DOC`. The runtime runs them in float32 (numpy), PyTorch in
-float32 (its own BLAS); summation order differs between the two libraries, so the tail's outputs
-agree to a few ulps, not bit for bit. ``linger validate`` reports the integer part bit-exact and
+marked with the doc string :data:`linger.validate.TAIL_DOC`. The runtime runs them in float32
+(numpy), PyTorch in float32 (its own BLAS); summation order differs between the two libraries, so
+the tail's outputs agree to a few ulps, not bit for bit. ``linger validate`` reports the integer part bit-exact and
 the tail's largest difference (docs/export.md, "Float tail").
 
 A float layer whose result is quantized again (a float island *between* quantized layers) is
@@ -20,8 +20,7 @@ import torch.nn.functional as F
 
 from ..errors import ExportError
 from ..quant.qtensor import QTensor
-from ..validate import TAIL_DOC, tail_values  # noqa: F401  (re-exported)
-
+from ..validate import TAIL_DOC
 
 _T = torch.Tensor
 _UNARY = {torch.sigmoid: "Sigmoid", _T.sigmoid: "Sigmoid", F.sigmoid: "Sigmoid",
