@@ -445,6 +445,21 @@ def test_every_normalize_class_takes_the_original_keywords_and_clamps(cls, args,
     assert two_stage.spec_of(layer).weight == 8
 
 
+@pytest.mark.parametrize("cls, torch_cls", [("NormalizeFastLSTM", nn.LSTM),
+                                             ("NormalizeFastGRU", nn.GRU)])
+def test_normalize_rnn_computes_with_clamped_weights(cls, torch_cls):
+    torch.manual_seed(0)
+    layer = getattr(linger, cls)(4, 3, normalize_data=None, normalize_weight=0.1,
+                                 normalize_bias=0.1)
+    ref = torch_cls(4, 3)
+    with torch.no_grad():
+        for name, p in layer.named_parameters():
+            getattr(ref, name).copy_(p.clamp(-0.1, 0.1))
+    x = torch.randn(5, 2, 4)
+    assert torch.equal(layer(x)[0], ref(x)[0])
+    assert not torch.allclose(layer(x)[0], torch_cls.forward(layer, x)[0])  # clamps matter
+
+
 def test_normalize_conv_bn_and_original_constructors_quantize_and_export():
     for first in (
             linger.NormalizeConv2d(1, 4, 3, normalize_data=8, normalize_weight=8, normalize_bias=8),
