@@ -600,6 +600,17 @@ class _Steps:
         return self.narrow(self.rs_sat(self.op("Mul", self.wide(a), self.wide(b)), shift,
                                        bits, True))
 
+    def reverse(self, seq, rev_idx, steps: int):
+        """Each sequence of time-major ``seq`` reversed within its length (``rev_idx`` (T, N)
+        from the lengths), or the whole time axis when there are no lengths."""
+        if rev_idx is not None:
+            idx = self.op("Expand", self.op("Unsqueeze", rev_idx, self.c("ax2", np.array([2]))),
+                          self.op("Shape", seq))
+            return self.op("GatherElements", seq, idx, axis=0)
+        return self.op("Slice", seq, self.c("rs", np.array([steps - 1])),
+                       self.c("re", np.array([-steps - 1])), self.c("ra", np.array([0])),
+                       self.c("rstep", np.array([-1])))
+
     def split(self, x, parts: int, axis: int):
         """``parts`` equal pieces of ``x`` along ``axis``."""
         outs = [self.ctx.fresh(f"{self.node}.part") for _ in range(parts)]
@@ -659,16 +670,7 @@ def _rnn(ctx, n, a):
             w_ih, w_hh = params[k * per], params[k * per + 1]
             b_ih, b_hh = (params[k * per + 2], params[k * per + 3]) if per == 4 else (None, None)
             exp_ih, exp_hh = a["exp_w"][2 * k], a["exp_w"][2 * k + 1]
-            seq = inp
-            if d == 1:
-                if rev_idx is not None:
-                    idx = st.op("Expand", st.op("Unsqueeze", rev_idx, st.c("ax2", np.array([2]))),
-                                st.op("Shape", seq))
-                    seq = st.op("GatherElements", seq, idx, axis=0)
-                else:
-                    seq = st.op("Slice", seq, st.c("rs", np.array([steps - 1])),
-                                st.c("re", np.array([-steps - 1])), st.c("ra", np.array([0])),
-                                st.c("rstep", np.array([-1])))
+            seq = st.reverse(inp, rev_idx, steps) if d == 1 else inp
             gi = st.affine_q11(seq, bits_in, w_ih, b_ih, exp_in, exp_ih)          # (T, N, GH)
             gis = st.split(gi, steps, 0)
             h, c = state(h0, k), (state(c0, k) if mode == "LSTM" else None)
@@ -712,16 +714,7 @@ def _rnn(ctx, n, a):
                         c = c_new
                 ys.append(st.op("Unsqueeze", y_t, st.c("ax0", np.array([0]))))
             y = st.op("Concat", *ys, axis=0)                                       # (T, N, H)
-            if d == 1:
-                if rev_idx is not None:
-                    idx = st.op("Expand", st.op("Unsqueeze", rev_idx, st.c("ax2", np.array([2]))),
-                                st.op("Shape", y))
-                    y = st.op("GatherElements", y, idx, axis=0)
-                else:
-                    y = st.op("Slice", y, st.c("rs", np.array([steps - 1])),
-                              st.c("re", np.array([-steps - 1])), st.c("ra", np.array([0])),
-                              st.c("rstep", np.array([-1])))
-            outs.append(y)
+            outs.append(st.reverse(y, rev_idx, steps) if d == 1 else y)
             h_last.append(st.op("Unsqueeze", h, st.c("ax0", np.array([0]))))
             if mode == "LSTM":
                 c_last.append(st.op("Unsqueeze", c, st.c("ax0", np.array([0]))))

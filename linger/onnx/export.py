@@ -47,18 +47,14 @@ def export(model: torch.nn.Module, args, f, input_names=None, output_names=None,
         onnx.save(graph_model, os.path.join(debug_dir, "1_linger_traced.onnx"))
     if check:
         onnx.checker.check_model(graph_model)
-    if format == "qdq":
-        from .qdq import to_qdq
-        graph_model = to_qdq(graph_model)
+    if format != "linger":  # a rewrite into standard ONNX
+        if format == "qdq":
+            from .qdq import to_qdq as rewrite
+        else:
+            from .exact import to_exact as rewrite
+        graph_model = rewrite(graph_model)
         if debug_dir:
-            onnx.save(graph_model, os.path.join(debug_dir, "2_qdq.onnx"))
-        if check:
-            onnx.checker.check_model(graph_model)
-    if format == "exact":
-        from .exact import to_exact
-        graph_model = to_exact(graph_model)
-        if debug_dir:
-            onnx.save(graph_model, os.path.join(debug_dir, "2_exact.onnx"))
+            onnx.save(graph_model, os.path.join(debug_dir, f"2_{format}.onnx"))
         if check:
             onnx.checker.check_model(graph_model)
     if f is not None:
