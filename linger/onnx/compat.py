@@ -16,10 +16,9 @@ import torch
 
 from ..errors import ConfigError, ExportError
 from ..onnx_opsets import NATIVE_OPSET, OLD_OPSETS, downgrade
-from . import export as core
+from .export import DEFAULT_OPSET
+from .export import export as _core_export  # (the package's `export` is this module's)
 from .float_tail import check_no_island
-
-DEFAULT_OPSET = core.DEFAULT_OPSET
 
 #: Keywords accepted for compatibility that change nothing in linger's graph, and why.
 ACCEPTED_UNNECESSARY = {
@@ -96,7 +95,7 @@ def export(model, args, f=None, input_names=None, output_names=None,
                           f" opset_version={opset_version} applies to format='linger' only."
                           f" Drop opset_version or use format='linger'")
     target, flat, names = structured(model, args, kwargs, input_names)
-    graph = core.export(target, tuple(flat), None, names, output_names,
+    graph = _core_export(target, tuple(flat), None, names, output_names,
                         NATIVE_OPSET if old else opset_version, dynamic_axes, **core_options)
     check_no_island(graph)
     if old:
@@ -203,7 +202,7 @@ def _fill(template, it):
 
 
 def _split_options(options):
-    core_params = set(inspect.signature(core.export).parameters) - {
+    core_params = set(inspect.signature(_core_export).parameters) - {
         "model", "args", "f", "input_names", "output_names", "opset_version", "dynamic_axes"}
     out = {}
     for key, value in options.items():
