@@ -21,6 +21,7 @@ opset 13+                                   opset 11/12
 ``Softmax(x; axis=a)`` (one axis)           ``Transpose`` a to the last axis, ``Softmax(axis=-1)``,
                                             ``Transpose`` back (opset 11/12 Softmax flattens
                                             ``x`` to 2-D at ``axis``); the same for LogSoftmax
+``Resize(x, "", scales)`` (no roi)          ``Resize(x, roi=[], scales)`` (roi required before 13)
 ==========================================  ===========================================
 
 Reading opset 11/12, a Softmax/LogSoftmax/Hardmax becomes ``Shape``, ``Flatten(axis)``,
@@ -97,6 +98,12 @@ def downgrade(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
             nodes.append(n)
         elif n.op_type in _SOFTMAX:
             nodes.extend(_softmax_down(n, ranks, opset))
+        elif n.op_type == "Resize" and (len(n.input) < 2 or not n.input[1]):
+            # opset 11/12 Resize requires its roi input; an empty one means "whole tensor"
+            roi = f"{n.name or n.output[0]}.roi"
+            g.initializer.append(numpy_helper.from_array(np.zeros(0, np.float32), roi))
+            ins = list(n.input) + [""] * (2 - len(n.input))
+            nodes.append(_with_attr(n, [ins[0], roi] + ins[2:], "", None))
         else:
             _require_schema(n, opset)
             nodes.append(n)

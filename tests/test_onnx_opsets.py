@@ -74,3 +74,14 @@ def test_downgrade_round_trip_and_refusals():
         downgrade(computed, 12)
     with pytest.raises(ModelFileError, match="opset 10"):
         upgrade(_model([helper.make_node("Relu", ["x"], ["y"])], 10, y_shape=(2, 3, 1, 4)))
+
+
+def test_resize_without_roi_gets_the_empty_roi_opset_11_requires():
+    scales = helper.make_tensor("scales", T.FLOAT, [4], [1, 1, 2, 2])
+    m13 = _model([helper.make_node("Resize", ["x", "", "scales"], ["y"], name="up",
+                                   mode="nearest")], 13, [scales], y_shape=(2, 3, 2, 8))
+    m11 = downgrade(m13, 11)
+    checker.check_model(m11)
+    assert m11.graph.node[0].input[1] == "up.roi"
+    x = RNG.normal(size=(2, 3, 1, 4)).astype(np.float32)
+    np.testing.assert_array_equal(_ort(m11, x), _ort(m13, x))
