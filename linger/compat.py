@@ -74,9 +74,9 @@ def SetPlatFormQuant(platform_quant=PlatFormQuant.luna_quant) -> None:
                           f" linger.init(..., target=...) or `linger pack --target`")
 
 
-def _noop_switch(name: str, why: str, refuse=None):
-    """A switch of the original that changes nothing in linger (``why``); ``refuse``: the value
-    that is refused instead (with ``why`` as the reason)."""
+def _legacy_switch(name: str, why: str, refuse=None):
+    """A switch of the original that changes nothing in linger (``why`` says so); ``refuse``: a
+    value that is refused instead, with ``why`` as the reason."""
     def switch(enable: bool = True) -> None:
         if not isinstance(enable, bool):
             raise ConfigError(f"{name} takes True or False, got {enable!r}")
@@ -88,23 +88,24 @@ def _noop_switch(name: str, why: str, refuse=None):
     return switch
 
 
-SetIQTensorVar = _noop_switch(
+SetIQTensorVar = _legacy_switch(
     "SetIQTensorVar", "linger has no integer variance: torch.var on a quantized value runs in"
     " float after a Dequant (on_unsupported='dequant'). Call SetIQTensorVar(False) or drop the"
     " call", refuse=True)
-SetFunctionLinearQuant = _noop_switch(
-    "SetFunctionLinearQuant", "F.linear on quantized values is quantized by the QLinear layers;"
-    " the original never read this switch either.")
-SetFunctionChannelShuffleQuant = _noop_switch(
+SetFunctionLinearQuant = _legacy_switch(
+    "SetFunctionLinearQuant", "linger quantizes nn.Linear layers; a functional F.linear on a"
+    " quantized value runs in float after a Dequant whatever this switch says (the original"
+    " never read it either).")
+SetFunctionChannelShuffleQuant = _legacy_switch(
     "SetFunctionChannelShuffleQuant", "linger.channel_shuffle only moves values, so it is exact"
     " on quantized values whatever this switch says.")
-SetIQCat2AddZero = _noop_switch(
+SetIQCat2AddZero = _legacy_switch(
     "SetIQCat2AddZero", "cat rescales its inputs to one exponent; there is no add-zero trick to"
     " switch (the original never read this switch).")
-SetCastorBiasInt16 = _noop_switch(
+SetCastorBiasInt16 = _legacy_switch(
     "SetCastorBiasInt16", "biases are int32 in linger (SPEC section 2); an int16 castor bias does"
     " not exist. Drop the call", refuse=True)
-SetTFQuant = _noop_switch(
+SetTFQuant = _legacy_switch(
     "SetTFQuant", "TensorFlow-style (asymmetric, zero-point) quantization is not linger's"
     " numerics; linger is symmetric power-of-two. Drop the call", refuse=True)
 

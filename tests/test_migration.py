@@ -180,6 +180,9 @@ def test_export_debug_writes_the_steps_and_checks_every_value(model, x):
     assert report.ok and report.compared > 3
     assert os.path.isfile("m.onnx")
     assert "bit-exact" in open(os.path.join("m_debug", "validate.txt")).read()
+    report = linger.onnx.export_debug(model, x, "m.onnx", opset_version=11)  # the file's opset
+    assert report.ok and report.compared > 3
+    assert os.path.isfile(os.path.join("m_debug", "2_opset11.onnx"))
 
 
 class Keywords(nn.Module):

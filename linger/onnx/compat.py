@@ -102,7 +102,7 @@ def export(model, args, f=None, input_names=None, output_names=None,
         graph = downgrade(graph, opset_version)
         if core_options.get("debug_dir"):
             onnx.save(graph, os.path.join(core_options["debug_dir"],
-                                          f"3_opset{opset_version}.onnx"))
+                                          f"2_opset{opset_version}.onnx"))
         if core_options.get("check", True):
             onnx.checker.check_model(graph)
     if keep_initializers_as_inputs:
@@ -119,12 +119,16 @@ def export_debug(model, args, f, debug_dir=None, **kw):
     (``debug_dir``, default ``<f stem>_debug/``), then a layer-by-layer check of the runtime
     against PyTorch eval. Returns the :class:`linger.validate.Report` (``.ok`` is True when every
     value is bit-exact; otherwise it names the first node that differs)."""
-    from ..validate import validate_model
+    from ..runtime import InferenceSession
+    from ..validate import capture, compare, tail_values
 
     kw["debug_dir"] = debug_dir or _debug_dir(f)
-    export(model, args, f, **kw)
+    graph = export(model, args, f, **kw)  # the file as written (opset 11/12 included) is checked
     target, flat, names = structured(model, args, kw.get("kwargs"), kw.get("input_names"))
-    report = validate_model(target, tuple(flat), names)
+    _, reference = capture(target, tuple(flat), names)
+    sess = InferenceSession(graph)
+    actual = sess.run_with_intermediates({i.name: reference[i.name] for i in sess.get_inputs()})
+    report = compare(reference, actual, list(actual), tail_values(graph))
     with open(os.path.join(kw["debug_dir"], "validate.txt"), "w") as out:
         out.write(str(report) + "\n")
     return report
