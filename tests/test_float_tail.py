@@ -84,3 +84,23 @@ def test_conv_sigmoid_linear_tanh_tail(opset):
     np.testing.assert_allclose(out, model(x).detach().numpy(), rtol=0, atol=1e-6)
     report = linger.validate.validate_model(model, x)
     assert report.ok and report.compared >= 3 and report.tail_compared == 5
+
+
+def test_float_kernels_refuse_bad_attributes_at_load():
+    from linger.errors import ModelFileError
+    x, w = _f32(1, 2, 5, 5), _f32(3, 2, 3, 3)
+    with pytest.raises(ModelFileError, match="node 'n'.*pads"):
+        InferenceSession(_model_of("Conv", x, [w], (1, 3, 3, 3), pads=[1, 1]))
+    with pytest.raises(ModelFileError, match="'n'.*expects float32"):
+        x64 = _f32(2, 3).astype(np.float64)
+        InferenceSession(_model_of("Gemm", x64, [_f32(3, 4)], (2, 4))).run(None, {"x": x64})
+
+
+def _model_of(op, x, inits, out_shape, **attrs):
+    dt = T.DOUBLE if x.dtype == np.float64 else T.FLOAT
+    g = helper.make_graph([helper.make_node(op, ["x"] + [f"p{i}" for i in range(len(inits))],
+                                            ["y"], name="n", **attrs)], "g",
+                          [helper.make_tensor_value_info("x", dt, x.shape)],
+                          [helper.make_tensor_value_info("y", dt, out_shape)],
+                          [numpy_helper.from_array(a, f"p{i}") for i, a in enumerate(inits)])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])

@@ -11,7 +11,64 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import ModelFileError
+from .. import schema as S
 from . import kernel
+
+
+# -- schemas (linger/runtime/schema.py) -----------------------------------------------------------
+def _gemm_memory(attrs, ins, fast):
+    """The product ``(M, N)`` and its bias sum, float32 (reported as 8-byte elements)."""
+    a, b = ins[0], ins[1]
+    if b is None or len(a.shape) != 2 or len(b.shape) != 2:
+        return 0  # the kernel explains the rank mismatch
+    m = a.shape[1] if attrs.get("transA") else a.shape[0]
+    n = b.shape[0] if attrs.get("transB") else b.shape[1]
+    return 2 * S.nbytes([m, n])
+
+
+def _matmul_memory(attrs, ins, fast):
+    a, b = ins[0], ins[1]
+    if b is None or len(a.shape) < 1 or len(b.shape) < 1:
+        return 0
+    batch = S.broadcast([a.shape[:-2], b.shape[:-2]], "inputs") if len(a.shape) > 2 or \
+        len(b.shape) > 2 else ()
+    return S.nbytes([*batch, a.shape[-2] if len(a.shape) > 1 else 1, b.shape[-1]])
+
+
+def _float_conv_memory(attrs, ins, fast):
+    """Padded input, one strided patch and the output (float32, reported as 8-byte elements)."""
+    x, w = ins[0], ins[1]
+    if w is None or len(x.shape) != len(w.shape) or len(x.shape) not in (3, 4):
+        return 0
+    nd = len(x.shape) - 2
+    out = [S.window_out(L, pp, kd, s, d, "input x") for L, pp, kd, s, d in
+           zip(x.shape[2:], S.pad_pairs(attrs, nd), w.shape[2:],
+               S.per_axis(attrs, "strides", nd, 1), S.per_axis(attrs, "dilations", nd, 1))]
+    padded = [L + a + b for L, (a, b) in zip(x.shape[2:], S.pad_pairs(attrs, nd))]
+    return S.nbytes([*x.shape[:2], *padded]) + S.nbytes([x.shape[0], x.shape[1], *out]) + \
+        2 * S.nbytes([x.shape[0], w.shape[0], *out])
+
+
+def _float_conv_check(attrs, consts, where):
+    w = consts[1]
+    nd = len(w.shape) - 2 if w is not None else len(attrs.get("kernel_shape") or (0,))
+    S.need(nd in (1, 2), where, f"Conv of {nd} spatial axes: the float tail runs 1-D and 2-D")
+    S.spatial_lengths(attrs, nd, where)
+
+
+S.schema("Gemm", "", inputs=(2, 3), memory=_gemm_memory, alpha=S.Float(), beta=S.Float(),
+         transA=S.Flag(), transB=S.Flag())
+S.schema("MatMul", "", inputs=(2, 2), memory=_matmul_memory)
+S.schema("Conv", "", inputs=(2, 3), memory=_float_conv_memory, check=_float_conv_check,
+         kernel_shape=S.Ints(1, S.MAX_SPATIAL, length=(1, 2)),
+         strides=S.Ints(1, S.MAX_SPATIAL, length=(1, 2)),
+         dilations=S.Ints(1, S.MAX_SPATIAL, length=(1, 2)),
+         pads=S.Ints(0, S.MAX_SPATIAL, length=(2, 4)), group=S.Int(1, S.MAX_SPATIAL),
+         auto_pad=S.Str(("NOTSET",)))
+for _op in ("Sigmoid", "Tanh"):
+    S.schema(_op, "", inputs=(1, 1), memory=S.broadcast_memory(3))
+for _op in ("Softmax", "LogSoftmax"):
+    S.schema(_op, "", inputs=(1, 1), memory=S.broadcast_memory(4), axis=S.Axis())
 
 
 def _float(op, *arrays):
