@@ -99,14 +99,15 @@ _PACKED_MAGIC = b"LINGERPK"  # = linger.packer.format.MAGIC; an ONNX load never 
 def read_model(source):
     """``source``: path, bytes or ModelProto (ONNX, or a file written by ``linger pack``) ->
     ``(ModelProto, description for messages)``; anything unreadable is a ModelFileError.
-
     A model exported by the original linger (domain ``thinker``) comes back translated into
-    linger's semantics (:mod:`linger.importers.thinker`)."""
+    linger's semantics (:mod:`linger.importers.thinker`); any other opset-11/12 graph comes back
+    in its opset-13 form (:func:`linger.onnx_opsets.upgrade`)."""
     model, where = _read_model(source)
     from ..importers.thinker import import_thinker, is_thinker_model
     if is_thinker_model(model):
         model = import_thinker(model, where)
-    return model, where
+    from ..onnx_opsets import upgrade
+    return upgrade(model, where), where
 
 
 def _read_model(source):
