@@ -287,5 +287,5 @@ def run_cli(model: str, inputs: list, outputs: list, sanitize: bool = False,
         args.append("--")
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0:abort_on_error=0",
                UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1")
-    return subprocess.run(args + list(outputs), capture_output=True, text=True,
+    return subprocess.run(args + list(outputs), capture_output=True, text=True, errors="replace",
                           timeout=timeout, env=env)

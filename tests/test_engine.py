@@ -1,0 +1,310 @@
+"""The C engine (linger/engine/csrc) against the numpy runtime and PyTorch eval, bit for bit.
+
+Every layer and model configuration of the bit-exact tables (test_bitexact, test_ops_table,
+test_ops_model, test_rnn: their tables are imported, not copied) is exported, packed, and run
+by the ``linger-engine`` program built with AddressSanitizer and UBSan (every report fatal);
+its outputs must equal the numpy runtime's on the same packed file and PyTorch ``eval()``'s
+(``np.array_equal``), on ordinary and saturating inputs. The ctypes binding runs them too.
+The packed-file fuzz cases (truncations, bit flips with and without recomputed checksums,
+absurd attribute values) go through the same sanitized program: a status code each, no crash,
+no hang, no sanitizer report.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import linger
+from linger import engine, packer
+from linger.engine import gen_tables
+from linger.errors import InputError, ModelFileError
+from linger.packfile import format as F
+from linger.packfile.reader import read
+from linger.runtime import InferenceSession
+
+HERE = Path(__file__).parent
+pytestmark = pytest.mark.skipif(engine.compiler() is None, reason="no C compiler on this machine")
+
+
+def _tests(name):
+    """Another test module's tables, loaded as a plain module (nothing copied)."""
+    spec = importlib.util.spec_from_file_location(f"_engine_uses_{name}", HERE / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod   # dataclasses look their module up while it executes
+    spec.loader.exec_module(mod)
+    return mod
+
+
+bitexact = _tests("test_bitexact")
+ops_table = _tests("test_ops_table")
+ops_model = _tests("test_ops_model")
+rnn = _tests("test_rnn")
+packer_tests = _tests("test_packer")
+
+
+def _pack(graph) -> bytes:
+    """Pack for the most permissive target; rows that break a chip rule still pack (force):
+    the engine runs what the file holds."""
+    return packer.pack(graph, target="arcs", force=True).data
+
+
+def _sanitized_run(data: bytes, feeds: dict, tmp_path) -> list:
+    """Outputs of the ASan/UBSan ``linger-engine`` program on ``feeds`` (.npy in and out)."""
+    pm = read(data)
+    names = [pm.tensors[io.tensor].name for io in pm.inputs]
+    model = tmp_path / "model.bin"
+    model.write_bytes(data)
+    ins = []
+    for k, name in enumerate(names):
+        ins.append(str(tmp_path / f"in{k}.npy"))
+        np.save(ins[-1], np.ascontiguousarray(feeds[name]))
+    outs = [str(tmp_path / f"out{k}.npy") for k in range(len(pm.outputs))]
+    res = engine.run_cli(str(model), ins, outs, sanitize=True)
+    assert res.returncode == 0 and "Sanitizer" not in res.stderr \
+        and "runtime error" not in res.stderr, res.stderr
+    return [np.load(o) for o in outs]
+
+
+def check_engine(data: bytes, feeds: dict, wants, tmp_path):
+    """C engine (sanitized program and ctypes) == numpy runtime == ``wants`` (PyTorch eval)."""
+    runtime = InferenceSession(data).run(None, feeds)
+    sanitized = _sanitized_run(data, feeds, tmp_path)
+    bound = engine.Engine(data).run(None, feeds)
+    assert len(runtime) == len(sanitized) == len(bound) == len(wants)
+    for k, (r, s, b, w) in enumerate(zip(runtime, sanitized, bound, wants)):
+        w = np.asarray(w)
+        for got, who in ((s, "sanitized program"), (b, "ctypes")):
+            assert got.dtype == r.dtype and got.shape == r.shape, (k, who)
+            assert np.array_equal(got, r), f"output {k} ({who}) != numpy runtime"
+        assert r.dtype == w.dtype and np.array_equal(r, w), f"output {k}: runtime != eval"
+
+
+def _eval(model, *args):
+    with torch.no_grad():
+        out = model(*args)
+    outs = out if isinstance(out, tuple) else (out,)
+    return [o.plain().numpy() if hasattr(o, "plain") else o.detach().numpy() for o in outs]
+
+
+# -- the bit-exact tables ------------------------------------------------------------------------
+@pytest.mark.parametrize("name,factory,shape,kwargs",
+                         bitexact.LAYER_TABLE + bitexact.MODEL_TABLE,
+                         ids=[r[0] for r in bitexact.LAYER_TABLE + bitexact.MODEL_TABLE])
+def test_bitexact_table(name, factory, shape, kwargs, tmp_path):
+    model = bitexact._calibrated(factory, shape, kwargs)
+    x = torch.randn(*shape) * 2.0
+    data = _pack(linger.onnx.export(model, x, None, input_names=["input"]))
+    for batch in (x, x * 1000.0):
+        check_engine(data, {"input": batch.numpy()}, _eval(model, batch), tmp_path)
+
+
+def test_embedding_text_model(tmp_path):
+    bitexact.set_seed(0)
+    model = linger.init(bitexact.TextConv())
+    for _ in range(3):
+        model(torch.randint(0, 50, (4, 12)))
+    model.eval()
+    idx = torch.randint(0, 50, (3, 12))
+    data = _pack(linger.onnx.export(model, idx, None))
+    check_engine(data, {"input": idx.numpy()}, _eval(model, idx), tmp_path)
+
+
+@pytest.mark.parametrize("row", ops_table.ROWS, ids=lambda r: r.name)
+def test_ops_table(row, tmp_path):
+    model, _ = ops_table.build(row)
+    xs = ops_table._inputs(row)
+    names = [f"x{i}" for i in range(len(xs))]
+    data = _pack(linger.onnx.export(model, tuple(xs), None, input_names=names))
+    for k in (1.0, 8.0):  # typical, saturating
+        xs = ops_table._inputs(row, k)
+        check_engine(data, {n: x.numpy() for n, x in zip(names, xs)}, _eval(model, *xs),
+                     tmp_path)
+
+
+def test_mixed_ops_model(tmp_path):
+    torch.manual_seed(0)
+    model = linger.init(ops_model.MixNet()).train()
+    x = ops_model._data(64)[0]
+    with torch.no_grad():
+        for i in range(4):
+            model(x[16 * i:16 * i + 16])
+    model.eval()
+    x = x[:3]
+    data = _pack(linger.onnx.export(model, x, None, input_names=["x"]))
+    for batch in (x, x * 1000.0):
+        check_engine(data, {"x": batch.numpy()}, _eval(model, batch), tmp_path)
+
+
+def _rnn_case(model, tmp_path):
+    args, names, _, _ = rnn._data(model)
+    with torch.no_grad():
+        model.train()
+        for _ in range(3):
+            model(*args)
+    model.eval()
+    data = _pack(linger.onnx.export(model, args, None, input_names=names))
+    cases = [args, rnn._saturating(args, names)]
+    if model.packed:  # other lengths, same file
+        cases.append((args[0], torch.tensor([2, 6, 1, 5, 3, 3, 4, 1])) + tuple(args[2:]))
+    for case in cases:
+        check_engine(data, {n: a.numpy() for n, a in zip(names, case)}, _eval(model, *case),
+                     tmp_path)
+
+
+@pytest.mark.parametrize("combo", rnn.COMBOS, ids=[rnn._id(c) for c in rnn.COMBOS])
+def test_rnn_table(combo, tmp_path):
+    rnn.set_seed(0)
+    _rnn_case(linger.init(rnn.SeqNet(*combo)), tmp_path)
+
+
+@pytest.mark.parametrize("mode,init_kw,rnn_kw", rnn.VARIANTS,
+                         ids=[f"{m}-{i}-{r}" for m, i, r in rnn.VARIANTS])
+def test_rnn_variants(mode, init_kw, rnn_kw, tmp_path):
+    rnn.set_seed(3)
+    _rnn_case(linger.init(rnn.SeqNet(mode, True, 2, False, True, True, **rnn_kw), **init_kw),
+              tmp_path)
+
+
+# -- the engine's contract -------------------------------------------------------------------------
+def test_tables_header_is_generated_from_iqtables():
+    with open(gen_tables.HEADER, encoding="utf-8") as f:
+        assert f.read() == gen_tables.render(), "run: python -m linger.engine.gen_tables"
+
+
+def test_engine_sources_use_no_malloc_no_libc_and_no_float_in_integer_kernels():
+    for path in engine.engine_sources():
+        text = Path(path).read_text()
+        includes = set(re.findall(r"#include <([^>]+)>", text))
+        assert includes <= {"stdint.h", "stddef.h", "string.h"}, (path, includes)
+        assert not re.search(r"\b(malloc|calloc|realloc|free|printf|assert)\s*\(", text), path
+    for family in ("k_conv.c", "k_linear.c", "k_iqarith.c", "k_nonlinear.c", "k_rnn.c"):
+        text = (Path(engine.CSRC) / family).read_text()
+        assert not re.search(r"\b(float|double)\b", text), family
+
+
+def test_every_op_the_packer_accepts_is_implemented():
+    from linger.targets import available_targets, load_target
+
+    accepted = {op for t in available_targets() for op in load_target(t).ops}
+    implemented = {name.split("::")[1] for name in engine.supported_ops()}
+    assert accepted <= implemented, sorted(accepted - implemented)
+
+
+def test_unsupported_op_is_refused_by_name():
+    pm = read(packer_tests.tiny_packed())
+    relu = next(op for op in pm.ops if op.op_type == "Relu")
+    relu.op_type = "HardSwish"
+    with pytest.raises(ModelFileError, match=r"unsupported op .* 'relu' \(HardSwish\).*Conv2dInt"):
+        engine.Engine(F.write(pm))
+
+
+def test_unknown_attribute_target_and_inputs_are_refused():
+    pm = read(packer_tests.tiny_packed())
+    pm.ops[1].attrs.append(("future_option", F.A_INT, 1))
+    with pytest.raises(ModelFileError, match="bad attribute .* 'conv' \\(Conv2dInt\\)"):
+        engine.Engine(F.write(pm))
+    with pytest.raises(ModelFileError, match="packed for another target"):
+        engine.Engine(packer_tests.tiny_packed(), target=99)
+    eng = engine.Engine(packer_tests.tiny_packed())
+    assert eng.get_inputs()[0][2] == (1, 1, 6, 6)   # batch planned at 1
+    assert sum(eng.arena_sizes) > 0
+    with pytest.raises(InputError, match=r"takes float32\[1, 1, 6, 6\]"):
+        eng.run(None, {"input": np.zeros((2, 1, 6, 6), np.float32)})
+    with pytest.raises(InputError, match="NaN or infinity|bad input value"):
+        eng.run(None, {"input": np.full((1, 1, 6, 6), np.nan, np.float32)})
+
+
+def test_cli_raw_and_npy_files(tmp_path):
+    data = packer_tests.tiny_packed()
+    (tmp_path / "m.bin").write_bytes(data)
+    x = np.random.default_rng(0).normal(size=(1, 1, 6, 6)).astype(np.float32)
+    x.tofile(tmp_path / "in.bin")
+    np.save(tmp_path / "in.npy", x)
+    want = InferenceSession(data).run(None, {"input": x})[0]
+    res = engine.run_cli(str(tmp_path / "m.bin"), [str(tmp_path / "in.bin")],
+                         [str(tmp_path / "out.bin")])
+    assert res.returncode == 0, res.stderr
+    assert np.array_equal(np.fromfile(tmp_path / "out.bin", np.float32).reshape(want.shape), want)
+    res = engine.run_cli(str(tmp_path / "m.bin"), [str(tmp_path / "in.npy")],
+                         [str(tmp_path / "out.npy")])
+    assert res.returncode == 0 and np.array_equal(np.load(tmp_path / "out.npy"), want)
+    x[:, :, :1].tofile(tmp_path / "short.bin")
+    res = engine.run_cli(str(tmp_path / "m.bin"), [str(tmp_path / "short.bin")],
+                         [str(tmp_path / "o.bin")])
+    assert res.returncode == 2 and "takes 144" in res.stderr
+
+
+# -- damaged files -------------------------------------------------------------------------------
+def _gru_packed() -> bytes:
+    rnn.set_seed(0)
+    model = linger.init(rnn.SeqNet("GRU", True, 2, True, True, True))
+    args, names, _, _ = rnn._data(model)
+    with torch.no_grad():
+        model(*args)
+    return _pack(linger.onnx.export(model.eval(), args, None, input_names=names))
+
+
+def _absurd_attributes(data: bytes, rng) -> list[bytes]:
+    """The file rewritten (valid checksums) with one int attribute set to an absurd value."""
+    pm = read(data)
+    out = []
+    for k, op in enumerate(pm.ops):
+        for a, (name, typ, value) in enumerate(op.attrs):
+            if typ == F.A_INT:
+                choices = [2 ** 62, -2 ** 62, -1, 0, 10 ** 9, 63, 64]
+            elif typ == F.A_INTS:
+                choices = [[], [2 ** 62] * len(value), [-1] * len(value), list(value) * 3,
+                           [0] * len(value)]
+            else:
+                continue
+            for v in choices:
+                bad = read(data)
+                bad.ops[k].attrs[a] = (name, typ, v)
+                out.append(F.write(bad))
+    rng.shuffle(out)
+    return out
+
+
+def test_damaged_files_give_status_codes_under_sanitizers(tmp_path):
+    rng = np.random.default_rng(0)
+    files = {}
+    sources = [packer_tests.tiny_packed(), _gru_packed()]
+    for s, blob in enumerate(sources):
+        for i in range(60):                                   # truncations
+            files[f"s{s}_trunc{i}"] = blob[:int(rng.integers(0, len(blob)))]
+        for i in range(60):                                   # bit flips, stale checksums
+            b = bytearray(blob)
+            for bit in rng.integers(0, 8 * len(b), int(rng.integers(1, 5))):
+                b[bit // 8] ^= 1 << int(bit % 8)
+            files[f"s{s}_flip{i}"] = bytes(b)
+        for i in range(300):                                  # damage behind valid checksums
+            b = bytearray(blob)
+            for _ in range(int(rng.integers(1, 7))):
+                b[int(rng.integers(64, len(b)))] = int(rng.integers(0, 256))
+            files[f"s{s}_crc{i}"] = packer_tests.refresh_crc(bytes(b))
+        for i, bad in enumerate(_absurd_attributes(blob, rng)[:250]):
+            files[f"s{s}_attr{i}"] = bad
+    for name, blob in files.items():
+        (tmp_path / name).write_bytes(blob)
+    exe = engine.build_cli(sanitize=True)
+    res = subprocess.run([exe, "--check", *[str(tmp_path / n) for n in files]],
+                         capture_output=True, text=True, errors="replace", timeout=600,
+                         env={"ASAN_OPTIONS": "detect_leaks=0", "PATH": "/usr/bin:/bin"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Sanitizer" not in res.stderr and "runtime error" not in res.stderr, res.stderr[-3000:]
+    status = {Path(line.split(" ", 1)[1]).name: int(line.split(" ", 1)[0])
+              for line in res.stdout.splitlines()}
+    assert status.keys() == files.keys()
+    assert all(0 <= s <= 12 for s in status.values())
+    assert all(status[n] != 0 for n in files if "_trunc" in n)
+    assert all(status[n] != 0 for n in files if "_flip" in n)   # checksum, magic, version...
+    refused = sum(status[n] != 0 for n in files if "_attr" in n)
+    assert refused > len([n for n in files if "_attr" in n]) // 2     # most are refused
