@@ -308,3 +308,19 @@ def test_damaged_files_give_status_codes_under_sanitizers(tmp_path):
     assert all(status[n] != 0 for n in files if "_flip" in n)   # checksum, magic, version...
     refused = sum(status[n] != 0 for n in files if "_attr" in n)
     assert refused > len([n for n in files if "_attr" in n]) // 2     # most are refused
+
+
+def test_linger_run_engine_c(tmp_path, capsys):
+    from linger.cli import main
+
+    (tmp_path / "m.bin").write_bytes(packer_tests.tiny_packed())
+    np.save(tmp_path / "x.npy", np.random.default_rng(2).normal(size=(1, 1, 6, 6))
+            .astype(np.float32))
+    for eng in ("numpy", "c"):
+        assert main(["run", str(tmp_path / "m.bin"), str(tmp_path / "x.npy"), "--engine", eng,
+                     "-o", str(tmp_path / f"{eng}.npy")]) == 0
+    assert np.array_equal(np.load(tmp_path / "c.npy"), np.load(tmp_path / "numpy.npy"))
+    onnx_path = tmp_path / "t.onnx"
+    onnx_path.write_bytes(packer_tests.tiny_model().SerializeToString())
+    assert main(["run", str(onnx_path), str(tmp_path / "x.npy"), "--engine", "c"]) == 2
+    assert "not a linger packed model" in capsys.readouterr().err
