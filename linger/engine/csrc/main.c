@@ -165,7 +165,7 @@ static le_status run_model(const char *path, char **inputs, int n_in, char **out
     if (s == LE_OK && inputs && (n_in != (int)le_num_io(&m, LE_INPUT)
                                  || n_out != (int)le_num_io(&m, LE_OUTPUT))) {
         fprintf(stderr, "linger-engine: the model takes %u inputs and gives %u outputs; got %d and %d"
-                " file names\n", le_num_io(&m, LE_INPUT), le_num_io(&m, LE_OUTPUT), n_in, n_out);
+                " file names\n", (unsigned)le_num_io(&m, LE_INPUT), (unsigned)le_num_io(&m, LE_OUTPUT), n_in, n_out);
         *file_error = 1;
     }
     for (k = 0; s == LE_OK && !*file_error && inputs && k < (size_t)n_in; k++) {

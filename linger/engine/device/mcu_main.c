@@ -84,7 +84,7 @@ int main(void) {
         fwrite(io.data, 1, io.nbytes, out);
     }
     fclose(out);
-    printf("mcu: ok, %u ops, arenas %u+%u+%u bytes, scratch %u\n", le_num_ops(&model),
+    printf("mcu: ok, %u ops, arenas %u+%u+%u bytes, scratch %u\n", (unsigned)le_num_ops(&model),
            (unsigned)le_arena_size(&model, 0), (unsigned)le_arena_size(&model, 1),
            (unsigned)le_arena_size(&model, 2), (unsigned)le_scratch_size(&model));
     return 0;
