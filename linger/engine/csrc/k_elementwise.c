@@ -41,6 +41,12 @@ static le_status relu(le_op *op) {
     LE_REQUIRE(op->n_in == 1, LE_ERR_SHAPE);
     LE_CHECK(unary(op, &x, &y));
     if (!op->run) return LE_OK;
+    if (x.dtype == LE_INT8) {
+        const int8_t *xp = (const int8_t *)x.data;
+        int8_t *yp = (int8_t *)(void *)y.data;
+        for (i = 0; i < x.numel; i++) yp[i] = xp[i] > 0 ? xp[i] : 0;
+        return LE_OK;
+    }
     for (i = 0; i < x.numel; i++) {
         if (is_float(x.dtype)) {
             double v = ldf(&x, i);

@@ -28,7 +28,20 @@ le_status le_bias(const le_op *op, uint32_t slot, int64_t n, const int32_t **b);
             }                                                                                  \
     }
 
-LINEAR(linear_8_8, int8_t, int8_t)
+static void linear_8_8(const void *xv, const void *wv, const int32_t *b, int64_t rows, int64_t in,
+                       int64_t out, int64_t shift, int64_t bits, const le_tensor *y) {
+    const int8_t *x = (const int8_t *)xv, *w = (const int8_t *)wv;
+    int64_t r, o;
+    for (r = 0; r < rows; r++)
+        for (o = 0; o < out; o++) {
+            int64_t acc = in < ((int64_t)1 << 17) ? (int64_t)le_dot_i8(x + r * in, w + o * in, in) : 0;
+            int64_t i;
+            if (in >= ((int64_t)1 << 17))   /* int32 sums could overflow: int64 */
+                for (i = 0; i < in; i++) acc += (int64_t)x[r * in + i] * w[o * in + i];
+            if (b) acc += b[o];
+            le_st(y, r * out + o, le_requant(acc, shift, bits));
+        }
+}
 LINEAR(linear_8_16, int8_t, int16_t)
 LINEAR(linear_16_8, int16_t, int8_t)
 LINEAR(linear_16_16, int16_t, int16_t)
@@ -78,10 +91,22 @@ static le_status batch_norm(le_op *op) {
     if (!op->run) return LE_OK;
     c = x.dims[1];
     inner = le_numel_range(&x, 2, x.ndim);
-    for (i = 0; i < x.numel; i++) {
-        int64_t ch = (i / inner) % c;
-        int64_t acc = le_ld(&x, i) * le_ld(&w, ch) + (b ? b[ch] : 0);
-        le_st(&y, i, le_requant(acc, shift, bo));
+    {
+        int64_t n, ch, k;
+        int fast = x.dtype == LE_INT8 && y.dtype == LE_INT8;
+        for (n = 0, i = 0; n < x.dims[0] * (x.numel ? 1 : 0); n++)
+            for (ch = 0; ch < c; ch++) {
+                int64_t wc = le_ld(&w, ch), bc = b ? b[ch] : 0;
+                if (fast) {
+                    const int8_t *xp = (const int8_t *)x.data + i;
+                    int8_t *yp = (int8_t *)(void *)y.data + i;
+                    for (k = 0; k < inner; k++) yp[k] = (int8_t)le_requant(xp[k] * wc + bc, shift, bo);
+                } else {
+                    for (k = 0; k < inner; k++)
+                        le_st(&y, i + k, le_requant(le_ld(&x, i + k) * wc + bc, shift, bo));
+                }
+                i += inner;
+            }
     }
     return LE_OK;
 }

@@ -172,6 +172,10 @@ typedef struct {
 le_status le_bcast(le_iter *it, const le_tensor *out, const le_tensor *a, const le_tensor *b);
 void le_iter_next(le_iter *it);
 
+/* int32 dot product of int8 vectors (|sum| < 2**31 is the caller's bound), written in blocks of
+ * 16 that a compiler vectorizes at -O2 (k_conv.c) */
+int32_t le_dot_i8(const int8_t *a, const int8_t *b, int64_t n);
+
 /* ---- integer gates (iqmath.py) -------------------------------------------------------------- */
 int64_t le_sigmoid_q15(int64_t x11);
 int64_t le_tanh_q15(int64_t x11);
