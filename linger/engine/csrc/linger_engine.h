@@ -113,7 +113,8 @@ le_status le_bind(le_model *m, void *const arenas[LE_MEM_COUNT], void *scratch);
 uint32_t le_num_io(const le_model *m, int which);
 le_status le_io(const le_model *m, int which, uint32_t k, le_io_info *info);
 
-/* Run every op in order. On failure, le_failed_op() names the op. */
+/* Run every op in order. On failure, le_failed_op() names the op. Write the inputs before
+ * every le_run: the planner reuses an input's bytes once the op reading it has run. */
 le_status le_run(le_model *m);
 
 uint32_t le_num_ops(const le_model *m);
