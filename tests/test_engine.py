@@ -48,6 +48,7 @@ ops_table = _tests("test_ops_table")
 ops_model = _tests("test_ops_model")
 rnn = _tests("test_rnn")
 packer_tests = _tests("test_packer")
+zoo = _tests("zoo")
 
 
 def _pack(graph) -> bytes:
@@ -171,6 +172,35 @@ def test_rnn_variants(mode, init_kw, rnn_kw, tmp_path):
     rnn.set_seed(3)
     _rnn_case(linger.init(rnn.SeqNet(mode, True, 2, False, True, True, **rnn_kw), **init_kw),
               tmp_path)
+
+
+@pytest.mark.parametrize("name", list(zoo.ZOO))
+def test_model_zoo(name, tmp_path):
+    """Every zoo model that exports runs bit-exact in the C engine, or the engine refuses it
+    naming an op it lacks (never a wrong answer)."""
+    entry = zoo.ZOO[name]
+    torch.manual_seed(0)
+    model = linger.init(entry.make()).train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(*entry.inputs(4))
+    model.eval()
+    args = entry.inputs(1)
+    names = ["x", "lengths"][:len(args)]
+    try:
+        graph = linger.onnx.export(model, args, None, input_names=names)
+    except linger.errors.ExportError as e:
+        pytest.skip(f"does not export on this branch: {str(e).splitlines()[0][:120]}")
+    data = _pack(graph)
+    try:
+        engine.Engine(data)
+    except ModelFileError as e:
+        assert "unsupported op" in str(e) and "The C engine does not implement" in str(e)
+        return
+    for scale in (1.0, 1000.0):
+        case = [a * scale if n == "x" else a for n, a in zip(names, args)]
+        check_engine(data, {n: a.numpy() for n, a in zip(names, case)}, _eval(model, *case),
+                     tmp_path)
 
 
 # -- the engine's contract -------------------------------------------------------------------------
