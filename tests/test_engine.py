@@ -354,3 +354,88 @@ def test_linger_run_engine_c(tmp_path, capsys):
     onnx_path.write_bytes(packer_tests.tiny_model().SerializeToString())
     assert main(["run", str(onnx_path), str(tmp_path / "x.npy"), "--engine", "c"]) == 2
     assert "not a linger packed model" in capsys.readouterr().err
+
+
+# -- standard ops the tables above use little: small graphs against the numpy runtime -----------
+def _graph(nodes, inputs, outputs, inits=()):
+    from onnx import helper, numpy_helper
+
+    g = helper.make_graph(nodes, "ops", [helper.make_tensor_value_info(n, t, s)
+                                         for n, t, s in inputs],
+                          [helper.make_tensor_value_info(n, t, None) for n, t in outputs],
+                          initializer=[numpy_helper.from_array(a, n) for n, a in inits])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17),
+                                            helper.make_opsetid("ai.linger", 1)])
+    m.ir_version = 8
+    return m
+
+
+def _standard_op_cases():
+    from onnx import TensorProto as T
+    from onnx import helper
+
+    i64 = lambda *v: np.array(v, np.int64)  # noqa: E731
+    f, i8 = T.FLOAT, T.INT8
+    n = helper.make_node
+    return {
+        "pad_modes": (_graph([n("Pad", ["x", "p"], ["c"], mode="constant"),
+                              n("Pad", ["x", "p2"], ["e"], mode="edge"),
+                              n("Pad", ["x", "p3"], ["r"], mode="reflect")],
+                             [("x", i8, [2, 3, 4])], [("c", i8), ("e", i8), ("r", i8)],
+                             [("p", i64(0, 1, -1, 1, 2, 0)), ("p2", i64(1, 0, 2, 0, 3, 1)),
+                              ("p3", i64(0, 2, 5, 0, 1, 6))]), "int8"),
+        "slice_split_concat": (_graph(
+            [n("Slice", ["x", "s", "e", "a", "st"], ["y"]),
+             n("Split", ["x", "sz"], ["p", "q"], axis=2),
+             n("Concat", ["q", "p"], ["z"], axis=-1)],
+            [("x", f, [2, 3, 5])], [("y", f), ("z", f)],
+            [("s", i64(-1, 4, 0)), ("e", i64(-100, -6, 2)), ("a", i64(2, 2, 1)),
+             ("st", i64(-2, -1, 1)), ("sz", i64(2, 3))]), "float32"),
+        "gather_expand_shape_transpose": (_graph(
+            [n("Gather", ["x", "idx"], ["g"], axis=1),
+             n("Expand", ["x", "shp"], ["ex"]),
+             n("Shape", ["x"], ["sh"], start=-2),
+             n("Transpose", ["x"], ["t"], perm=[2, 0, 1]),
+             n("Constant", [], ["k"], value_floats=[1.5, -2.0])],
+            [("x", f, [1, 3, 4])], [("g", f), ("ex", f), ("sh", T.INT64), ("t", f), ("k", f)],
+            [("idx", i64(-1, 0, 2, 2)), ("shp", i64(2, 1, 1))]), "float32"),
+        "float_arithmetic": (_graph(
+            [n("Add", ["x", "b"], ["s"]), n("Sub", ["x", "b"], ["d"]),
+             n("Mul", ["x", "b"], ["m"]), n("Div", ["x", "b"], ["q"]),
+             n("Clip", ["x", "lo", "hi"], ["c"]), n("Neg", ["x"], ["ng"]), n("Abs", ["x"], ["ab"]),
+             n("Relu", ["x"], ["r"])],
+            [("x", f, [2, 3])], [(k, f) for k in ("s", "d", "m", "q", "c", "ng", "ab", "r")],
+            [("b", np.array([0.3, -0.0, 7.0], np.float32)), ("lo", np.array(-0.5, np.float32)),
+             ("hi", np.array(0.25, np.float32))]), "float32"),
+        "int_arithmetic": (_graph(
+            [n("Add", ["x", "b"], ["s"]), n("Mul", ["x", "b"], ["m"]), n("Div", ["x", "b"], ["q"]),
+             n("Neg", ["x"], ["ng"]), n("Abs", ["x"], ["ab"]),
+             n("MaxPool", ["x4"], ["mp"], kernel_shape=[2, 2], strides=[2, 1],
+               pads=[1, 0, 1, 1], ceil_mode=1)],
+            [("x", i8, [2, 3]), ("x4", i8, [1, 2, 5, 4])],
+            [(k, i8) for k in ("s", "m", "q", "ng", "ab", "mp")],
+            [("b", np.array([3, -1, 100], np.int8))]), "int8"),
+    }
+
+
+@pytest.mark.parametrize("case", ["pad_modes", "slice_split_concat",
+                                  "gather_expand_shape_transpose", "float_arithmetic",
+                                  "int_arithmetic"])
+def test_standard_ops_against_the_runtime(case, tmp_path):
+    model, dtype = _standard_op_cases()[case]
+    data = _pack(model)
+    rng = np.random.default_rng(3)
+    feeds = {}
+    for v in model.graph.input:
+        shape = [d.dim_value for d in v.type.tensor_type.shape.dim]
+        if dtype == "int8":
+            feeds[v.name] = rng.integers(-128, 128, shape).astype(np.int8)
+        else:
+            x = rng.normal(size=shape).astype(np.float32)
+            x.flat[:3] = [np.nan, np.inf, -0.0][:x.size]
+            feeds[v.name] = x
+    want = InferenceSession(data).run(None, feeds)
+    got = _sanitized_run(data, feeds, tmp_path)
+    for k, (g, w) in enumerate(zip(got, want)):
+        assert g.dtype == w.dtype and g.shape == w.shape, k
+        assert np.array_equal(g.view(np.uint8), w.view(np.uint8)), f"output {k}"  # NaN bits too

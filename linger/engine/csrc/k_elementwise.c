@@ -50,7 +50,7 @@ static le_status relu(le_op *op) {
     for (i = 0; i < x.numel; i++) {
         if (is_float(x.dtype)) {
             double v = ldf(&x, i);
-            stf(&y, i, (v >= 0.0 || v != v) ? v : 0.0);
+            stf(&y, i, (v > 0.0 || v != v) ? v : 0.0);   /* as numpy: max(-0.0, 0) is 0.0 */
         } else {
             int64_t v = le_ld(&x, i);
             le_st(&y, i, v > 0 ? v : 0);
@@ -71,15 +71,16 @@ static le_status clip(le_op *op) {
     LE_REQUIRE(!has_hi || (hi.dtype == x.dtype && hi.numel == 1), LE_ERR_SHAPE);
     if (!op->run) return LE_OK;
     for (i = 0; i < x.numel; i++) {
-        if (is_float(x.dtype)) {   /* np.maximum / np.minimum: NaN propagates */
+        if (is_float(x.dtype)) {   /* np.maximum / np.minimum: NaN propagates; on a tie (+-0)
+                                    * the bound is the result, as numpy's vector loops give */
             double v = ldf(&x, i);
             if (has_lo) {
                 double l = ldf(&lo, 0);
-                v = (v != v || l != l) ? (v != v ? v : l) : (v < l ? l : v);
+                v = (v != v || l != l) ? (v != v ? v : l) : (v > l ? v : l);
             }
             if (has_hi) {
                 double h = ldf(&hi, 0);
-                v = (v != v || h != h) ? (v != v ? v : h) : (v > h ? h : v);
+                v = (v != v || h != h) ? (v != v ? v : h) : (v < h ? v : h);
             }
             stf(&y, i, v);
         } else {
