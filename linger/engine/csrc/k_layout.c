@@ -1,4 +1,4 @@
-/* Standard ONNX layout ops (runtime/kernels/layout.py) and EmbeddingInt: they move bytes
+/* Standard ONNX layout ops (runtime/kernels/layout.py), EmbeddingInt and LutInt: they move bytes
  * without changing them. Output shapes are the ones the packer measured (in the file); each
  * kernel checks them against its inputs before moving anything. */
 #include "le_internal.h"
@@ -423,6 +423,37 @@ static le_status embedding(le_op *op) {
     return take(op, 0, 1, 0, 0);
 }
 
+/* LutInt (models imported from the original toolchain, runtime/kernels/luna.py):
+ * y = T[x + 2**(bits_x-1)], or T[(x + 2**(bits_x-1)) * 2**bits_y + y + 2**(bits_y-1)] with a
+ * second input y (numpy broadcasting); T is the last input. An index outside the table is
+ * LE_ERR_INPUT. */
+static le_status lut(le_op *op) {
+    le_tensor x, y, t, o;
+    le_iter it;
+    int64_t bx, by, bo, size, i;
+    int two = op->n_in == 3;
+    LE_REQUIRE((op->n_in == 2 || two) && op->n_out == 1 && le_in(op, 0, &x)
+               && le_in(op, op->n_in - 1, &t) && le_out(op, 0, &o), LE_ERR_SHAPE);
+    LE_CHECK(le_req_int(op, "bits_x", 2, 16, &bx));
+    LE_CHECK(le_opt_int(op, "bits_y", 0, 0, 16, &by));
+    LE_CHECK(le_bits(op, "bits_o", 32, &bo));
+    LE_REQUIRE(two == (by > 0), LE_ERR_ATTR);
+    if (two) LE_REQUIRE(le_in(op, 1, &y) && y.dtype == le_int_dtype(by), LE_ERR_SHAPE);
+    size = ((int64_t)1 << bx) << by;
+    LE_REQUIRE(x.dtype == le_int_dtype(bx) && t.dtype == le_int_dtype(bo) && t.ndim == 1
+               && t.dims[0] == size && o.dtype == t.dtype, LE_ERR_SHAPE);
+    LE_CHECK(le_bcast(&it, &o, &x, two ? &y : NULL));
+    if (!two) LE_REQUIRE(le_same_shape(&x, &o), LE_ERR_SHAPE);
+    if (!op->run) return LE_OK;
+    for (i = 0; i < o.numel; i++, le_iter_next(&it)) {
+        int64_t idx = le_ld(&x, it.off[1]) + ((int64_t)1 << (bx - 1));
+        if (two) idx = idx * ((int64_t)1 << by) + le_ld(&y, it.off[2]) + ((int64_t)1 << (by - 1));
+        if (idx < 0 || idx >= size) return LE_ERR_INPUT;
+        memcpy(o.data + i * o.elsize, t.data + idx * t.elsize, o.elsize);
+    }
+    return LE_OK;
+}
+
 static const char *const a_none[] = {NULL};
 static const char *const a_axis[] = {"axis", NULL};
 static const char *const a_constant[] = {"value", "value_float", "value_floats", "value_int",
@@ -433,6 +464,7 @@ static const char *const a_perm[] = {"perm", NULL};
 static const char *const a_split[] = {"axis", "num_outputs", NULL};
 static const char *const a_pad[] = {"mode", NULL};
 static const char *const a_emb[] = {"exp_w", "bits_w", NULL};
+static const char *const a_lut[] = {"bits_x", "bits_y", "bits_o", NULL};
 
 const le_op_entry le_ops_layout[] = {
     {"", "Identity", identity, a_none},
@@ -450,5 +482,6 @@ const le_op_entry le_ops_layout[] = {
     {"", "Expand", expand, a_none},
     {"", "Gather", gather, a_axis},
     {LE_LINGER_DOMAIN, "EmbeddingInt", embedding, a_emb},
+    {LE_LINGER_DOMAIN, "LutInt", lut, a_lut},
 };
 const uint32_t le_ops_layout_count = sizeof le_ops_layout / sizeof le_ops_layout[0];
