@@ -93,7 +93,7 @@ def load_graph(source) -> Graph:
     return Graph(nodes, inits, inputs, outputs, where)
 
 
-_PACKED_MAGIC = b"LINGERPK"  # = linger.packer.format.MAGIC; an ONNX load never imports the packer
+_PACKED_MAGIC = b"LINGERPK"  # = linger.packfile.format.MAGIC; an ONNX load never imports it
 
 
 def read_model(source):
@@ -116,7 +116,7 @@ def _read_model(source):
     if isinstance(source, (bytes, bytearray, memoryview)):
         where = "<bytes>"
         if bytes(source[:8]) == _PACKED_MAGIC:  # a file written by `linger pack`
-            from ..packer.reader import load_model_proto
+            from ..packfile.reader import load_model_proto
             return load_model_proto(source, where), where
         try:
             return onnx.load_from_string(bytes(source)), where
@@ -129,7 +129,7 @@ def _read_model(source):
         with open(where, "rb") as f:
             packed = f.read(8) == _PACKED_MAGIC
         if packed:  # a file written by `linger pack`: the same graph, rebuilt from its sections
-            from ..packer.reader import load_model_proto
+            from ..packfile.reader import load_model_proto
             with open(where, "rb") as f:
                 return load_model_proto(f.read(), f"'{where}'"), f"'{where}'"
         try:
