@@ -1,7 +1,7 @@
 """``format="exact"``: standard ONNX that onnxruntime runs bit-identically to linger's integers.
 
 Walks the bit-exact tables (layers and whole models of tests/test_bitexact.py, tensor ops of
-tests/test_ops_table.py): each row is exported with ``format="exact"``, checked to use the default
+tests/test_ops_table.py, the 64 recurrent configurations of tests/test_rnn.py): each row is exported with ``format="exact"``, checked to use the default
 ONNX domain only, run in onnxruntime and compared with PyTorch eval by ``numpy.array_equal`` on
 ordinary, saturating and tiny inputs. Rows whose ops the exporter cannot make exact must be
 refused with an ExportError naming the node; the set of such ops is asserted, so it cannot grow
@@ -24,9 +24,10 @@ ort = pytest.importorskip("onnxruntime")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_bitexact as tb  # noqa: E402
 import test_ops_table as to  # noqa: E402
+import test_rnn as tr  # noqa: E402
 
 #: ops the exact form refuses (docs/export.md says why and what to use instead)
-REFUSED_OPS = {"LayerNormInt", "LogSoftmaxInt", "GRUInt", "LSTMInt"}
+REFUSED_OPS = {"LayerNormInt", "LogSoftmaxInt"}
 
 
 def _session(graph):
@@ -117,3 +118,48 @@ def test_wide_sums_take_limbs_and_stay_exact():
     graph = _export(model, (x,), ["input"])
     assert sum(n.op_type == "Conv" for n in graph.graph.node) > 2   # split into limb convs
     _compare(_session(graph), model, [(x,), (x * 1000.0,)], ["input"])
+
+
+@pytest.mark.parametrize("combo", tr.COMBOS, ids=[tr._id(c) for c in tr.COMBOS])
+def test_recurrent_exact_in_onnxruntime(combo):
+    """GRU/LSTM unrolled: every direction/layer/layout/packing/state combination of
+    tests/test_rnn.py, bit-identical in onnxruntime, lengths changed after export too."""
+    mode, bi, layers, bf, packed, state = combo
+    tr.set_seed(1)
+    model = linger.init(tr.SeqNet(*combo))
+    args, names, _, _ = tr._data(model)
+    with torch.no_grad():
+        model.train()
+        for _ in range(3):
+            model(*args)
+    model.eval()
+    graph = _export(model, args, names, dynamic=False)
+    sess = _session(graph)
+    batches = [args, tr._saturating(args, names)]
+    if packed:
+        other = list(args)
+        other[1] = torch.tensor([2, 6, 1, 5, 3, 3, 4, 1])
+        batches.append(tuple(other))
+    _compare(sess, model, batches, names)
+
+
+def test_imported_original_tables_exact():
+    """LutInt (the imported original's tanh and tensor division tables), one and two inputs."""
+    import test_thinker_import as tt
+    from linger.importers.thinker import import_thinker
+    from linger.onnx.exact import to_exact
+    from linger.runtime import InferenceSession
+    f32 = tt.F32
+    nodes = [tt.tnode("Quant", ["x"], ["q"], data_bits=8, scale_x=16.0),
+             tt.tnode("iqTanh", ["q"], ["th"], scale_x=16.0, scale_o=128.0),
+             tt.tnode("iqDiv", ["th", "q"], ["dv"], scale_x=128.0, scale_y=16.0, scale_o=8.0),
+             tt.tnode("Dequant", ["dv"], ["out"], scale_o=8.0)]
+    original = tt.model(nodes, [("x", f32, [2, 5])], [("out", f32, [2, 5])])
+    graph = import_thinker(original)
+    assert "LutInt" in {n.op_type for n in graph.graph.node}
+    exact = to_exact(graph)
+    x = np.random.default_rng(0).normal(0, 4, (2, 5)).astype(np.float32)
+    for batch in (x, x * 100):
+        want = InferenceSession(graph).run(None, {"x": batch})[0]
+        got = _session(exact).run(None, {"x": batch})[0]
+        assert np.array_equal(got, want)

@@ -41,8 +41,8 @@ def _lstm_ref(gi, h, c, w_hh, b_hh, exp_h, bits_h):
 def _reference(mode, gi, h, c, w_hh, b_hh, lengths, bits_h):
     exp_h = iqrnn.hidden_exp(bits_h)
     if lengths is None:
-        lengths = torch.full((gi.shape[1],), gi.shape[0])
-    act = (torch.arange(gi.shape[0])[:, None] < lengths[None, :]).unsqueeze(-1)
+        lengths = torch.full((gi.shape[1],), gi.shape[0], device=gi.device)
+    act = (torch.arange(gi.shape[0], device=gi.device)[:, None] < lengths[None, :]).unsqueeze(-1)
     ys = []
     for t in range(gi.shape[0]):
         if mode == "GRU":
@@ -80,8 +80,11 @@ def _case(mode, bias, scale, seed):
 @pytest.mark.parametrize("scale", [1.0, 20.0])   # 20: gates and cells saturate
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("packed", [True, False])  # False: no lengths, every step counts
-def test_fused_direction_equals_composed_reference(mode, bias, scale, reverse, packed):
-    gi, h0, c0, w, b, lengths, dy, dh, dc = _case(mode, bias, scale, seed=1)
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_fused_direction_equals_composed_reference(mode, bias, scale, reverse, packed, device):
+    case = _case(mode, bias, scale, seed=1)
+    gi, h0, c0, w, b, lengths, dy, dh, dc = (None if t is None else t.to(device) for t in case)
     if not packed:
         lengths = None
     leaves = [t for t in (gi, h0, c0, w, b) if t is not None]
@@ -100,7 +103,8 @@ def test_fused_direction_equals_composed_reference(mode, bias, scale, reverse, p
 
     def ref(gi_, h_, c_, w_, b_):
         if reverse:
-            lens = torch.full((gi_.shape[1],), gi_.shape[0]) if lengths is None else lengths
+            lens = torch.full((gi_.shape[1],), gi_.shape[0], device=gi_.device) \
+                if lengths is None else lengths
             idx = rnn_train.reverse_index(lens, gi_.shape[0])[:, :, None]
             y, h, c = _reference(mode, gi_.gather(0, idx.expand_as(gi_)), h_, c_, w_, b_,
                                  lengths, 8)

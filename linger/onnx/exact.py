@@ -20,9 +20,12 @@ constants the graph holds:
 - **divisions** (average pooling, softmax): ``floor((2a + b) / 2b)`` in float64: when the true
   quotient is not an integer it lies at least ``1/(2b)`` from one, far above float64's error.
 
+- **GRU/LSTM**: unrolled over the time steps (fixed in the graph), the gates through the tables,
+  lengths as masks, the reverse direction through a per-sequence ``GatherElements``.
+
 Refused, naming the node (use the linger graph and linger's runtime for them): ``LayerNormInt``
-(integer square root), ``LogSoftmaxInt`` (integer logarithm), ``GRUInt``/``LSTMInt``, reductions
-over an axis whose length is not fixed in the graph, and any op this module has no rule for.
+(integer square root), ``LogSoftmaxInt`` (integer logarithm), recurrences and means over an axis
+whose length is not fixed in the graph, and any op this module has no rule for.
 
 Extend: add ``RULES[op_type] = fn(ctx, node, attrs)``, or the op's name to :data:`UNARY` when it
 is an element-wise function of one integer input. numpy and onnx only.
@@ -530,12 +533,220 @@ def _softmax(ctx, n, a):
                a["bits_o"], n.output[0], n.name)
 
 
+def _lut(ctx, n, a):
+    """``LutInt`` (imported original models): the same table, indexed by ``Gather``."""
+    *args, table = n.input
+    t = ctx.inits[table].astype(np.int64)
+    bits_o = int(a["bits_o"])
+    wide = bits_o > 24
+    idx = None
+    for name, bits in zip(args, (int(a["bits_x"]), int(a.get("bits_y", 0)))):
+        v = ctx.add("Add", [ctx.cast(name, True, n.name), ctx.num(f"{n.name}.offset",
+                                                                  1 << (bits - 1), True)], n.name)
+        if idx is None:
+            idx = v
+        else:
+            scaled = ctx.add("Mul", [idx, ctx.num(f"{n.name}.stride", 2.0 ** a["bits_y"], True)],
+                             n.name)
+            idx = ctx.add("Add", [scaled, v], n.name)
+    idx = ctx.add("Cast", [idx], n.name, to=TensorProto.INT64)
+    ctx.bits[n.output[0]] = bits_o
+    ctx.add("Gather", [ctx.const(f"{n.name}.table", t.astype(_NP[wide])), idx], n.name,
+            out=n.output[0], axis=0)
+
+
 def _embedding(ctx, n, a):
     w = ctx.inits[n.input[1]]
     wide = a["bits_w"] > 24
     ctx.bits[n.output[0]] = a["bits_w"]
     ctx.add("Gather", [ctx.const(f"{n.name}.weight", w.astype(_NP[wide])), n.input[0]], n.name,
             out=n.output[0], axis=0)
+
+
+# -- recurrent ops, unrolled over a fixed number of steps ---------------------------------------
+
+class _Steps:
+    """Graph builders for the integer recurrence of :mod:`linger.iqrnn` on float-held integers
+    (one ``_Steps`` per GRUInt/LSTMInt node)."""
+
+    def __init__(self, ctx, node):
+        self.ctx, self.node = ctx, node.name
+
+    def c(self, base, arr):
+        return self.ctx.const(f"{self.node}.{base}", arr)
+
+    def op(self, op, *inputs, **attrs):
+        return self.ctx.add(op, list(inputs), self.node, **attrs)
+
+    def wide(self, x):
+        return self.op("Cast", x, to=TensorProto.DOUBLE)
+
+    def narrow(self, x):
+        return self.op("Cast", x, to=TensorProto.FLOAT)
+
+    def rs_sat(self, x, shift, bits, wide):
+        return self.ctx.rs_sat(x, shift, bits, wide, self.node)
+
+    def gate(self, fn, x):
+        """``fn(sat16(x))`` for float32 ``x`` through a 65536-entry table (``fn`` from
+        :mod:`linger.iqmath`)."""
+        from ..iqrnn import _lut
+        table = _lut(fn)
+        order = np.concatenate([table[1 << 15:], table[:1 << 15]])       # index x + 32768
+        idx = self.op("Add", self.rs_sat(x, 0, 16, False), self.ctx.num(
+            f"{self.node}.offset", 1 << 15, False))
+        return self.op("Gather", self.c(f"{fn.__name__}_table", order.astype(np.float32)),
+                       self.op("Cast", idx, to=TensorProto.INT64), axis=0)
+
+    def affine_q11(self, x, bits_x: int, w, b, exp_x: int, exp_w: int):
+        """``sat16(rs(x W^T + b, exp_x + exp_w - 11))`` for float32 ``x`` (exact: float32 when
+        the sum of ``|w|`` per output times ``2**(bits_x - 1)`` plus the bias fits ``2**24``,
+        else float64)."""
+        w = w.astype(np.int64)
+        shift = int(exp_x) + int(exp_w) - iqmath.GATE_Q
+        half = (1 << (shift - 1)) if shift > 0 else 0
+        bias = np.zeros(w.shape[0], np.int64) if b is None else b.astype(np.int64)
+        bound = int((np.abs(w).sum(axis=1) * _max_abs(bits_x) + np.abs(bias)).max()) + half
+        if bound > F64_EXACT:
+            raise ExportError(f"format='exact': node '{self.node}' has gate sums up to {bound},"
+                              f" beyond float64's exact integers")
+        wide = bound > F32_EXACT
+        xin = self.wide(x) if wide else x
+        acc = self.op("MatMul", xin, self.c("w_t", w.T.astype(_NP[wide])))
+        acc = self.op("Add", acc, self.c("b", bias.astype(_NP[wide])))
+        out = self.rs_sat(acc, shift, 16, wide)
+        return self.narrow(out) if wide else out
+
+    def product_rs(self, a, b, shift: int, bits: int):
+        """``sat_bits(rs(a * b, shift))`` of float32 integers whose product may pass 2**24."""
+        return self.narrow(self.rs_sat(self.op("Mul", self.wide(a), self.wide(b)), shift,
+                                       bits, True))
+
+    def reverse(self, seq, rev_idx, steps: int):
+        """Each sequence of time-major ``seq`` reversed within its length (``rev_idx`` (T, N)
+        from the lengths), or the whole time axis when there are no lengths."""
+        if rev_idx is not None:
+            idx = self.op("Expand", self.op("Unsqueeze", rev_idx, self.c("ax2", np.array([2]))),
+                          self.op("Shape", seq))
+            return self.op("GatherElements", seq, idx, axis=0)
+        return self.op("Slice", seq, self.c("rs", np.array([steps - 1])),
+                       self.c("re", np.array([-steps - 1])), self.c("ra", np.array([0])),
+                       self.c("rstep", np.array([-1])))
+
+    def split(self, x, parts: int, axis: int):
+        """``parts`` equal pieces of ``x`` along ``axis``."""
+        outs = [self.ctx.fresh(f"{self.node}.part") for _ in range(parts)]
+        attrs = {"num_outputs": parts} if self.ctx.opset >= 18 else {}
+        self.ctx.nodes.append(helper.make_node("Split", [x], outs, name=self.ctx.fresh(self.node),
+                                               axis=axis, **attrs))
+        return outs
+
+
+def _rnn(ctx, n, a):
+    """GRUInt/LSTMInt unrolled: the steps of :func:`linger.iqrnn.gru_step` /
+    :func:`linger.iqrnn.lstm_step` over the fixed number of time steps, lengths as masks."""
+    mode = "LSTM" if n.op_type == "LSTMInt" else "GRU"
+    st = _Steps(ctx, n)
+    bf, hs = bool(a["batch_first"]), int(a["hidden_size"])
+    layers, dirs = int(a["num_layers"]), 2 if a["bidirectional"] else 1
+    shape = ctx.shapes.get(n.input[0]) or []
+    steps = shape[1 if bf else 0] if len(shape) == 3 else None
+    if not steps:
+        _refuse(n, "has a time axis whose length is not fixed in the graph")
+    bits_h, exp_h = int(a["bits_h"]), int(a["exp_h"])
+    head = 4 if mode == "LSTM" else 3
+    lengths = n.input[1] or None
+    h0, c0 = n.input[2] or None, (n.input[3] or None) if mode == "LSTM" else None
+    per = 4 if a["has_bias"] else 2
+    params = [ctx.inits.get(p) for p in n.input[head:]]
+    if any(p is None for p in params):
+        _refuse(n, "has weights that are not initializers")
+    x = ctx.cast(n.input[0], False, n.name)
+    if bf:
+        x = st.op("Transpose", x, perm=[1, 0, 2])                              # (T, N, F)
+    t_col = st.c("t", np.arange(steps, dtype=np.int64).reshape(steps, 1))
+    active = rev_idx = None
+    if lengths:
+        lens = st.op("Unsqueeze", lengths, st.c("ax0", np.array([0])))       # (1, N)
+        active = st.op("Less", t_col, lens)                                   # (T, N) bool
+        back = st.op("Sub", st.op("Sub", lens, st.c("one", np.array(1, np.int64))), t_col)
+        rev_idx = st.op("Where", active, back, t_col)                          # (T, N)
+    zero = st.c("zero", np.zeros(1, np.float32))
+    inp, bits_in, exp_in = x, int(a["bits_x"]), int(a["exp_x"])
+    h_last, c_last = [], []
+
+    def state(init, k):
+        if init is None:
+            shp = st.op("Shape", x)
+            batch = st.op("Slice", shp, st.c("s1", np.array([1])), st.c("s2", np.array([2])))
+            return st.op("ConstantOfShape", st.op("Concat", batch, st.c("hs", np.array([hs])),
+                                                  axis=0),
+                         value=numpy_helper.from_array(np.zeros(1, np.float32)))
+        sl = st.op("Gather", ctx.cast(init, False, n.name), st.c(f"k{k}", np.array(k)), axis=0)
+        return sl
+
+    for layer in range(layers):
+        outs = []
+        for d in range(dirs):
+            k = layer * dirs + d
+            w_ih, w_hh = params[k * per], params[k * per + 1]
+            b_ih, b_hh = (params[k * per + 2], params[k * per + 3]) if per == 4 else (None, None)
+            exp_ih, exp_hh = a["exp_w"][2 * k], a["exp_w"][2 * k + 1]
+            seq = st.reverse(inp, rev_idx, steps) if d == 1 else inp
+            gi = st.affine_q11(seq, bits_in, w_ih, b_ih, exp_in, exp_ih)          # (T, N, GH)
+            gis = st.split(gi, steps, 0)
+            h, c = state(h0, k), (state(c0, k) if mode == "LSTM" else None)
+            ys = []
+            for t in range(steps):
+                g_t = st.op("Squeeze", gis[t], st.c("sq0", np.array([0])))       # (N, GH)
+                gh = st.affine_q11(h, bits_h, w_hh, b_hh, exp_h, exp_hh)
+                if mode == "GRU":
+                    gi_r, gi_z, gi_n = st.split(g_t, 3, 1)
+                    gh_r, gh_z, gh_n = st.split(gh, 3, 1)
+                    r = st.gate(iqmath.sigmoid_q15, st.op("Add", gi_r, gh_r))
+                    z = st.gate(iqmath.sigmoid_q15, st.op("Add", gi_z, gh_z))
+                    rn = st.product_rs(r, gh_n, iqmath.PROB_Q, 32)
+                    nn_ = st.gate(iqmath.tanh_q15, st.op("Add", gi_n, rn))
+                    one = st.c("q15", np.array(1 << iqmath.PROB_Q, np.float64))
+                    acc = st.op("Add", st.op("Mul", st.op("Sub", one, st.wide(z)), st.wide(nn_)),
+                                st.op("Mul", st.wide(z), st.op("Mul", st.wide(h), st.c(
+                                    "hshift", np.array(2.0 ** (iqmath.PROB_Q - exp_h))))))
+                    h_new = st.narrow(st.rs_sat(acc, 2 * iqmath.PROB_Q - exp_h, bits_h, True))
+                else:
+                    g = st.rs_sat(st.op("Add", g_t, gh), 0, 16, False)
+                    gi_i, gi_f, gi_g, gi_o = st.split(g, 4, 1)
+                    i_, f_, o_ = (st.gate(iqmath.sigmoid_q15, v) for v in (gi_i, gi_f, gi_o))
+                    gg = st.gate(iqmath.tanh_q15, gi_g)
+                    fc = st.op("Mul", st.op("Mul", st.wide(f_), st.wide(c)), st.c(
+                        "c16", np.array(16.0)))
+                    cacc = st.op("Add", fc, st.op("Mul", st.wide(i_), st.wide(gg)))
+                    c_new = st.narrow(st.rs_sat(cacc, 2 * iqmath.PROB_Q - 11, 16, True))
+                    tc = st.gate(iqmath.tanh_q15, c_new)
+                    h_new = st.product_rs(o_, tc, 2 * iqmath.PROB_Q - exp_h, bits_h)
+                if active is not None:
+                    act = st.op("Unsqueeze", st.op("Gather", active, st.c(f"t{t}", np.array(t)),
+                                                   axis=0), st.c("ax1", np.array([1])))
+                    if mode == "LSTM":
+                        c = st.op("Where", act, c_new, c)
+                    h = st.op("Where", act, h_new, h)
+                    y_t = st.op("Where", act, h_new, zero)
+                else:
+                    h, y_t = h_new, h_new
+                    if mode == "LSTM":
+                        c = c_new
+                ys.append(st.op("Unsqueeze", y_t, st.c("ax0", np.array([0]))))
+            y = st.op("Concat", *ys, axis=0)                                       # (T, N, H)
+            outs.append(st.reverse(y, rev_idx, steps) if d == 1 else y)
+            h_last.append(st.op("Unsqueeze", h, st.c("ax0", np.array([0]))))
+            if mode == "LSTM":
+                c_last.append(st.op("Unsqueeze", c, st.c("ax0", np.array([0]))))
+        inp = outs[0] if dirs == 1 else st.op("Concat", *outs, axis=2)
+        bits_in, exp_in = bits_h, exp_h
+    y = st.op("Transpose", inp, perm=[1, 0, 2]) if bf else inp
+    ctx.finish(y, False, bits_h, n.output[0], n.name)
+    ctx.finish(st.op("Concat", *h_last, axis=0), False, bits_h, n.output[1], n.name)
+    if mode == "LSTM" and len(n.output) > 2 and n.output[2]:
+        ctx.finish(st.op("Concat", *c_last, axis=0), False, 16, n.output[2], n.name)
 
 
 RULES = {
@@ -546,12 +757,11 @@ RULES = {
     "iqAdd": _add_sub("Add"), "iqSub": _add_sub("Sub"),
     "iqMul": _product("Mul"), "iqDiv": _product("Mul"), "MatMulInt": _product("MatMul"),
     "iqCat": _cat, "iqSum": _sum_mean(False), "iqMean": _sum_mean(True),
-    "SoftmaxInt": _softmax, "EmbeddingInt": _embedding,
+    "SoftmaxInt": _softmax, "EmbeddingInt": _embedding, "GRUInt": _rnn, "LSTMInt": _rnn,
+    "LutInt": _lut,
 }
 _WHY = {"LayerNormInt": "needs an exact integer square root",
-        "LogSoftmaxInt": "needs an integer logarithm of sums up to 2**31",
-        "GRUInt": "is a recurrence (not unrolled by this exporter)",
-        "LSTMInt": "is a recurrence (not unrolled by this exporter)"}
+        "LogSoftmaxInt": "needs an integer logarithm of sums up to 2**31"}
 #: standard ops whose integer data inputs pass through unchanged (values are the same numbers)
 _PASS = {"Relu", "Clip", "MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze",
          "Concat", "Split", "Slice", "Pad", "Expand", "Gather", "Identity", "Shape", "Constant",

@@ -10,7 +10,7 @@ from onnx import AttributeProto
 
 from ..errors import ExportError
 from ..targets import Target, Violation, check_op, from_node, load_target, raise_if_errors
-from . import format as F
+from ..packfile import format as F
 from .graphinfo import PackGraph, load
 from .plancheck import assert_plan_valid
 from .planner import MemoryPlan, plan_memory

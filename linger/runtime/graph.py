@@ -16,6 +16,7 @@ import onnx
 from onnx import AttributeProto, helper, numpy_helper
 
 from ..errors import ModelFileError
+from . import schema
 from .kernels import (KERNELS, LINGER_DOMAIN, LINGER_OPSET_VERSION, MIN_ONNX_OPSET,
                       supported_ops)
 
@@ -79,8 +80,10 @@ def load_graph(source) -> Graph:
         except Exception as e:  # external data missing, bad raw length...
             raise ModelFileError(f"{where}: initializer '{t.name}' cannot be read: {e}") from e
     nodes = [_bind(n, i, where) for i, n in enumerate(g.node)]
-    inputs = [_node_arg(v) for v in g.input if v.name not in inits]
-    outputs = [_node_arg(v) for v in g.output]
+    for node in nodes:  # every attribute against the op's schema, before any kernel compiles
+        schema.validate_node(node, inits, f"{where}: {node.where}")
+    inputs = [_node_arg(v, where) for v in g.input if v.name not in inits]
+    outputs = [_node_arg(v, where) for v in g.output]
     known = {v.name for v in inputs} | set(inits)
     nodes = _topological(nodes, known, where)
     produced = known | {o for n in nodes for o in n.outputs}
@@ -90,18 +93,30 @@ def load_graph(source) -> Graph:
     return Graph(nodes, inits, inputs, outputs, where)
 
 
-_PACKED_MAGIC = b"LINGERPK"  # = linger.packer.format.MAGIC; an ONNX load never imports the packer
+_PACKED_MAGIC = b"LINGERPK"  # = linger.packfile.format.MAGIC; an ONNX load never imports it
 
 
 def read_model(source):
     """``source``: path, bytes or ModelProto (ONNX, or a file written by ``linger pack``) ->
-    ``(ModelProto, description for messages)``; anything unreadable is a ModelFileError."""
+    ``(ModelProto, description for messages)``; anything unreadable is a ModelFileError.
+    A model exported by the original linger (domain ``thinker``) comes back translated into
+    linger's semantics (:mod:`linger.importers.thinker`); any other opset-11/12 graph comes back
+    in its opset-13 form (:func:`linger.onnx_opsets.upgrade`)."""
+    model, where = _read_model(source)
+    from ..importers.thinker import import_thinker, is_thinker_model
+    if is_thinker_model(model):
+        model = import_thinker(model, where)
+    from ..onnx_opsets import upgrade
+    return upgrade(model, where), where
+
+
+def _read_model(source):
     if isinstance(source, onnx.ModelProto):
         return source, "<ModelProto>"
     if isinstance(source, (bytes, bytearray, memoryview)):
         where = "<bytes>"
         if bytes(source[:8]) == _PACKED_MAGIC:  # a file written by `linger pack`
-            from ..packer.reader import load_model_proto
+            from ..packfile.reader import load_model_proto
             return load_model_proto(source, where), where
         try:
             return onnx.load_from_string(bytes(source)), where
@@ -114,7 +129,7 @@ def read_model(source):
         with open(where, "rb") as f:
             packed = f.read(8) == _PACKED_MAGIC
         if packed:  # a file written by `linger pack`: the same graph, rebuilt from its sections
-            from ..packer.reader import load_model_proto
+            from ..packfile.reader import load_model_proto
             with open(where, "rb") as f:
                 return load_model_proto(f.read(), f"'{where}'"), f"'{where}'"
         try:
@@ -148,7 +163,13 @@ def _bind(n, index, where) -> Node:
         raise ModelFileError(f"{label} is not supported by the linger runtime (domain"
                              f" '{domain}', op_type '{n.op_type}'). Supported ops: "
                              + ", ".join(supported_ops()))
-    attrs = {a.name: _attr_value(a, label) for a in n.attribute}
+    try:
+        attrs = {a.name: _attr_value(a, label) for a in n.attribute}
+    except ModelFileError:
+        raise
+    except Exception as e:  # a tensor attribute with a bad raw length, bytes not UTF-8...
+        raise ModelFileError(f"{label}: an attribute cannot be decoded: {type(e).__name__}:"
+                             f" {e}") from e
     _check_signature(fn, attrs, label)
     if fn.pass_num_outputs and "num_outputs" not in attrs:
         attrs["num_outputs"] = len(n.output)
@@ -191,12 +212,17 @@ def _check_signature(fn, attrs, label):
                              f" supported: {sorted(allowed)}")
 
 
-def _node_arg(v) -> NodeArg:
+def _node_arg(v, where="<model>") -> NodeArg:
     t = v.type.tensor_type
     dtype = None
     type_str = "unknown"
     if v.type.HasField("tensor_type") and t.elem_type:
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type))
+        try:
+            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type))
+        except Exception:  # KeyError for a number ONNX does not define
+            raise ModelFileError(f"{where}: graph value '{v.name}' has element type"
+                                 f" {t.elem_type}, which ONNX does not define (1 = float,"
+                                 f" 3 = int8...); re-export the model") from None
         type_str = f"tensor({_ORT_NAMES.get(dtype.name, dtype.name)})"
     shape = None
     if t.HasField("shape"):
