@@ -25,6 +25,12 @@ L = "ai.linger"
 VENUS = load_target("venus")
 
 
+def _engine(data):
+    """The lowered file in the C engine (the device's executor), or None without a compiler."""
+    from linger import engine
+    return engine.Engine(data) if engine.compiler() is not None else None
+
+
 def layer_model(op, x_shape, w_shape=None, *, kernel=None, strides=None, pads=None,
                 dilations=None, group=1, bias=True, bits_o=8, exp_o=3, y_shape=None,
                 w_scale=127, seed=0) -> onnx.ModelProto:
@@ -161,9 +167,12 @@ def test_each_venus_limit_is_lowered_exactly(row):
     for lw in res.lowerings:
         assert (lw.extra_ops > 0 or lw.extra_params > 0) and lw.steps and lw.fixed
     want, got = InferenceSession(model), InferenceSession(res.data)
+    device = _engine(res.data)           # the C engine runs the lowered ops too
     for x in _inputs(x_shape):
         a, b = want.run(None, {"x": x})[0], got.run(None, {"x": x})[0]
         assert a.dtype == b.dtype and np.array_equal(a, b)
+        if device is not None:
+            assert np.array_equal(device.run(None, {"x": x})[0], a)
 
 
 def test_lowered_graph_uses_only_ops_every_executor_runs():
@@ -405,9 +414,13 @@ def test_zoo_model_packs_for_venus_and_runs_bitexact(name, tmp_path):
     res = packer.pack(path, tmp_path / f"{name}.bin", target="venus")
     assert not res.violations and res.lowerings
     sess = InferenceSession(str(tmp_path / f"{name}.bin"))
+    device = _engine(res.data)
     for x in (args[0], args[0] * 1000):
         with torch.no_grad():
             want = model(x)
         want = (want.plain() if hasattr(want, "plain") else want).numpy()
-        got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+        feed = {sess.get_inputs()[0].name: x.numpy()}
+        got = sess.run(None, feed)[0]
         assert got.dtype == want.dtype and np.array_equal(got, want)
+        if device is not None:
+            assert np.array_equal(device.run(None, feed)[0], want)
