@@ -245,7 +245,12 @@ def exact_float_op(func, args, kwargs, out):
 
 
 def emit_float(rec, func, args, kwargs, out):
-    """The dequant boundary: dequantize quantized inputs, then an exact IEEE float op."""
+    """The dequant boundary: dequantize quantized inputs, then an exact IEEE float op (or a
+    float32 tail op of a layer kept float after the last quantized one: :mod:`.float_tail`)."""
+    from .float_tail import emit as emit_tail
+    res = emit_tail(rec, func, args, kwargs, out)
+    if res is not None:
+        return res
     op = exact_float_op(func, args, kwargs, out)
     if op is not None:
         operands = list(args[:2]) if func in _FLOAT_BINARY else [args[0]]
@@ -294,8 +299,9 @@ def _float_cause(args, kwargs) -> str:
                 " that value with linger.quant_tensor(self, x, name=...) or fix the op upstream"
                 " (see docs/ops.md)")
     return ("the op has no quantized version (or its switch is off) and only add/sub/mul/div/neg/"
-            "abs are bit-exact after a Dequant. Quantize the op (see docs/ops.md for the"
-            " supported ops), or apply it outside the model (e.g. argmax/softmax on the outputs)")
+            "abs are bit-exact after a Dequant (linear/conv/sigmoid/tanh/softmax are exported as"
+            " a float32 tail, see docs/export.md). Quantize the op (see docs/ops.md for the"
+            " supported ops), or apply it outside the model (e.g. argmax on the outputs)")
 
 
 def _source_line() -> str:
