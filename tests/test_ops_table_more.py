@@ -391,3 +391,38 @@ def test_transformer_encoder_stack_with_a_mask_input(tmp_path):
         with torch.no_grad():
             want = model(x * k, pad).plain().numpy()
         assert np.array_equal(sess.run(None, {"x": (x * k).numpy(), "pad": pad.numpy()})[0], want)
+
+
+class _TimeOps(nn.Module):
+    """Resampling, adaptive pooling and max over time on a variable-length axis."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(3, 4, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool1d(4)
+        self.up = nn.Upsample(scale_factor=2, mode="linear")
+
+    def forward(self, x):
+        y = self.conv(x)
+        a = self.pool(F.interpolate(y, scale_factor=1.5))
+        b = F.adaptive_max_pool1d(self.up(y), 3)
+        return torch.cat([a, b], -1), y.amax(-1)
+
+
+def test_new_ops_follow_a_dynamic_time_axis(tmp_path):
+    """Output lengths, adaptive windows and scale factors come from the actual input in the
+    runtime: bit-exact at lengths and batch sizes other than the example's."""
+    import linger.runtime
+    model = linger.init(_TimeOps()).train()
+    for t in (10, 13, 20):
+        model(torch.randn(2, 3, t))
+    model.eval()
+    linger.onnx.export(model, torch.randn(2, 3, 10), tmp_path / "t.onnx", input_names=["x"],
+                       dynamic_axes={"x": {0: "N", 2: "T"}})
+    sess = linger.runtime.InferenceSession(str(tmp_path / "t.onnx"))
+    for n, t in ((1, 7), (5, 10), (3, 33)):
+        x = torch.randn(n, 3, t) * 4
+        with torch.no_grad():
+            want = [o.plain().numpy() for o in model(x)]
+        got = sess.run(None, {"x": x.numpy()})
+        assert all(np.array_equal(g_, w) for g_, w in zip(got, want)), (n, t)
