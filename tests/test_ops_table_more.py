@@ -428,3 +428,22 @@ def test_new_ops_follow_a_dynamic_time_axis(tmp_path):
             got = sess.run(None, {"x": x.numpy()})
             assert all(np.array_equal(g_, w) and g_.shape == w.shape
                        for g_, w in zip(got, want)), (n, t, fast)
+
+
+@pytest.mark.parametrize("opset", [17, 18])
+def test_reduce_max_follows_the_opset_signature(opset, tmp_path):
+    """ReduceMax takes ``axes`` as an attribute before opset 18 and as an input from 18 on."""
+    import onnx
+
+    import linger.runtime
+    model, _ = table.build(next(r for r in ROWS if r.name == "amax_dims_keepdim"))
+    x = table._inputs(ROWS[0])[0].reshape(2, 4, 8)[..., :6]
+    graph = linger.onnx.export(model, x, tmp_path / "r.onnx", input_names=["x0"],
+                               opset_version=opset)
+    node = next(n for n in graph.graph.node if n.op_type == "ReduceMax")
+    assert (len(node.input) == 2) == (opset >= 18)
+    onnx.checker.check_model(graph, full_check=True)
+    with torch.no_grad():
+        want = table._plain(model(x)).numpy()
+    got = linger.runtime.InferenceSession(str(tmp_path / "r.onnx")).run(None, {"x0": x.numpy()})
+    assert np.array_equal(got[0], want)
