@@ -61,10 +61,9 @@ _LAZY_MODULES = ("onnx", "runtime", "quant", "analysis", "validate", "packer", "
 __all__ = sorted(list(_LAZY) + list(_LAZY_MODULES) + list(SWITCH_FUNCTIONS) + [
     "QuantConfig", "LingerError", "ConfigError", "UnsupportedError", "NotCalibratedError",
     "ExportError", "ModelFileError", "InputError", "NumericError", "TargetError",
-    "UnsupportedOperatorError",
     "QuantMode", "PlatFormQuant", "SetPlatFormQuant", "SetIQTensorVar", "SetFunctionLinearQuant",
     "SetFunctionChannelShuffleQuant", "SetIQCat2AddZero", "SetCastorBiasInt16", "SetTFQuant",
-    "config_save_to_yaml"])
+    "config_save_to_yaml", "UnsupportedOperatorError"])
 
 
 def __getattr__(name):

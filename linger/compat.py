@@ -93,9 +93,9 @@ SetIQTensorVar = _legacy_switch(
     " float after a Dequant (on_unsupported='dequant'). Call SetIQTensorVar(False) or drop the"
     " call", refuse=True)
 SetFunctionLinearQuant = _legacy_switch(
-    "SetFunctionLinearQuant", "linger quantizes nn.Linear layers; a functional F.linear on a"
-    " quantized value runs in float after a Dequant whatever this switch says (the original"
-    " never read it either).")
+    "SetFunctionLinearQuant", "linger quantizes nn.Linear layers, and a functional F.linear"
+    " of a quantized value with parameter weights (LinearInt, switched with"
+    " SetFunctionBmmQuant) whatever this switch says (the original never read it either).")
 SetFunctionChannelShuffleQuant = _legacy_switch(
     "SetFunctionChannelShuffleQuant", "linger.channel_shuffle only moves values, so it is exact"
     " on quantized values whatever this switch says.")

@@ -98,6 +98,13 @@ def downgrade(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
             nodes.append(n)
         elif n.op_type in _SOFTMAX:
             nodes.extend(_softmax_down(n, ranks, opset))
+        elif n.op_type in ("ArgMax", "ArgMin") and opset < 12 \
+                and _attr_int(n, "select_last_index", 0) == 0:
+            # opset 12 added select_last_index; 0 (the first index) is what opset 11 does
+            keep = [a for a in n.attribute if a.name != "select_last_index"]
+            del n.attribute[:]
+            n.attribute.extend(keep)
+            nodes.append(n)
         elif n.op_type == "Resize" and (len(n.input) < 2 or not n.input[1]):
             # opset 11/12 Resize requires its roi input; an empty one means "whole tensor"
             roi = f"{n.name or n.output[0]}.roi"

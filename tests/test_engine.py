@@ -223,7 +223,11 @@ def test_engine_sources_use_no_malloc_no_libc_and_no_float_in_integer_kernels():
 
 #: Ops the packer accepts that the C engine does not implement yet: the original toolchain's
 #: algorithms for imported models (runtime/kernels/luna.py). le_open refuses them by name.
-NOT_IN_ENGINE = {"SoftmaxLuna", "LayerNormLuna", "LSTMLuna", "GRULuna"}
+NOT_IN_ENGINE = {"SoftmaxLuna", "LayerNormLuna", "LSTMLuna", "GRULuna",
+                 # ops added for published networks (issue 13): refused by name until written
+                 "iqHardSigmoid", "iqHardSwish", "iqPReLU", "iqELU", "UpsampleNearest",
+                 "UpsampleLinearInt", "AdaptiveAvgPoolInt", "AdaptiveMaxPool", "ReduceMax",
+                 "ReduceMin", "ArgMax", "ArgMin", "Or"}
 
 
 def test_every_op_the_packer_accepts_is_implemented():

@@ -391,3 +391,59 @@ def test_transformer_encoder_stack_with_a_mask_input(tmp_path):
         with torch.no_grad():
             want = model(x * k, pad).plain().numpy()
         assert np.array_equal(sess.run(None, {"x": (x * k).numpy(), "pad": pad.numpy()})[0], want)
+
+
+class _TimeOps(nn.Module):
+    """Resampling, adaptive pooling and max over time on a variable-length axis."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(3, 4, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool1d(4)
+        self.up = nn.Upsample(scale_factor=2, mode="linear")
+
+    def forward(self, x):
+        y = self.conv(x)
+        a = self.pool(F.interpolate(y, scale_factor=1.5))
+        b = F.adaptive_max_pool1d(self.up(y), 3)
+        return torch.cat([a, b], -1), y.amax(-1)
+
+
+def test_new_ops_follow_a_dynamic_time_axis(tmp_path):
+    """Output lengths, adaptive windows and scale factors come from the actual input in the
+    runtime: bit-exact at lengths and batch sizes other than the example's."""
+    import linger.runtime
+    model = linger.init(_TimeOps()).train()
+    for t in (10, 13, 20):
+        model(torch.randn(2, 3, t))
+    model.eval()
+    linger.onnx.export(model, torch.randn(2, 3, 10), tmp_path / "t.onnx", input_names=["x"],
+                       dynamic_axes={"x": {0: "N", 2: "T"}})
+    for fast in (True, False):  # the fast versions of UpsampleNearest, AdaptiveMaxPool, ReduceMax
+        sess = linger.runtime.InferenceSession(str(tmp_path / "t.onnx"), fast=fast)
+        for n, t in ((1, 7), (5, 10), (3, 33)):
+            x = torch.randn(n, 3, t) * 4
+            with torch.no_grad():
+                want = [o.plain().numpy() for o in model(x)]
+            got = sess.run(None, {"x": x.numpy()})
+            assert all(np.array_equal(g_, w) and g_.shape == w.shape
+                       for g_, w in zip(got, want)), (n, t, fast)
+
+
+@pytest.mark.parametrize("opset", [17, 18])
+def test_reduce_max_follows_the_opset_signature(opset, tmp_path):
+    """ReduceMax takes ``axes`` as an attribute before opset 18 and as an input from 18 on."""
+    import onnx
+
+    import linger.runtime
+    model, _ = table.build(next(r for r in ROWS if r.name == "amax_dims_keepdim"))
+    x = table._inputs(ROWS[0])[0].reshape(2, 4, 8)[..., :6]
+    graph = linger.onnx.export(model, x, tmp_path / "r.onnx", input_names=["x0"],
+                               opset_version=opset)
+    node = next(n for n in graph.graph.node if n.op_type == "ReduceMax")
+    assert (len(node.input) == 2) == (opset >= 18)
+    onnx.checker.check_model(graph, full_check=True)
+    with torch.no_grad():
+        want = table._plain(model(x)).numpy()
+    got = linger.runtime.InferenceSession(str(tmp_path / "r.onnx")).run(None, {"x0": x.numpy()})
+    assert np.array_equal(got[0], want)

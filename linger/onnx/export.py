@@ -90,6 +90,7 @@ def trace(model, inputs, input_names=None, output_names=None, opset_version=DEFA
           dynamic_axes=None):
     """Like :func:`trace_model`, also returning the :class:`Recorder` (its traced tensors)."""
     rec = Recorder(model)
+    rec.opset = opset_version  # ops whose signature changed with the opset (ReduceMax axes)
     input_names = list(input_names or [f"input{'_' + str(i) if i else ''}"
                                        for i in range(len(inputs))])
     if len(input_names) != len(inputs):

@@ -3,8 +3,9 @@
 
 The values are elements of the input, so they keep its exponent and bits: the op is exact in
 training and eval alike (gradients as torch's). Export: standard ``ReduceMax``/``ReduceMin``
-(``axes`` attribute, opset < 18 form) for the values and ``ArgMax``/``ArgMin`` (first index among
-equal values, as PyTorch on the CPU) for the indices, which are plain int64 tensors.
+(``axes`` attribute below opset 18, an input from 18 on) for the values and
+``ArgMax``/``ArgMin`` (first index among equal values, as PyTorch on the CPU) for the indices,
+which are plain int64 tensors.
 """
 
 from __future__ import annotations
@@ -59,8 +60,13 @@ def _record(rec, x, kind, dim, keepdim, values, indices):
     axes = _dims(dim, x.dim())
     keep = int(keepdim)
     if values is not None:
-        rec.emit("ReduceMax" if kind == "max" else "ReduceMin", [rec.name_of(x)], [values],
-                 name=rec.unique(base), axes=axes, keepdims=keep)
+        op = "ReduceMax" if kind == "max" else "ReduceMin"
+        if getattr(rec, "opset", 17) >= 18:  # axes became an input in opset 18
+            rec.emit(op, [rec.name_of(x), rec.constant(axes, np.int64)], [values],
+                     name=rec.unique(base), keepdims=keep)
+        else:
+            rec.emit(op, [rec.name_of(x)], [values], name=rec.unique(base), axes=axes,
+                     keepdims=keep)
     if indices is not None:
         src, axis = rec.name_of(x), axes[0]
         if dim is None:  # torch flattens first

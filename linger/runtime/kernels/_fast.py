@@ -138,8 +138,8 @@ def to_fast(x: np.ndarray, dtype) -> np.ndarray:
 
 
 def to_canonical(x: np.ndarray, dtype) -> np.ndarray:
-    """Fast form -> a new C-contiguous canonical array of ``dtype``."""
-    return np.ascontiguousarray(uncl(x), dtype=dtype)
+    """Fast form -> a new C-contiguous canonical array of ``dtype`` (a 0-d one stays 0-d)."""
+    return np.array(uncl(x), dtype=dtype, order="C")
 
 
 class Stage:

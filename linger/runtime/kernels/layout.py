@@ -262,18 +262,20 @@ def gather(inputs, *, axis=0):
     return [np.take(x, indices, axis=_axis(axis, x.ndim))]
 
 
-def _layout_fast(attrs, args, *, op_type):
+def _layout_fast(attrs, args, *, op_type, domain=""):
     """The plain kernel on ``uncl(x)`` (float32 integers, canonical layout), result back to the
     fast form. Shape/axes inputs must be initializers. The output may be a view of the input,
-    so the runtime never overwrites it in place."""
+    so the runtime never overwrites it in place. Serves every op that only moves or picks
+    values (``domain``: of the op's kernel)."""
     dtype = args[0].dtype
     if not fast_ok(dtype) or any(a is not None and a.const is None for a in args[1:]):
         return None
-    plain, consts = KERNELS[("", op_type)], [None if a is None else a.const for a in args[1:]]
+    plain = KERNELS[(domain, op_type)]
+    consts = [None if a is None else a.const for a in args[1:]]
 
     def run(a, inplace, scratch):
         y = plain([uncl(a[0]), *consts], **attrs)[0]
-        return [np.ascontiguousarray(cl(y))]
+        return [np.ascontiguousarray(cl(y)) if y.ndim else np.array(y)]  # (0-d stays 0-d)
 
     return FastOp(run, (dtype,) + (None,) * (len(args) - 1), (dtype,), fresh=False)
 

@@ -7,7 +7,8 @@ import numpy as np
 
 from ...errors import ModelFileError
 from .. import schema as S
-from . import kernel
+from . import fast, kernel
+from .layout import _layout_fast
 
 for _op in ("ReduceMax", "ReduceMin"):
     S.schema(_op, "", inputs=(1, 2), memory=S.sum_memory(2), axes=S.Ints(-8, 7, (0, 8)),
@@ -61,3 +62,7 @@ reduce_max = _reduce("ReduceMax", np.max)
 reduce_min = _reduce("ReduceMin", np.min)
 arg_max = _arg("ArgMax", np.argmax)
 arg_min = _arg("ArgMin", np.argmin)
+
+
+for _op in ("ReduceMax", "ReduceMin"):  # pick values: the fast form needs no round trip
+    fast(_op, domain="")(lambda attrs, args, _op=_op: _layout_fast(attrs, args, op_type=_op))

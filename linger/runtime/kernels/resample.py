@@ -9,7 +9,8 @@ import numpy as np
 from ... import iqops, numerics
 from ...errors import ModelFileError
 from .. import schema as S
-from . import kernel
+from . import LINGER_DOMAIN, fast, kernel
+from .layout import _layout_fast
 from ._common import check_dtype
 
 
@@ -128,3 +129,8 @@ def adaptive_max_pool(inputs, *, output_size):
     """The maximum of each adaptive window (windows as AdaptiveAvgPoolInt); dtype kept."""
     (x,) = inputs
     return [iqops.adaptive_max_pool(x, _adaptive_sizes(x, output_size, "AdaptiveMaxPool"))]
+
+
+for _op in ("UpsampleNearest", "AdaptiveMaxPool"):  # pick values: no round trip in the fast form
+    fast(_op)(lambda attrs, args, _op=_op: _layout_fast(attrs, args, op_type=_op,
+                                                      domain=LINGER_DOMAIN))
