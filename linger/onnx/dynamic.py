@@ -9,7 +9,7 @@ depends on the size and is resolved or refused:
 
 - an int64 constant input of a node (Reshape/Expand shapes, Slice bounds, Split sizes): each
   element that changed is computed in the graph from the dimension of a value that changed by
-  the same amounts (``Shape(v, start=k, end=k+1)``, joined by ``Concat``); one element of a
+  the same amounts (``Gather(Shape(v), [k])``, joined by ``Concat``); one element of a
   Reshape shape that no value explains is inferred (``-1``);
 - a constant that is one row repeated along an axis (a parameter expanded to the batch:
   ``cls.expand(x.size(0), -1, -1)``) is stored once and expanded to the size read from the graph;
@@ -283,9 +283,12 @@ def _rewrite(model, nodes, inits, patches, global_pools, broadcasts):
                 if run:
                     pieces.append(_const(inits, f"{name}.part{j}", run))
                     run = []
-                out = f"{name}.dim{j}"
-                new_nodes.append(helper.make_node("Shape", [src[1]], [out], name=out,
-                                                  start=src[2], end=src[2] + 1))
+                out = f"{name}.dim{j}"  # Shape then Gather: opset 11 has no Shape start/end
+                axis = _const(inits, f"{out}.axis", [src[2]])
+                new_nodes += [helper.make_node("Shape", [src[1]], [f"{out}.shape"],
+                                               name=f"{out}.shape"),
+                              helper.make_node("Gather", [f"{out}.shape", axis], [out],
+                                               name=out, axis=0)]
                 pieces.append(out)
             else:
                 run.append(int(arr[j]))
