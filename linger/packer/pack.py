@@ -6,8 +6,6 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from onnx import AttributeProto
-
 from ..errors import ExportError
 from ..targets import Target, Violation, check_op, from_node, load_target, raise_if_errors
 from . import format as F
@@ -190,7 +188,7 @@ def build_packed(pg: PackGraph, plan: MemoryPlan, target: Target) -> F.PackedMod
 
 
 def _attr(a, node):
-    from onnx import numpy_helper
+    from onnx import AttributeProto, numpy_helper  # only here: `linger --help` stays light
 
     t = a.type
     if t == AttributeProto.INT:
