@@ -9,8 +9,16 @@ text and arguments; :func:`main` builds the parser from the registry. Adding a s
         ...
         return 0
 
-A subcommand returns the process exit status. A :class:`~linger.errors.LingerError` is printed
-as ``linger <cmd>: error: ...`` (no traceback) and gives status 2.
+A subcommand returns the process exit status, the same three values for every command
+(docs/cli.md): ``0`` done / equal / fits, ``1`` the outputs differ or the model does not fit the
+target (``validate``, ``check``, ``pack``, ``demo``), ``2`` a usage or file error. A
+:class:`~linger.errors.LingerError`, an unreadable or unwritable file (``OSError``) and a missing
+optional dependency (torch for the commands that train or trace) are printed as
+``linger <cmd>: error: ...`` (no traceback) and give status 2.
+
+torch is imported only inside the commands that train or trace (``demo``, ``analyse``,
+``validate --script``), so ``linger --help``, ``pack``, ``check`` and ``run`` work on an
+install without it (``pip install linger``; docs/install.md).
 
 >>> main(["demo", "--help"])  # doctest: +ELLIPSIS
 Traceback (most recent call last):
@@ -27,6 +35,17 @@ import os
 import sys
 
 from .errors import LingerError
+
+#: exit statuses, the same for every subcommand
+EXIT_OK, EXIT_DIFFER, EXIT_ERROR = 0, 1, 2
+
+#: optional module -> how to install it (printed when a command needs it and it is missing)
+OPTIONAL = {
+    "torch": "pip install torch==2.13.0 (or pip install 'linger[train]'; see docs/install.md)",
+    "tqdm": "pip install 'linger[train]'",
+    "sklearn": "pip install 'linger[demo]'",
+    "matplotlib": "pip install 'linger[analysis]'",
+}
 
 #: subcommand name -> (function, help, arguments); filled by :func:`command`, in definition order.
 COMMANDS: dict = {}
@@ -54,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="linger", description="Quantization-aware training for int8 MCU NPUs: "
-        "export, pack and run models bit-exactly.")
+        "export, pack and run models bit-exactly.",
+        epilog="exit status (every command): 0 done/equal/fits, 1 outputs differ or the model"
+        " does not fit the target, 2 usage or file error")
     parser.add_argument("--version", action="version", version=f"linger {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module, func in EXTERNAL_PARSERS:
@@ -75,12 +96,24 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "_run", None) is None:
         parser.print_help()
-        return 2
+        return EXIT_ERROR
     try:
         return int(args._run(args) or 0)
     except LingerError as e:
-        print(f"linger {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return _error(args.command, e)
+    except ModuleNotFoundError as e:
+        top = (e.name or "").split(".")[0]
+        if top not in OPTIONAL:
+            raise
+        return _error(args.command, f"this command needs {top}, which is not installed:"
+                                    f" {OPTIONAL[top]}")
+    except OSError as e:  # a file that cannot be read or written
+        return _error(args.command, e)
+
+
+def _error(command, message) -> int:
+    print(f"linger {command}: error: {message}", file=sys.stderr)
+    return EXIT_ERROR
 
 
 # ------------------------------------------------------------------------------------------------
@@ -91,7 +124,8 @@ def main(argv=None) -> int:
          arg("--qat-epochs", type=int, default=None,
              help="QAT fine-tuning epochs (default: half of --epochs)"),
          arg("--out-dir", default=None,
-             help="where checkpoints go (default: a new temporary directory)"),
+             help="keep the checkpoints, ONNX and packed files there (default: a temporary"
+                  " directory, removed at exit)"),
          arg("--seed", type=int, default=0, help="random seed (default 0)"),
          arg("--threads", type=int, default=1,
              help="torch CPU threads (default 1: on a model this small more threads only add"
@@ -101,16 +135,17 @@ def main(argv=None) -> int:
 def demo(args) -> int:
     """Train a small CNN on scikit-learn's 8x8 digits in float, turn it into a quantized model
     with linger.init, fine-tune it (QAT), and print float vs int8 accuracy and the time of each
-    stage. Needs scikit-learn (pip install 'linger[demo]')."""
+    stage. Exit status 1 if the integer runtime is not bit-exact with PyTorch eval on every
+    test image. Needs torch and scikit-learn (pip install 'linger[demo]')."""
     import torch
 
     from .demo import run_demo
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    run_demo(out_dir=args.out_dir, epochs=args.epochs, qat_epochs=args.qat_epochs,
-             quiet=args.quiet, seed=args.seed)
-    return 0
+    r = run_demo(out_dir=args.out_dir, epochs=args.epochs, qat_epochs=args.qat_epochs,
+                 quiet=args.quiet, seed=args.seed)
+    return EXIT_OK if r["bit_exact"] == len(r["x_test"]) else EXIT_DIFFER
 
 
 @command("run", "run an exported (.onnx) or packed (.bin) model in the integer runtime",
@@ -127,6 +162,10 @@ def run(args) -> int:
 
     from .runtime import InferenceSession
 
+    from ._files import refuse_overwrite
+
+    refuse_overwrite([args.model] + [s.rpartition("=")[2] for s in args.inputs],
+                     {"output": args.output})
     sess = InferenceSession(args.model)
     feeds = _load_feeds(args.inputs, [i.name for i in sess.get_inputs()])
     names = [o.name for o in sess.get_outputs()]
@@ -180,7 +219,8 @@ def _load_feeds(specs, input_names):
 def validate(args) -> int:
     """Report the first graph value whose integers differ between PyTorch eval and linger's
     runtime: its name, shape, number of differing elements and largest difference. Exit status
-    1 on any difference, 0 when everything is bit-exact.
+    0 when everything is bit-exact, 1 on any difference, 2 when a file is missing or unreadable
+    (model, reference .npz, script, checkpoint).
 
     Either give an exported MODEL.onnx and the REFERENCE.npz saved next to it by
     linger.validate.save_reference(model, x, path), or --script (and --checkpoint) to export
@@ -196,7 +236,7 @@ def validate(args) -> int:
     else:
         raise ConfigError("give MODEL.onnx REFERENCE.npz, or --script FILE.py")
     print(report)
-    return 0 if report.ok else 1
+    return EXIT_OK if report.ok else EXIT_DIFFER
 
 
 def _model_from_script(script, checkpoint):

@@ -257,7 +257,7 @@ def test_cli_check_and_pack(tmp_path, capsys):
     assert main(["check", str(tmp_path / "bad.onnx"), "--target", "venus"]) == 1
     lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("[error]")]
     assert len(lines) == 4  # kernel, stride, weight bits, pooling kernel: all of them
-    assert main(["pack", str(tmp_path / "bad.onnx")]) == 2
+    assert main(["pack", str(tmp_path / "bad.onnx")]) == 1  # does not fit, as check says
     assert "4 violations of target venus" in capsys.readouterr().err
     assert main(["check", str(tmp_path / "tiny.onnx"), "--dim", "oops"]) == 2
     for cmd in ("pack", "check"):
