@@ -169,7 +169,7 @@ def _run_demo(out_dir: str, epochs: int, qat_epochs: int | None, quiet: bool, se
         bin_path = os.path.join(out_dir, "digits_int8.bin")
         packed = pack(onnx_path, bin_path, target="venus")
         sram = packed.plan.memories["share"]
-        row["result"] = (f"{os.path.getsize(bin_path) // 1024} KiB file, SRAM peak"
+        row["result"] = (f"{os.path.getsize(bin_path) // 1024} KiB file, share-memory peak"
                          f" {sram.peak / 1024:.1f} of {sram.capacity // 1024} KiB")
 
     with stages.run("integer runtime (.bin)") as row:

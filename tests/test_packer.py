@@ -234,7 +234,7 @@ def test_golden_memory_report(tmp_path):
         golden.write_text(text)
     assert text == golden.read_text(), "report changed: regenerate on purpose (see module doc)"
     page = (tmp_path / "r.html").read_text()
-    assert page.startswith("<!DOCTYPE html>") and page.count("<svg") == 2
+    assert page.startswith("<!DOCTYPE html>") and page.count("<svg") == 3  # + cycles plot
     assert "src=" not in page and "href=" not in page and "<script" not in page
     for name in ("conv:out", "fc.weight", "share-memory", "MACs", "peak"):
         assert name in page
