@@ -14,7 +14,8 @@ A subcommand returns the process exit status, the same three values for every co
 target (``validate``, ``check``, ``pack``, ``demo``), ``2`` a usage or file error. A
 :class:`~linger.errors.LingerError`, an unreadable or unwritable file (``OSError``) and a missing
 optional dependency (torch for the commands that train or trace) are printed as
-``linger <cmd>: error: ...`` (no traceback) and give status 2.
+``linger <cmd>: error: ...`` (no traceback) and give status 2; any other exception (an error in a
+user's script, or a bug) prints its traceback and gives status 2 too, never 1.
 
 torch is imported only inside the commands that train or trace (``demo``, ``analyse``,
 ``validate --script``), so ``linger --help``, ``pack``, ``check`` and ``run`` work on an
@@ -33,6 +34,7 @@ import importlib
 import inspect
 import os
 import sys
+import traceback
 
 from .errors import LingerError
 
@@ -109,6 +111,9 @@ def main(argv=None) -> int:
                                     f" {OPTIONAL[top]}")
     except OSError as e:  # a file that cannot be read or written
         return _error(args.command, e)
+    except Exception as e:  # a user script's error, or a bug: status 1 means "differ", not this
+        traceback.print_exc()
+        return _error(args.command, f"{type(e).__name__}: {e} (traceback above)")
 
 
 def _error(command, message) -> int:

@@ -1,5 +1,5 @@
-"""The deploy install: `pip install linger` (numpy + onnx, no torch) packs, checks and runs an
-exported model from the command line in a fresh virtual environment.
+"""The deploy install: `pip install linger` (numpy + onnx, no torch) validates, packs, checks and
+runs an exported model from the command line in a fresh virtual environment.
 
 The model is exported beforehand in this (full) environment; the fresh one gets linger and its
 base dependencies only, at the versions installed here so pip reuses the wheels it already has.
@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import linger
+from linger.validate import save_reference
 
 try:
     import tomllib
@@ -78,7 +79,9 @@ def test_fresh_install_packs_checks_and_runs_without_torch(bare_env, tmp_path):
         expected = model(x).numpy()
 
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    save_reference(model, x, tmp_path / "ref")
     steps = {"help": [cli, "--help"],
+             "validate": [cli, "validate", "ref.onnx", "ref.npz"],
              "check": [cli, "check", "m.onnx"],
              "pack": [cli, "pack", "m.onnx", "-o", "m.bin"],
              "run": [cli, "run", "m.bin", "x.npy", "-o", "y.npy"]}

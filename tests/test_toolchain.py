@@ -142,6 +142,15 @@ def test_check_and_pack_share_the_does_not_fit_status(lstm, tmp_path, capsys):
     assert main(["check", str(tmp_path / "missing.onnx")]) == EXIT_ERROR
 
 
+def test_an_error_in_a_user_script_is_status_2_with_its_traceback(tmp_path, capsys):
+    script = tmp_path / "s.py"
+    script.write_text("def build_model():\n    raise RuntimeError('bad layer size')\n"
+                      "def example_input():\n    return None\n")
+    assert main(["validate", "--script", str(script)]) == EXIT_ERROR
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "linger validate: error: RuntimeError: bad layer size" in err
+
+
 def test_a_missing_optional_dependency_is_a_clear_error(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
     assert main(["demo", "--epochs", "1"]) == EXIT_ERROR
