@@ -4,7 +4,7 @@ Each command runs in a fresh interpreter (``python -m linger.cli ...`` with this
 on the path); the time is the median wall time of ``--repeat`` runs, interleaved round-robin so
 that every command sees the same machine load. Baselines: the bare interpreter
 (``python -c pass``) and ``import torch`` (what every command paid when the CLI imported it).
-A packed model for ``linger run`` is made first (a small CNN, exported and packed here).
+The model for ``run`` and ``check`` is the demo's digits CNN (``linger demo``, 1 epoch).
 
     python bench/cli_startup.py [--repeat 15] [--before DIR]
 
@@ -30,22 +30,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _packed_model(d):
+    """digits_int8.onnx/.bin from a short `linger demo` run, and an input for them."""
     import numpy as np
-    import torch
 
-    import linger
-    from linger.packer import pack
+    from linger.demo import run_demo
 
-    torch.manual_seed(0)
-    model = linger.init(torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU(),
-                                            torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 4)))
-    for _ in range(3):
-        model(torch.randn(4, 1, 8, 8))
-    model.eval()
-    x = torch.randn(1, 1, 8, 8)
-    linger.onnx.export(model, x, os.path.join(d, "m.onnx"))
-    pack(os.path.join(d, "m.onnx"), os.path.join(d, "m.bin"))
-    np.save(os.path.join(d, "x.npy"), x.numpy())
+    run_demo(out_dir=d, epochs=1, qat_epochs=1, quiet=True)
+    for ext in ("onnx", "bin"):
+        os.replace(os.path.join(d, f"digits_int8.{ext}"), os.path.join(d, f"m.{ext}"))
+    np.save(os.path.join(d, "x.npy"), np.zeros((1, 1, 8, 8), np.float32))
 
 
 def main():
