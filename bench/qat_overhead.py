@@ -7,7 +7,11 @@ Models (batch 32, SGD with momentum, cross-entropy):
 - ``depthwise``: :class:`linger.examples_models.DepthwiseCNN`, 3x32x32 (depthwise-separable
   blocks with ReLU6);
 - ``gru``: ``nn.GRU(8, 64) -> nn.Linear(64, 10)`` on 8 steps of 8 features (the digits GRU of
-  ``examples/digits_gru.py``).
+  ``examples/digits_gru.py``);
+- ``kws_gru`` / ``kws_lstm``: keyword spotting, 49 frames of 40 MFCCs, ``nn.GRU``/``nn.LSTM``
+  with 128 hidden units, linear on the last hidden state;
+- ``transformer``: one ``nn.TransformerEncoderLayer`` (d=64, 4 heads, batch_first) over 49
+  frames of 40 features, a linear patch embedding in front and a linear head on the mean.
 
 Each model is measured for float, linger (``linger.init``) and, where it applies, PyTorch's own
 FX QAT (``prepare_qat_fx`` with the default 'x86' QAT qconfig mapping; torch.ao has no QAT for
@@ -24,6 +28,10 @@ threshold so that no model pays page faults in the steady state (``--cold-alloca
 
     python bench/qat_overhead.py [--models resnet,depthwise,gru] [--steps 20] [--warmup 5]
                                  [--repeats 3] [--threads N] [--cold-allocator] [--profile]
+                                 [--memory]
+
+``--memory`` also reports the memory a training forward saves for backward (activations,
+masks, weights: every tensor autograd keeps, counted once per storage), float and linger.
 
 ``--profile`` adds a torch.profiler table of one linger QAT step of each model.
 """
@@ -63,12 +71,61 @@ class GRUNet(nn.Module):
         return self.fc(h[-1])
 
 
+class KWSRecurrent(nn.Module):
+    """``(N, 49, 40)`` MFCC frames -> GRU or LSTM (128 units) -> linear on the last hidden state."""
+
+    def __init__(self, cell: type = nn.GRU, features: int = 40, hidden: int = 128,
+                 num_classes: int = 10):
+        super().__init__()
+        self.rnn = cell(features, hidden, batch_first=True)
+        self.fc = nn.Linear(hidden, num_classes)
+
+    def forward(self, x):
+        _, h = self.rnn(x)
+        h = h[0] if isinstance(h, tuple) else h  # LSTM: (h, c)
+        return self.fc(h[-1])
+
+
+class TransformerBlock(nn.Module):
+    """``(N, 49, 40)`` -> linear patch embedding (64) -> one TransformerEncoderLayer -> mean ->
+    linear."""
+
+    def __init__(self, features: int = 40, dim: int = 64, num_classes: int = 10):
+        super().__init__()
+        self.patch = nn.Linear(features, dim)
+        self.block = nn.TransformerEncoderLayer(dim, 4, 2 * dim, dropout=0.0, batch_first=True)
+        self.fc = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.block(self.patch(x)).mean(dim=1))
+
+
 #: name -> (model factory, input shape without batch, whether torch.ao FX QAT applies)
 MODELS = {
     "resnet": (SmallResNet, (3, 32, 32), True),
     "depthwise": (DepthwiseCNN, (3, 32, 32), True),
     "gru": (GRUNet, (8, 8), False),
+    "kws_gru": (lambda: KWSRecurrent(nn.GRU), (49, 40), False),
+    "kws_lstm": (lambda: KWSRecurrent(nn.LSTM), (49, 40), False),
+    "transformer": (TransformerBlock, (49, 40), False),
 }
+
+
+def saved_for_backward_mb(model, x, y) -> float:
+    """MB that one training forward saves for backward (every tensor autograd keeps, counted once
+    per storage), read with ``torch.autograd.graph.saved_tensors_hooks``."""
+    seen = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        seen[st.data_ptr()] = st.nbytes()
+        return t
+
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = nn.CrossEntropyLoss()(model(x), y)
+    loss.backward()
+    return sum(seen.values()) / 2 ** 20
 
 
 def step_fn(model, x, y):
@@ -159,6 +216,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--cold-allocator", action="store_true", help="skip the allocator warm-up")
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--memory", action="store_true", help="peak extra memory of a step")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -185,6 +243,15 @@ def main(argv=None):
         print(f"{'':{len(name) + 1}} {'median':>7} " + " ".join(
             f"{statistics.median(ratios[k]):21.2f}x" if k in ratios else f"{'n/a':>22}"
             for k in ("float", "linger", "torch.ao FX")))
+        if a.memory:
+            factory, shape = MODELS[name][:2]
+            set_seed(0)
+            base = factory()
+            x, y = torch.randn(a.batch, *shape), torch.randint(0, 10, (a.batch,))
+            mem = {"float": saved_for_backward_mb(copy.deepcopy(base), x, y),
+                   "linger": saved_for_backward_mb(linger.init(copy.deepcopy(base)), x, y)}
+            print(f"{'':{len(name) + 1}} saved for backward: float {mem['float']:.1f} MB,"
+                  f" linger {mem['linger']:.1f} MB ({mem['linger'] / max(mem['float'], 0.1):.2f}x)")
 
 
 if __name__ == "__main__":

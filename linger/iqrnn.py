@@ -56,12 +56,13 @@ def hidden_exp(bits: int) -> int:
 
 
 def _matmul_t(a: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Exact ``a @ w.T`` of int64 arrays: float64 BLAS while every partial sum stays below 2**53
-    (then exact in any summation order), int64 otherwise."""
+    """Exact ``a @ w.T`` of int64 arrays: float32 BLAS while every partial sum stays within
+    2**24, float64 within 2**53 (exact integers in any summation order), int64 otherwise."""
     k = a.shape[-1]
     bound = k * int(np.abs(a).max(initial=0)) * int(np.abs(w).max(initial=0))
-    if bound <= (1 << 53):
-        return np.rint(a.astype(np.float64) @ w.T.astype(np.float64)).astype(I64)
+    for dtype, limit in ((np.float32, 1 << 24), (np.float64, 1 << 53)):
+        if bound <= limit:
+            return (a.astype(dtype) @ w.T.astype(dtype)).astype(I64)
     return a @ w.T
 
 
@@ -105,19 +106,94 @@ def reverse_index(lengths: np.ndarray, steps: int) -> np.ndarray:
     return np.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)
 
 
+class _Recurrent:
+    """``W_hh`` and ``b_hh`` of one direction, prepared once for all steps: the recurrent matmul
+    runs in float32 BLAS when every partial sum is an integer of at most 2**24 (then exact in any
+    summation order; ``|h| <= 2**(bits_h - 1)`` bounds it from the weights alone), else float64
+    up to 2**53, else int64. :meth:`gates` equals :func:`gate_q11` ``(h, w_hh, b_hh, exp_h,
+    exp_whh)``."""
+
+    def __init__(self, w_hh, b_hh, exp_whh: int, exp_h: int, bits_h: int):
+        bound = w_hh.shape[1] * (1 << (bits_h - 1)) * int(np.abs(w_hh).max(initial=0))
+        self.dtype = np.float32 if bound <= 1 << 24 else np.float64 if bound <= 1 << 53 else None
+        self.w = np.ascontiguousarray(w_hh.T if self.dtype is None else w_hh.T.astype(self.dtype))
+        self.b = b_hh
+        self.shift = int(exp_h) + int(exp_whh) - GATE_Q
+
+    def gates(self, h):
+        acc = h @ self.w if self.dtype is None else (h.astype(self.dtype) @ self.w).astype(I64)
+        if self.b is not None:
+            acc += self.b
+        return iqmath.requant(acc, self.shift, 16)                          # (N, G*H) Q11
+
+
+_LUTS: dict = {}
+
+
+def _lut(fn) -> np.ndarray:
+    """``fn`` (a Q11 -> Q15 gate function of :mod:`linger.iqmath`) over the whole int16 domain,
+    indexed by ``x & 0xFFFF``: one gather per gate instead of the piecewise-linear arithmetic,
+    equal by construction."""
+    t = _LUTS.get(fn)
+    if t is None:
+        x = np.arange(1 << 16, dtype=I64)
+        t = _LUTS[fn] = fn(np.where(x >= 1 << 15, x - (1 << 16), x))
+    return t
+
+
+def _gate(fn, x):
+    """``fn(sat16(x))`` through the table of :func:`_lut`."""
+    return _lut(fn)[iqmath.saturate(x, 16) & 0xFFFF]
+
+
+def _gru_step_fast(gi, h, rec: _Recurrent, exp_h: int, bits_h: int):
+    """:func:`gru_step` with prepared weights and table gates (same integers)."""
+    hs = h.shape[1]
+    gh = rec.gates(h)
+    rz = _gate(sigmoid_q15, gi[:, :2 * hs] + gh[:, :2 * hs])
+    r, z = rz[:, :hs], rz[:, hs:]
+    n = _gate(tanh_q15, gi[:, 2 * hs:] + rshift(r * gh[:, 2 * hs:], PROB_Q))
+    acc = ((1 << PROB_Q) - z) * n + z * (h << (PROB_Q - exp_h))
+    return iqmath.requant(acc, 2 * PROB_Q - exp_h, bits_h)
+
+
+def _lstm_step_fast(gi, h, c, rec: _Recurrent, exp_h: int, bits_h: int):
+    """:func:`lstm_step` with prepared weights and table gates (same integers)."""
+    hs = h.shape[1]
+    g = gi + rec.gates(h)
+    s = _gate(sigmoid_q15, g)
+    i, f, o = s[:, :hs], s[:, hs:2 * hs], s[:, 3 * hs:]
+    gg = _gate(tanh_q15, g[:, 2 * hs:3 * hs])
+    shift = 2 * PROB_Q - PROB_Q - CELL_Q
+    c_new = iqmath.requant((f * c << shift) + i * gg, 2 * PROB_Q - CELL_Q, CELL_BITS)
+    h_new = iqmath.requant(o * _lut(tanh_q15)[c_new & 0xFFFF], 2 * PROB_Q - exp_h, bits_h)
+    return h_new, c_new
+
+
 def _direction(mode, gi, h, c, w_hh, b_hh, exp_whh, exp_h, bits_h, lengths, reverse):
-    """Run one direction over (T, N, G) input gates; returns (y (T, N, H), h_T, c_T)."""
+    """Run one direction over (T, N, G) input gates; returns (y (T, N, H), h_T, c_T).
+
+    The steps are :func:`gru_step` / :func:`lstm_step`, computed by their prepared twins
+    (tests/test_iqrnn.py checks them against each other)."""
     steps = gi.shape[0]
+    rec = _Recurrent(w_hh, b_hh, exp_whh, exp_h, bits_h)
+    full = bool((lengths >= steps).all())           # no sequence ends early: no masking
     if reverse:
         idx = reverse_index(lengths, steps)
         gi = np.take_along_axis(gi, idx[:, :, None], axis=0)
     y = np.zeros((steps, h.shape[0], h.shape[1]), dtype=I64)
     for t in range(steps):
-        active = (t < lengths)[:, None]                                  # (N, 1)
         if mode == "GRU":
-            h_new = gru_step(gi[t], h, w_hh, b_hh, exp_whh, exp_h, bits_h)
+            h_new = _gru_step_fast(gi[t], h, rec, exp_h, bits_h)
         else:
-            h_new, c_new = lstm_step(gi[t], h, c, w_hh, b_hh, exp_whh, exp_h, bits_h)
+            h_new, c_new = _lstm_step_fast(gi[t], h, c, rec, exp_h, bits_h)
+        if full:
+            h, y[t] = h_new, h_new
+            if mode == "LSTM":
+                c = c_new
+            continue
+        active = (t < lengths)[:, None]                                  # (N, 1)
+        if mode == "LSTM":
             c = np.where(active, c_new, c)
         h = np.where(active, h_new, h)
         y[t] = np.where(active, h_new, 0)

@@ -29,12 +29,14 @@ def export(model: torch.nn.Module, args, f, input_names=None, output_names=None,
     ``torch.no_grad()``.
 
     ``format="qdq"`` writes standard QuantizeLinear/DequantizeLinear + float ops instead, for
-    onnxruntime and other standard tools (see :mod:`linger.onnx.qdq`). ``debug_dir``: also write
+    onnxruntime and other standard tools (see :mod:`linger.onnx.qdq`). ``format="exact"`` writes
+    standard ONNX (default domain only) that any ONNX runtime executes bit-identically to
+    linger's integers (see :mod:`linger.onnx.exact`; refuses the ops it cannot make exact). ``debug_dir``: also write
     the intermediate graphs of each export step there. ``dynamic_axes``: like torch.onnx.export,
     ``{value_name: {axis: dim_name}}``.
     """
-    if format not in ("linger", "qdq"):
-        raise ExportError(f"format={format!r} is unknown; use 'linger' or 'qdq'")
+    if format not in ("linger", "qdq", "exact"):
+        raise ExportError(f"format={format!r} is unknown; use 'linger', 'qdq' or 'exact'")
     if opset_version < 13:
         raise ExportError(f"opset_version={opset_version} is too old; linger needs >= 13")
     inputs = args if isinstance(args, (tuple, list)) else (args,)
@@ -45,11 +47,14 @@ def export(model: torch.nn.Module, args, f, input_names=None, output_names=None,
         onnx.save(graph_model, os.path.join(debug_dir, "1_linger_traced.onnx"))
     if check:
         onnx.checker.check_model(graph_model)
-    if format == "qdq":
-        from .qdq import to_qdq
-        graph_model = to_qdq(graph_model)
+    if format != "linger":  # a rewrite into standard ONNX
+        if format == "qdq":
+            from .qdq import to_qdq as rewrite
+        else:
+            from .exact import to_exact as rewrite
+        graph_model = rewrite(graph_model)
         if debug_dir:
-            onnx.save(graph_model, os.path.join(debug_dir, "2_qdq.onnx"))
+            onnx.save(graph_model, os.path.join(debug_dir, f"2_{format}.onnx"))
         if check:
             onnx.checker.check_model(graph_model)
     if f is not None:

@@ -27,7 +27,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from .. import iqrnn, numerics
 from ..errors import ExportError, InputError, UnsupportedError
-from . import trace
+from . import rnn_train, trace
 from .base import QuantMixin
 from .functions import fake_quant
 from .layers import QUANT_CLASSES
@@ -35,73 +35,15 @@ from .ops_common import from_int, to_int
 from .packed import Seq, index_batch, plain, seq_view
 from .qtensor import QTensor
 
-#: Bits of the fake-quantized Q15 gate outputs in training (1.0 = 2**15 must fit).
-_GATE_OUT_BITS = 17
-
-
-# -- the recurrence in training: float with fake quantization at the integer points ---------------
-
 class _Grid:
-    """The fixed exponents of one forward pass as 0-dim int32 tensors on the data's device."""
+    """The fixed exponents of one training forward as 0-dim int32 tensors on the data's device
+    (the recurrence itself, :mod:`linger.quant.rnn_train`, uses them as Python ints)."""
 
     def __init__(self, device, bits_h):
         def e(n):
             return torch.tensor(n, dtype=torch.int32, device=device)
-        self.q11, self.q15, self.c = e(iqrnn.GATE_Q), e(iqrnn.PROB_Q), e(iqrnn.CELL_Q)
+        self.q11, self.c = e(iqrnn.GATE_Q), e(iqrnn.CELL_Q)
         self.h, self.bits_h = e(iqrnn.hidden_exp(bits_h)), bits_h
-
-
-def _gru_step_train(g: _Grid, gi, h, w_hh, b_hh):
-    """Float twin of :func:`linger.iqrnn.gru_step` (gi: (N, 3H) on the Q11 grid)."""
-    hs = h.shape[1]
-    gh = fake_quant(F.linear(h, w_hh, b_hh), g.q11, 16)                       # (N, 3H)
-    rz = fake_quant(torch.sigmoid(fake_quant(gi[:, :2 * hs] + gh[:, :2 * hs], g.q11, 16)),
-                    g.q15, _GATE_OUT_BITS)
-    r, z = rz[:, :hs], rz[:, hs:]
-    pre = gi[:, 2 * hs:] + fake_quant(r * gh[:, 2 * hs:], g.q11, 32)
-    n = fake_quant(torch.tanh(fake_quant(pre, g.q11, 16)), g.q15, _GATE_OUT_BITS)
-    return fake_quant((1.0 - z) * n + z * h, g.h, g.bits_h)
-
-
-def _lstm_step_train(g: _Grid, gi, h, c, w_hh, b_hh):
-    """Float twin of :func:`linger.iqrnn.lstm_step`; returns (h', c')."""
-    hs = h.shape[1]
-    pre = fake_quant(gi + fake_quant(F.linear(h, w_hh, b_hh), g.q11, 16), g.q11, 16)  # (N, 4H)
-    s = fake_quant(torch.sigmoid(pre), g.q15, _GATE_OUT_BITS)
-    i, f, o = s[:, :hs], s[:, hs:2 * hs], s[:, 3 * hs:]
-    gg = fake_quant(torch.tanh(pre[:, 2 * hs:3 * hs]), g.q15, _GATE_OUT_BITS)
-    c_new = fake_quant(f * c + i * gg, g.c, iqrnn.CELL_BITS)
-    tc = fake_quant(torch.tanh(c_new), g.q15, _GATE_OUT_BITS)
-    return fake_quant(o * tc, g.h, g.bits_h), c_new
-
-
-def _reverse_index(lengths: torch.Tensor, steps: int) -> torch.Tensor:
-    """Torch twin of :func:`linger.iqrnn.reverse_index` ((T, N) int64)."""
-    t = torch.arange(steps, device=lengths.device)[:, None]
-    return torch.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)
-
-
-def _direction_train(mode, g, gi, h, c, w_hh, b_hh, lengths, reverse):
-    """One direction over (T, N, G) gates; (y (T, N, H), h_T, c_T)."""
-    steps = gi.shape[0]
-    idx = None
-    if reverse:
-        idx = _reverse_index(lengths, steps)[:, :, None]
-        gi = gi.gather(0, idx.expand_as(gi))
-    act = (torch.arange(steps, device=gi.device)[:, None] < lengths[None, :]).unsqueeze(-1)
-    ys = []
-    for t in range(steps):
-        if mode == "GRU":
-            h_new = _gru_step_train(g, gi[t], h, w_hh, b_hh)
-        else:
-            h_new, c_new = _lstm_step_train(g, gi[t], h, c, w_hh, b_hh)
-            c = torch.where(act[t], c_new, c)
-        h = torch.where(act[t], h_new, h)
-        ys.append(h_new * act[t])
-    y = torch.stack(ys)
-    if reverse:
-        y = y.gather(0, idx.expand_as(y))
-    return y, h, c
 
 
 # -- the layer ------------------------------------------------------------------------------------
@@ -223,8 +165,7 @@ class _QuantRNN(QuantMixin):
         x = xq.plain().transpose(0, 1) if batch_first else xq.plain()           # (T, N, F)
         steps, n = x.shape[0], x.shape[1]
         g = _Grid(x.device, self._bits_h)
-        lengths = torch.full((n,), steps, device=x.device) if lengths is None \
-            else lengths.to(x.device)
+        lengths = None if lengths is None else lengths.to(x.device)  # None: every step counts
         shape = (self.num_layers * self._dirs, n, self.hidden_size)
         h0 = x.new_zeros(shape) if h0 is None else \
             fake_quant(plain(h0).to(x.dtype), g.h, g.bits_h)
@@ -242,8 +183,8 @@ class _QuantRNN(QuantMixin):
                     b_ih = fake_quant(b_ih, exp_in + n_ih, numerics.BIAS_BITS)
                     b_hh = fake_quant(b_hh, g.h + n_hh, numerics.BIAS_BITS)
                 gi = fake_quant(F.linear(inp, w_ih, b_ih), g.q11, 16)            # (T, N, G*H)
-                y, h, c = _direction_train(self.mode, g, gi, h0[k], c0[k], w_hh, b_hh, lengths,
-                                           reverse=d == 1)
+                y, h, c = rnn_train.direction(self.mode, gi, h0[k], c0[k], w_hh, b_hh, lengths,
+                                              d == 1, self._bits_h)
                 outs.append(y)
                 hn.append(h)
                 cn.append(c)
