@@ -75,7 +75,8 @@ def eltwise_node(op, bdims=1):
 BUILDERS = {"Conv2dInt": conv_node, "Conv1dInt": conv_node, "ConvTranspose2dInt": conv_node,
             "ConvTranspose1dInt": conv_node, "LinearInt": linear_node, "MatMulInt": matmul_node,
             "AvgPoolInt": pool_node, "MaxPool": pool_node, "Transpose": transpose_node,
-            "SoftmaxInt": softmax_node, "LogSoftmaxInt": softmax_node, "iqAdd": eltwise_node,
+            "SoftmaxInt": softmax_node, "LogSoftmaxInt": softmax_node, "SoftmaxLuna": softmax_node,
+            "iqAdd": eltwise_node,
             "iqSub": eltwise_node}
 
 

@@ -124,7 +124,18 @@ def _packed_bytes(source):
 
 def read_model(source):
     """``source``: path, bytes or ModelProto (ONNX, or a file written by ``linger pack``) ->
-    ``(ModelProto, description for messages)``; anything unreadable is a ModelFileError."""
+    ``(ModelProto, description for messages)``; anything unreadable is a ModelFileError.
+
+    A model exported by the original linger (domain ``thinker``) comes back translated into
+    linger's semantics (:mod:`linger.importers.thinker`)."""
+    model, where = _read_model(source)
+    from ..importers.thinker import import_thinker, is_thinker_model
+    if is_thinker_model(model):
+        model = import_thinker(model, where)
+    return model, where
+
+
+def _read_model(source):
     loaded = sys.modules.get("onnx")  # a ModelProto can only come from an imported onnx
     if loaded is not None and isinstance(source, loaded.ModelProto):
         return source, "<ModelProto>"

@@ -26,7 +26,7 @@ FAMILIES = {
     "LinearInt": "linear", "MatMulInt": "matmul",
     "AvgPoolInt": "pool", "MaxPool": "pool",
     "Transpose": "transpose",
-    "SoftmaxInt": "softmax", "LogSoftmaxInt": "softmax",
+    "SoftmaxInt": "softmax", "LogSoftmaxInt": "softmax", "SoftmaxLuna": "softmax",
     "iqAdd": "elementwise", "iqSub": "elementwise", "iqMul": "elementwise",
     "iqDiv": "elementwise",
 }
