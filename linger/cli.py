@@ -103,15 +103,13 @@ def main(argv=None) -> int:
         return int(args._run(args) or 0)
     except LingerError as e:
         return _error(args.command, e)
-    except ModuleNotFoundError as e:
-        top = (e.name or "").split(".")[0]
-        if top not in OPTIONAL:
-            raise
-        return _error(args.command, f"this command needs {top}, which is not installed:"
-                                    f" {OPTIONAL[top]}")
     except OSError as e:  # a file that cannot be read or written
         return _error(args.command, e)
     except Exception as e:  # a user script's error, or a bug: status 1 means "differ", not this
+        top = (getattr(e, "name", None) or "").split(".")[0]
+        if isinstance(e, ModuleNotFoundError) and top in OPTIONAL:
+            return _error(args.command, f"this command needs {top}, which is not installed:"
+                                        f" {OPTIONAL[top]}")
         traceback.print_exc()
         return _error(args.command, f"{type(e).__name__}: {e} (traceback above)")
 
@@ -165,9 +163,8 @@ def run(args) -> int:
     name, shape, dtype and range. The runtime reproduces PyTorch eval outputs bit for bit."""
     import numpy as np
 
-    from .runtime import InferenceSession
-
     from ._files import refuse_overwrite
+    from .runtime import InferenceSession
 
     refuse_overwrite([args.model] + [s.rpartition("=")[2] for s in args.inputs],
                      {"output": args.output})
