@@ -43,3 +43,8 @@ class TargetError(ConfigError):
     def __init__(self, message: str, violations=()):
         super().__init__(message)
         self.violations = list(violations)
+
+
+class ResourceError(LingerError, MemoryError):
+    """A model (or an input) would need more memory than the session allows
+    (``InferenceSession(..., max_memory_bytes=...)``), or more than the machine has."""

@@ -228,8 +228,10 @@ def rnn(mode: str, x, lengths, h0, c0, weights, *, exp_x: int, exp_w, bits_h: in
         for d in range(dirs):
             k = layer * dirs + d
             w_ih, w_hh, b_ih, b_hh = (None if a is None else iqmath.as_int(a) for a in weights[k])
-            gi = gate_q11(inp.reshape(steps * batch, -1), w_ih, b_ih, exp_in, exp_w[2 * k])
-            gi = gi.reshape(steps, batch, -1)                            # (T, N, G*H) Q11
+            # explicit sizes, not -1: a zero-size batch or sequence has no size to infer
+            gi = gate_q11(inp.reshape(steps * batch, inp.shape[2]), w_ih, b_ih, exp_in,
+                          exp_w[2 * k])
+            gi = gi.reshape(steps, batch, w_ih.shape[0])                 # (T, N, G*H) Q11
             y, h_n[k], c_n[k] = _direction(mode, gi, h0[k], c0[k], w_hh, b_hh,
                                            int(exp_w[2 * k + 1]), exp_h, bits_h, lengths,
                                            reverse=d == 1)

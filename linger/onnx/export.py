@@ -9,7 +9,7 @@ import onnx
 import torch
 from onnx import helper
 
-from ..errors import ExportError
+from ..errors import ExportError, NumericError
 from ..quant import trace as qtrace
 from ..quant.qtensor import QTensor
 from .recorder import _NP_TO_ONNX, DOMAIN, Recorder
@@ -25,8 +25,9 @@ def export(model: torch.nn.Module, args, f, input_names=None, output_names=None,
     The model runs once in eval mode on ``args`` (a tensor or a tuple of tensors) and every op it
     executes becomes a node: quantized layers as ``ai.linger`` integer ops (docs/onnx_ops.md),
     ``Quant`` where float enters the quantized region, ``Dequant`` where it leaves. The model is
-    not modified: parameters, buffers and its training flag are as before, inside or outside
-    ``torch.no_grad()``.
+    not modified: parameters, buffers and the training flag of every sub-module are as before,
+    inside or outside ``torch.no_grad()``. A NaN or infinite parameter or buffer is refused with
+    :class:`~linger.errors.NumericError` naming it.
 
     ``format="qdq"`` writes standard QuantizeLinear/DequantizeLinear + float ops instead, for
     onnxruntime and other standard tools (see :mod:`linger.onnx.qdq`). ``format="exact"`` writes
@@ -86,13 +87,15 @@ def trace(model, inputs, input_names=None, output_names=None, opset_version=DEFA
         t = QTensor.wrap(x.detach(), None, None)
         rec.bind(t, name)
         traced.append(t)
-    was_training = model.training
+    refuse_non_finite(model)
+    modes = {m: m.training for m in model.modules()}  # each sub-module's own mode
     try:
         model.eval()
         with torch.no_grad(), qtrace.recording(rec), _module_stack(model, rec):
             out = model(*traced)
     finally:
-        model.train(was_training)
+        for m, training in modes.items():
+            m.training = training
     outs = _flatten_outputs(out)
     output_names = list(output_names or [f"output{'_' + str(i) if i else ''}"
                                          for i in range(len(outs))])
@@ -106,6 +109,31 @@ def trace(model, inputs, input_names=None, output_names=None, opset_version=DEFA
     built = _build(rec, input_names, output_names, opset_version, dynamic_axes or {})
     built.graph.name = type(model).__name__  # the model's own name, for the packer's report
     return built, rec
+
+
+def refuse_non_finite(model: torch.nn.Module) -> None:
+    """Refuse a model holding NaN or +-inf in a floating-point parameter, or in a buffer of a
+    normalization layer or a linger module (running statistics, ranges).
+
+    Quantizing such a value has no meaning (a NaN BatchNorm mean would become the int32 bias
+    -2**31), so the export names the tensor instead of writing a graph that disagrees with
+    ``eval()``.
+    """
+    for path, m in model.named_modules():
+        tensors = [("parameter", n, t) for n, t in m.named_parameters(recurse=False)]
+        if isinstance(m, torch.nn.modules.batchnorm._NormBase) \
+                or type(m).__module__.startswith("linger."):
+            # statistics; a user's own buffer (an attention mask of -inf) is data, not a weight
+            tensors += [("buffer", n, t) for n, t in m.named_buffers(recurse=False)]
+        for kind, name, t in tensors:
+            flat = t.detach().flatten()
+            if t.is_floating_point() and not bool(torch.isfinite(flat).all()):
+                bad = flat[~torch.isfinite(flat)][0].item()
+                full = f"{path}.{name}" if path else name
+                raise NumericError(f"{kind} '{full}' (shape {list(t.shape)}) holds {bad}; the"
+                                   f" exported integer model would not match eval(). Find where"
+                                   f" it became non-finite (learning rate, a zero variance...)"
+                                   f" and retrain or reset it before exporting")
 
 
 @contextmanager

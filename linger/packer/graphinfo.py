@@ -57,7 +57,15 @@ def load(source, dims=None) -> PackGraph:
     graph = load_graph(model)
     graph.source = where
     dims = dict(dims or {})
-    feed = {a.name: np.zeros(_input_shape(a, dims, where), dtype=a.dtype or np.float32)
+    shapes = {a.name: _input_shape(a, dims, where) for a in graph.inputs}
+    from ..runtime.budget import DEFAULT_MAX_MEMORY, size_text
+    for a in graph.inputs:  # a hostile declared shape must not allocate before the budget
+        size = math.prod(shapes[a.name]) * np.dtype(a.dtype or np.float32).itemsize
+        if size > DEFAULT_MAX_MEMORY:
+            raise InputError(f"{where}: input '{a.name}' of shape {list(shapes[a.name])} would"
+                             f" take {size_text(size)}, above the runtime's default limit"
+                             f" {size_text(DEFAULT_MAX_MEMORY)}; check its declared shape")
+    feed = {a.name: np.zeros(shapes[a.name], dtype=a.dtype or np.float32)
             for a in graph.inputs}
     from ..runtime import InferenceSession
     try:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import ModelFileError
+from . import schema
 from .kernels import (KERNELS, LINGER_DOMAIN, LINGER_OPSET_VERSION, MIN_ONNX_OPSET,
                       supported_ops)
 
@@ -90,13 +91,16 @@ def load_graph(source) -> Graph:
         except Exception as e:  # external data missing, bad raw length...
             raise ModelFileError(f"{where}: initializer '{t.name}' cannot be read: {e}") from e
     nodes = [_bind(n, i, where) for i, n in enumerate(g.node)]
-    inputs = [_node_arg(v) for v in g.input if v.name not in inits]
-    outputs = [_node_arg(v) for v in g.output]
+    inputs = [_node_arg(v, where) for v in g.input if v.name not in inits]
+    outputs = [_node_arg(v, where) for v in g.output]
     return _assemble(nodes, inits, inputs, outputs, where)
 
 
 def _assemble(nodes, inits, inputs, outputs, where) -> Graph:
-    """The checked graph: nodes in a valid order, every graph output produced."""
+    """The checked graph (ONNX or packed source): every attribute against its op's schema,
+    before any kernel compiles; nodes in a valid order; every graph output produced."""
+    for node in nodes:
+        schema.validate_node(node, inits, f"{where}: {node.where}")
     known = {v.name for v in inputs} | set(inits)
     nodes = _topological(nodes, known, where)
     produced = known | {o for n in nodes for o in n.outputs}
@@ -187,7 +191,13 @@ def _bind(n, index, where) -> Node:
     name = n.name or f"#{index}"
     label = f"{where}: node '{name}' ({domain or 'ai.onnx'}::{n.op_type})"
     kernel_for(domain, n.op_type, label)
-    attrs = {a.name: _attr_value(a, label) for a in n.attribute}
+    try:
+        attrs = {a.name: _attr_value(a, label) for a in n.attribute}
+    except ModelFileError:
+        raise
+    except Exception as e:  # a tensor attribute with a bad raw length, bytes not UTF-8...
+        raise ModelFileError(f"{label}: an attribute cannot be decoded: {type(e).__name__}:"
+                             f" {e}") from e
     return bind(name, n.op_type, domain, n.input, n.output, attrs, label)
 
 
@@ -249,13 +259,18 @@ def _check_signature(fn, attrs, label):
                              f" supported: {sorted(allowed)}")
 
 
-def _node_arg(v) -> NodeArg:
+def _node_arg(v, where="<model>") -> NodeArg:
     from onnx import helper
 
     t = v.type.tensor_type
     dtype = None
     if v.type.HasField("tensor_type") and t.elem_type:
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type))
+        try:
+            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type))
+        except Exception:  # KeyError for a number ONNX does not define
+            raise ModelFileError(f"{where}: graph value '{v.name}' has element type"
+                                 f" {t.elem_type}, which ONNX does not define (1 = float,"
+                                 f" 3 = int8...); re-export the model") from None
     shape = None
     if t.HasField("shape"):
         shape = [d.dim_value if d.HasField("dim_value") else

@@ -29,7 +29,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ..errors import LingerError, ModelFileError
+from ..errors import LingerError, ModelFileError, ResourceError
 from .kernels import FAST
 from .kernels._fast import CANON, Arg, Scratch, to_canonical, to_fast
 
@@ -143,8 +143,10 @@ def compile_program(graph, wanted, use_fast: bool = True) -> Program:
         _publish(node.outputs, wanted_set, fast, canon, need, node)
 
     results = {name: name for name in wanted}
+    # read by a plain step, a conversion or a fast step taking it as is (a graph may feed an
+    # initializer to any input)
     initializers = tuple(n for n in inits if n in wanted_set
-                         or any(n in s.ins for s in steps if s.kind == "plain"))
+                         or any(n in s.ins for s in steps))
     _plan_memory(steps, set(results.values()), owned)
     return Program(steps, results, initializers, fast)
 
@@ -158,6 +160,10 @@ def _prepare(node, inits, dtypes):
         op = prep(node.attrs, args)
     except LingerError:   # a bad attribute: the plain kernel reports it when the node runs
         return None
+    except Exception as e:  # the schema let through what the preparer cannot take: a gap
+        raise ModelFileError(f"{node.where}: preparing its fast kernel failed"
+                             f" ({type(e).__name__}: {e}); run with fast=False to avoid it,"
+                             f" and please report it with the model") from e
     if op is None or len(op.gives) < len(node.outputs):
         return None
     # an input known to have another dtype: the plain kernel refuses it by name
@@ -225,34 +231,40 @@ def _converter(fn, dtype):
     return lambda args, inplace, scratch: [fn(args[0], dtype)]
 
 
-def execute(program, initializers, feed, profile=None) -> dict:
+def execute(program, initializers, feed, profile=None, budget=None) -> dict:
     """Run the steps on ``feed``; returns ``{wanted name: canonical array}``.
 
     ``profile``: a dict that receives ``{op_type: seconds}`` summed over the steps (conversions
     under ``"<convert>"``, folded ops joined: ``"Conv2dInt+BatchNormInt+Relu"``).
+    ``budget``: a :class:`~linger.runtime.budget.Budget` checked before each step.
     """
+    meter = budget.meter(program, feed) if budget is not None else None
     if not program.lock.acquire(blocking=False):  # another thread runs it: own buffers
-        return _execute(program, initializers, feed, profile, False)
+        return _execute(program, initializers, feed, profile, False, meter)
     try:
-        return _execute(program, initializers, feed, profile, True)
+        return _execute(program, initializers, feed, profile, True, meter)
     finally:
         program.lock.release()
 
 
-def _execute(program, initializers, feed, profile, keep):
+def _execute(program, initializers, feed, profile, keep, meter=None):
     values = {n: initializers[n] for n in program.initializers}
     values.update(feed)
     clock = time.perf_counter if profile is not None else None
     for step in program.steps:
         args = [values[k] if k else None for k in step.ins]
+        if meter is not None:
+            meter.before(step, args, initializers)
         if clock:
             t0 = clock()
         try:
             outs = step.run(args, step.inplace, step.scratch if keep else Scratch())
             for stage in step.post:
                 stage(outs[0])
-        except MemoryError:
-            raise
+        except MemoryError as e:
+            raise ResourceError(f"{step.node.where}: the machine ran out of memory while the"
+                                f" node ran ({type(e).__name__}: {e}); feed a smaller batch or"
+                                f" lower max_memory_bytes so the runtime refuses it early") from e
         except Exception as e:
             _explain(program, step, args, {**initializers, **values}, e)
         if clock:
@@ -264,8 +276,12 @@ def _execute(program, initializers, feed, profile, keep):
         for key, arr in zip(step.outs, outs):
             if key:
                 values[key] = arr
+        if meter is not None:
+            meter.after(step, outs)
         for key in step.frees:
             del values[key]
+    if meter is not None:
+        meter.done()
     return {name: values[key] for name, key in program.results.items()}
 
 
@@ -289,9 +305,7 @@ def _explain(program, step, args, values, error):
                     for k, n in enumerate(node.inputs)]
             try:
                 prev = node.fn(args, **node.attrs)[0]
-            except MemoryError:
-                raise
-            except Exception as plain_error:
+            except Exception as plain_error:  # MemoryError included: reported as it is
                 error = plain_error
                 break
         else:
@@ -300,6 +314,11 @@ def _explain(program, step, args, values, error):
                                  f" this") from error
     if isinstance(error, LingerError):  # a kernel's own message: add where it happened
         raise type(error)(f"{node.where}: {error}") from error
+    if isinstance(error, MemoryError):
+        raise ResourceError(f"{node.where}: the machine ran out of memory while the node ran;"
+                            f" feed a smaller batch") from error
     shapes = [None if a is None else f"{a.dtype}{list(a.shape)}" for a in args]
     raise ModelFileError(f"{node.where} failed on inputs {shapes}: {type(error).__name__}:"
-                         f" {error}") from error
+                         f" {error}. The model file passed the loader's checks, so this is a"
+                         f" gap in linger's validation or a bug: please report it with the"
+                         f" model") from error

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..errors import InputError
+from .budget import Budget
 from .graph import Graph, NodeArg, load_graph
 from .program import compile_program, execute
 
@@ -18,6 +19,9 @@ class InferenceSession:
     ``providers`` are accepted for onnxruntime compatibility and ignored. ``fast=False`` runs
     every node with its plain kernel: the reference the fast path (docs/runtime.md) is tested
     against, bit for bit, and a way to rule it out when investigating a difference.
+    ``max_memory_bytes`` (default 4 GiB): before each node runs, the memory it may allocate
+    (estimated from its input shapes, :mod:`linger.runtime.schema`) plus what the run holds
+    must stay below it, else :class:`~linger.errors.ResourceError` names the node and the size.
 
     >>> import numpy as np
     >>> from onnx import TensorProto, helper
@@ -35,9 +39,11 @@ class InferenceSession:
     array([[ 0.125 , -0.0625,  7.9375]], dtype=float32)
     """
 
-    def __init__(self, source, sess_options=None, providers=None, *, fast: bool = True):
+    def __init__(self, source, sess_options=None, providers=None, *, fast: bool = True,
+                 max_memory_bytes: int | None = None):
         self._graph: Graph = load_graph(source)
         self._fast = bool(fast)
+        self._budget = Budget(max_memory_bytes)
         self._value_names = (set(self._graph.initializers)
                              | {a.name for a in self._graph.inputs}
                              | {o for n in self._graph.nodes for o in n.outputs if o})
@@ -117,7 +123,8 @@ class InferenceSession:
         return program
 
     def _execute(self, feed, wanted, profile=None):
-        return execute(self._program(wanted), self._graph.initializers, feed, profile)
+        return execute(self._program(wanted), self._graph.initializers, feed, profile,
+                       self._budget)
 
 
 def _check_one(arg: NodeArg, value, symbols: dict) -> None:

@@ -22,9 +22,15 @@ Checklist: adding an op
    :mod:`linger.numerics` (``requantize``, ``rounded_div``...), never re-derived here.
 5. Check input dtypes/shapes the op relies on with ``_common.check_dtype`` (raise
    :class:`~linger.errors.ModelFileError`, never ``assert``); the session adds the node's name.
-6. Test it in ``tests/test_runtime_*.py`` against an outside reference (onnxruntime for standard
+6. Declare its schema beside it: ``schema("MyOpInt", inputs=(least, most), check=...,
+   memory=..., exp_x=Exp(), bits_x=Bits(), ...)`` (:mod:`linger.runtime.schema`): the type and
+   range of every attribute, their consistency with the weights, and the memory estimate the
+   session checks before the node runs. Without it the op gets only generic checks, and
+   ``tests/test_hostile.py`` lists it as missing; copy the new row of
+   ``schema.markdown_table()`` into docs/reliability.md.
+7. Test it in ``tests/test_runtime_*.py`` against an outside reference (onnxruntime for standard
    ops, a torch/python computation for custom ones) with ``np.array_equal``.
-7. Optional, for speed: a *fast* version, ``@fast("MyOpInt")`` on a preparer
+8. Optional, for speed: a *fast* version, ``@fast("MyOpInt")`` on a preparer
    ``prep(attrs, args) -> FastOp | None`` that works on the float32 channels-last form
    (:mod:`._fast`). It must give the plain kernel's bits: prove each float32 step exact from the
    constants it sees (return ``None`` where it cannot), and add the op to the fast-vs-plain

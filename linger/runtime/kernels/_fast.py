@@ -42,8 +42,9 @@ from ...errors import ModelFileError
 F32 = np.float32
 #: Largest integer magnitude float32 holds with all its neighbours (2**24).
 EXACT = 1 << 24
-#: Largest |shift| a fast kernel accepts: ``2**-s`` and ``2**24 * 2**s`` stay normal float32.
-MAX_SHIFT = 100
+#: Largest |shift| a fast kernel accepts: ``2**-s`` and ``2**24 * 2**s`` stay normal float32,
+#: and ``2**(s-1)`` fits an int64 (a hostile file may ask for any shift the schema allows).
+MAX_SHIFT = 62
 #: Marker in :attr:`FastOp.takes`: the input is read in its canonical form (e.g. Quant's floats).
 CANON = "canonical"
 #: ``np.clip``'s ufunc without its Python wrapper (a few us per call at batch 1), if available.
@@ -215,7 +216,7 @@ def layer_stage(w2d: np.ndarray, bias, attrs) -> tuple | None:
 
     ``None`` when float32 is not provably exact: ``max|acc| + max|B + 2**(s-1)| <= 2**24`` with
     ``max|acc| = 2**(bits_x-1) * max_j sum_k |W[j, k]|`` (the weights are known here, which is
-    tighter than ``numerics.acc_float_dtype_for``), ``|s| <= 100`` and ``bits_o <= 16``.
+    tighter than ``numerics.acc_float_dtype_for``), ``|s| <= MAX_SHIFT`` and ``bits_o <= 16``.
     """
     s = int(attrs["exp_x"]) + int(attrs["exp_w"]) - int(attrs["exp_o"])
     bits_o = int(attrs["bits_o"])

@@ -18,6 +18,7 @@ import numpy as np
 
 from ... import numerics
 from ...errors import ModelFileError
+from .. import schema as S
 from . import fast, kernel
 from ._common import (acc_dtype, check_dtype, check_rank, output_stage, pad_pairs, pad_spatial,
                       spatial, windows)
@@ -26,6 +27,80 @@ from ._fast import (FastOp, c_strides, fast_ok, layer_stage, pad_cl, window_geom
 
 #: Bytes of one im2col block (rows x K float32): it stays in cache between the copy and its sgemm.
 _BLOCK_BYTES = 1 << 19
+
+# -- schemas (linger/runtime/schema.py): attribute ranges, consistency, memory ----------------
+_GEOMETRY = dict(kernel_shape=S.Ints(1, S.MAX_SPATIAL, (1, 2)),
+                 strides=S.Ints(1, S.MAX_SPATIAL, (1, 2)),
+                 pads=S.Ints(0, S.MAX_SPATIAL, (2, 4)),
+                 dilations=S.Ints(1, S.MAX_SPATIAL, (1, 2)), group=S.Int(1, S.ATTR_INT[1]))
+
+
+def _conv_check(attrs, consts, where, *, nd, transposed):
+    """Lengths of the per-axis attributes; with the weight known: its rank and dtype, the
+    kernel shape, the groups and the bias (``B (Cout,)`` int32)."""
+    S.spatial_lengths(attrs, nd, where)
+    if transposed:
+        S.spatial_lengths(attrs, nd, where, names=("output_padding",))
+    w, b = (list(consts) + [None, None])[1:3]
+    if w is None:
+        return
+    S.need(w.ndim == nd + 2, where, f"weight W {list(w.shape)} must have rank {nd + 2}")
+    S.const_dtype(w, numerics.int_dtype(attrs["bits_w"]), where, "weight W")
+    k = list(w.shape[2:])
+    ks = attrs.get("kernel_shape")
+    S.need(ks is None or list(ks) == k, where, f"kernel_shape {ks} disagrees with weight shape"
+           f" {list(w.shape)}")
+    S.need(min(k, default=1) >= 1, where, f"weight W {list(w.shape)} has an empty kernel")
+    g = int(attrs.get("group", 1))
+    cout = w.shape[1] * g if transposed else w.shape[0]
+    S.need(w.shape[0] % g == 0, where, f"group={g} does not divide weight {list(w.shape)}")
+    if b is not None:
+        S.const_dtype(b, np.int32, where, "bias B")
+        S.need(b.shape == (cout,), where, f"bias B {list(b.shape)} must have shape ({cout},)")
+
+
+def _conv_memory(attrs, ins, fast):
+    """Padded input, im2col columns (blocked on the fast path), accumulator and output."""
+    x, w = ins[0], ins[1]
+    if w is None or len(x.shape) != len(w.shape) or len(x.shape) < 3:
+        return 0  # the kernel explains the rank mismatch
+    nd, (n, c), cout = len(x.shape) - 2, x.shape[:2], w.shape[0]
+    k = list(w.shape[2:])
+    where = "input x"
+    out = [S.window_out(L, pp, kd, s, d, where) for L, pp, kd, s, d in
+           zip(x.shape[2:], S.pad_pairs(attrs, nd), k, S.per_axis(attrs, "strides", nd, 1),
+               S.per_axis(attrs, "dilations", nd, 1))]
+    padded = [L + a + b for L, (a, b) in zip(x.shape[2:], S.pad_pairs(attrs, nd))]
+    item = 4 if fast else 8
+    cols = S.nbytes([n, *out, c, *k], item)
+    if fast and int(attrs.get("group", 1)) == 1:
+        cols = min(cols, 4 * _BLOCK_BYTES)
+    return S.nbytes([n, c, *padded], item) + cols + 3 * S.nbytes([n, cout, *out], 8)
+
+
+def _conv_t_memory(attrs, ins, fast):
+    """Columns ``x^T W`` (twice: the transpose copies), the full output and its crop."""
+    x, w = ins[0], ins[1]
+    if w is None or len(x.shape) != len(w.shape) or len(x.shape) < 3:
+        return 0
+    nd, n = len(x.shape) - 2, x.shape[0]
+    k, cout = list(w.shape[2:]), w.shape[1] * int(attrs.get("group", 1))
+    full = [(i - 1) * s + d * (kd - 1) + 1 for i, s, d, kd in
+            zip(x.shape[2:], S.per_axis(attrs, "strides", nd, 1),
+                S.per_axis(attrs, "dilations", nd, 1), k)]
+    size = [f + pb + pe + op for f, (pb, pe), op in
+            zip(full, S.pad_pairs(attrs, nd), S.per_axis(attrs, "output_padding", nd, 0))]
+    return 2 * S.nbytes([n, *x.shape[2:], cout, *k]) + 3 * S.nbytes([n, cout, *size]) \
+        + S.nbytes(x.shape)
+
+
+for _nd in (1, 2):
+    S.schema(f"Conv{_nd}dInt", inputs=(2, 3), memory=_conv_memory, **S.layer_attrs(),
+             **_GEOMETRY,
+             check=lambda a, c, w, nd=_nd: _conv_check(a, c, w, nd=nd, transposed=False))
+    S.schema(f"ConvTranspose{_nd}dInt", inputs=(2, 3), memory=_conv_t_memory,
+             **S.layer_attrs(), **_GEOMETRY, output_padding=S.Ints(0, S.MAX_SPATIAL, (1, 2)),
+             check=lambda a, c, w, nd=_nd: _conv_check(a, c, w, nd=nd, transposed=True))
 
 
 def _layer_inputs(inputs, bits_x, bits_w):
@@ -139,7 +214,7 @@ def conv_fast(attrs, args):
                 win = windows_cl(pad_cl(x, pairs, scratch), k, strides, dilations)
             out = scratch.get("out", (*win.shape[:1 + nd], cout))
             win = win.reshape(*win.shape[:-1], g, cg)                   # (N, *O, *k, G, Cg)
-            cols = np.moveaxis(win, -2, 0).reshape(g, out.size // cout, -1)  # (G, N*P, K)
+            cols = np.moveaxis(win, -2, 0).reshape(g, out.size // cout, wm.shape[1])  # (G,N*P,K)
             acc = np.matmul(cols, wm)                                   # (G, N*P, Cout/G)
             out.reshape(-1, g, cout // g)[...] = acc.transpose(1, 0, 2)
             return [stage(out)]

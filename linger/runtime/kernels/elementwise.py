@@ -10,8 +10,15 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import ModelFileError
+from .. import schema as S
 from . import fast, kernel
 from ._fast import FastOp, Stage, fast_ok
+
+
+for _op, _n in (("Relu", 1), ("Neg", 1), ("Abs", 1), ("Add", 2), ("Sub", 2), ("Mul", 2),
+                ("Div", 2)):
+    S.schema(_op, "", inputs=(_n, _n), memory=S.broadcast_memory(4))
+S.schema("Clip", "", inputs=(1, 3), memory=S.broadcast_memory(3))
 
 
 def _same_dtype(op: str, *arrays) -> None:

@@ -5,8 +5,18 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import InputError, ModelFileError
+from .. import schema as S
 from . import kernel
 from ._common import check_dtype
+
+
+def _embedding_memory(attrs, ins, fast):
+    """``W[indices]``: one table row per index."""
+    indices, w = ins
+    return S.nbytes([*indices.shape, *w.shape[1:]], w.dtype.itemsize) + S.nbytes(indices.shape)
+
+
+S.schema("EmbeddingInt", inputs=(2, 2), memory=_embedding_memory, exp_w=S.Exp(), bits_w=S.Bits())
 
 
 @kernel("EmbeddingInt")

@@ -8,9 +8,39 @@ import numpy as np
 
 from ... import iqmath, numerics
 from ...errors import ModelFileError
+from .. import schema as S
 from . import fast, kernel
 from ._common import check_dtype
 from ._fast import EXACT, MAX_SHIFT, FastOp, Stage, cl, fast_ok, int_max, uncl
+
+
+def _matmul_memory(attrs, ins, fast):
+    """Both operands and three int64 temporaries of the broadcast ``(..., M, N)`` result."""
+    x, y = ins
+    if len(x.shape) < 2 or len(y.shape) < 2:
+        return S.sum_memory(4)(attrs, ins, fast)
+    batch = S.broadcast([x.shape[:-2], y.shape[:-2]], "MatMulInt inputs")
+    return S.sum_memory(2)(attrs, ins, fast) + 3 * S.nbytes([*batch, x.shape[-2], y.shape[-1]])
+
+
+def _cat_check(attrs, consts, where):
+    n = len(consts)
+    S.need(len(attrs["exp_inputs"]) == n and len(attrs["bits_inputs"]) == n, where,
+           f"{n} inputs need {n} exp_inputs and bits_inputs, got {len(attrs['exp_inputs'])} and"
+           f" {len(attrs['bits_inputs'])}")
+
+
+_TWO = dict(exp_x=S.Exp(), bits_x=S.Bits(), exp_y=S.Exp(), bits_y=S.Bits(), exp_o=S.Exp(),
+            bits_o=S.Bits())
+for _op in ("iqAdd", "iqSub", "iqMul", "iqDiv"):
+    S.schema(_op, inputs=(2, 2), memory=S.broadcast_memory(6), **_TWO)
+S.schema("MatMulInt", inputs=(2, 2), memory=_matmul_memory, **_TWO)
+S.schema("iqCat", inputs=(1, S.MAX_LIST), memory=S.sum_memory(4), check=_cat_check,
+         axis=S.Axis(), new_axis=S.Flag(), exp_inputs=S.Ints(*S.EXP, (1, S.MAX_LIST)),
+         bits_inputs=S.Ints(*S.BITS, (1, S.MAX_LIST)), exp_o=S.Exp(), bits_o=S.Bits())
+for _op in ("iqSum", "iqMean"):
+    S.schema(_op, inputs=(1, 1), memory=S.sum_memory(4), axes=S.Ints(*S.AXIS, (0, 8)),
+             keepdims=S.Flag(), exp_x=S.Exp(), bits_x=S.Bits(), exp_o=S.Exp(), bits_o=S.Bits())
 
 
 def _out(q, bits):

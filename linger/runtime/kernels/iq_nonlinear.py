@@ -8,8 +8,18 @@ import numpy as np
 
 from ... import iqmath, numerics
 from ...errors import ModelFileError
+from .. import schema as S
 from . import kernel
 from ._common import check_dtype
+
+
+_ONE = dict(exp_x=S.Exp(), bits_x=S.Bits(), exp_o=S.Exp(), bits_o=S.Bits())
+for _op in ("iqSigmoid", "iqTanh", "iqSiLU", "iqGELU"):
+    S.schema(_op, inputs=(1, 1), memory=S.sum_memory(8), **_ONE)
+for _op in ("SoftmaxInt", "LogSoftmaxInt"):
+    S.schema(_op, inputs=(1, 1), memory=S.sum_memory(8), axis=S.Axis(), **_ONE)
+S.schema("LayerNormInt", inputs=(1, 3), memory=S.sum_memory(10), axis=S.Axis(),
+         eps_q=S.Int(0, 1 << 61), exp_w=S.Exp(), bits_w=S.Bits(), **_ONE)
 
 
 def _out(q, bits):

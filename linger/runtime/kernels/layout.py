@@ -6,9 +6,12 @@ float32 fast form, so integers between two fast ops need no int8 round trip."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ...errors import ModelFileError
+from .. import schema as S
 from . import KERNELS, fast, kernel
 from ._fast import FastOp, cl, fast_ok, uncl
 
@@ -18,10 +21,81 @@ def _ints(a) -> list[int]:
     return [int(v) for v in np.asarray(a).reshape(-1)]
 
 
+def _layout_kernel(op_type: str, **kw):
+    """Register a standard layout kernel whose numpy shape errors (a reshape to a size that
+    does not match, an axis out of range...) are the model's: ModelFileError, numpy's words."""
+    def register(fn):
+        @functools.wraps(fn)
+        def run(inputs, **attrs):
+            try:
+                return fn(inputs, **attrs)
+            except (ValueError, IndexError) as e:  # numpy AxisError is both
+                shapes = [None if a is None else list(a.shape) for a in inputs]
+                raise ModelFileError(f"{op_type} cannot be applied to inputs of shapes"
+                                     f" {shapes}: {e}") from e
+        return kernel(op_type, domain="", **kw)(run)
+    return register
+
+
 def _axis(axis: int, ndim: int) -> int:
     if not -ndim <= axis < ndim:
         raise ModelFileError(f"axis {axis} is out of range for rank {ndim}")
     return axis % ndim
+
+
+def _values(arg):
+    """The ints of a shape/pads/axes input, ``None`` when not known before running."""
+    return None if arg is None or arg.value is None else _ints(arg.value)
+
+
+def _pad_memory(attrs, ins, fast):
+    """The padded copy: each axis grows by its positive pads."""
+    x, pads, axes = ins[0], _values(ins[1]), _values((list(ins) + [None] * 4)[3])
+    axes = list(range(len(x.shape))) if axes is None else axes
+    if pads is None or len(pads) != 2 * len(axes) or any(not -len(x.shape) <= a < len(x.shape)
+                                                          for a in axes):
+        return 2 * x.nbytes  # the kernel explains what is wrong
+    shape = list(x.shape)
+    for i, a in enumerate(axes):
+        shape[a] += max(pads[i], 0) + max(pads[i + len(axes)], 0)
+    return x.nbytes + S.nbytes(shape, x.dtype.itemsize)
+
+
+def _expand_memory(attrs, ins, fast):
+    x, shape = ins[0], _values(ins[1])
+    if shape is None:
+        return 2 * x.nbytes
+    return S.nbytes(S.broadcast([x.shape, shape], "Expand"), x.dtype.itemsize)
+
+
+def _gather_memory(attrs, ins, fast):
+    x, idx = ins
+    axis = int(attrs.get("axis", 0))
+    if not -len(x.shape) <= axis < len(x.shape):
+        return 0  # the kernel explains the axis
+    axis %= len(x.shape)
+    return S.nbytes([*x.shape[:axis], *idx.shape, *x.shape[axis + 1:]], x.dtype.itemsize)
+
+
+_INT64 = S.Int(-(1 << 63), (1 << 63) - 1)
+S.schema("Identity", "", inputs=(1, 1), memory=S.sum_memory(0))
+S.schema("Constant", "", inputs=(0, 0), memory=S.sum_memory(0), value=S.Tensor(),
+         value_float=S.Float(), value_floats=S.Floats(), value_int=_INT64,
+         value_ints=S.Ints(_INT64.lo, _INT64.hi))
+S.schema("Shape", "", inputs=(1, 1), memory=S.sum_memory(0), start=S.Int(), end=S.Int())
+S.schema("Reshape", "", inputs=(2, 2), memory=S.sum_memory(1), allowzero=S.Flag())
+S.schema("Transpose", "", inputs=(1, 1), memory=S.sum_memory(2), perm=S.Ints(0, 7, (0, 8)))
+S.schema("Flatten", "", inputs=(1, 1), memory=S.sum_memory(1), axis=S.Int(-8, 8))
+S.schema("Squeeze", "", inputs=(1, 2), memory=S.sum_memory(1))
+S.schema("Unsqueeze", "", inputs=(2, 2), memory=S.sum_memory(1))
+S.schema("Concat", "", inputs=(1, S.MAX_LIST), memory=S.sum_memory(2), axis=S.Axis())
+S.schema("Split", "", inputs=(1, 2), memory=S.sum_memory(2), axis=S.Axis(),
+         num_outputs=S.Int(1, S.MAX_LIST))
+S.schema("Slice", "", inputs=(3, 5), memory=S.sum_memory(2))
+S.schema("Pad", "", inputs=(2, 4), memory=_pad_memory,
+         mode=S.Str(("constant", "edge", "reflect")))
+S.schema("Expand", "", inputs=(2, 2), memory=_expand_memory)
+S.schema("Gather", "", inputs=(2, 2), memory=_gather_memory, axis=S.Axis())
 
 
 @kernel("Identity", domain="")
@@ -50,7 +124,7 @@ def shape(inputs, *, start=0, end=None):
     return [np.array(inputs[0].shape[start:end], dtype=np.int64)]
 
 
-@kernel("Reshape", domain="")
+@_layout_kernel("Reshape")
 def reshape(inputs, *, allowzero=0):
     """``x.reshape(shape)``; ``0`` copies the input's dimension (unless ``allowzero``), ``-1`` is
     inferred."""
@@ -61,13 +135,13 @@ def reshape(inputs, *, allowzero=0):
     return [x.reshape(dims)]
 
 
-@kernel("Transpose", domain="")
+@_layout_kernel("Transpose")
 def transpose(inputs, *, perm=None):
     """``x.transpose(perm)``; default reverses the axes."""
     return [np.ascontiguousarray(inputs[0].transpose(perm))]
 
 
-@kernel("Flatten", domain="")
+@_layout_kernel("Flatten")
 def flatten(inputs, *, axis=1):
     """``(prod(shape[:axis]), prod(shape[axis:]))``; ``axis`` may be ``ndim`` or negative."""
     x = inputs[0]
@@ -77,7 +151,7 @@ def flatten(inputs, *, axis=1):
     return [x.reshape(int(np.prod(x.shape[:axis])), int(np.prod(x.shape[axis:])))]
 
 
-@kernel("Squeeze", domain="")
+@_layout_kernel("Squeeze")
 def squeeze(inputs):
     """Remove the given axes (each of size 1), or every size-1 axis when ``axes`` is omitted."""
     x, axes = (list(inputs) + [None])[:2]
@@ -90,14 +164,14 @@ def squeeze(inputs):
     return [x.squeeze(axes)]
 
 
-@kernel("Unsqueeze", domain="")
+@_layout_kernel("Unsqueeze")
 def unsqueeze(inputs):
     """Insert size-1 axes; ``axes`` index the *output* (negative counts from its end)."""
     x, axes = inputs
     return [np.expand_dims(x, tuple(_ints(axes)))]
 
 
-@kernel("Concat", domain="")
+@_layout_kernel("Concat")
 def concat(inputs, *, axis):
     """Join along ``axis``; all inputs must share the dtype (and so the exponent)."""
     dtypes = {a.dtype for a in inputs}
@@ -106,7 +180,7 @@ def concat(inputs, *, axis):
     return [np.concatenate(inputs, axis=_axis(axis, inputs[0].ndim))]
 
 
-@kernel("Split", domain="", pass_num_outputs=True)
+@_layout_kernel("Split", pass_num_outputs=True)
 def split(inputs, *, axis=0, num_outputs=None):
     """Split along ``axis`` into the sizes of the ``split`` input, or into ``num_outputs``
     pieces of ``ceil(L / num_outputs)`` (the last one smaller)."""
@@ -135,7 +209,7 @@ def _slice_bounds(start: int, end: int, step: int, dim: int) -> slice:
     return slice(start, None if end < 0 else end, step)
 
 
-@kernel("Slice", domain="")
+@_layout_kernel("Slice")
 def slice_(inputs):
     """``x[starts:ends:steps]`` along ``axes`` (default all leading axes, steps default 1)."""
     x, starts, ends, axes, steps = (list(inputs) + [None] * 5)[:5]
@@ -150,7 +224,7 @@ def slice_(inputs):
     return [np.ascontiguousarray(x[tuple(index)])]
 
 
-@kernel("Pad", domain="")
+@_layout_kernel("Pad")
 def pad(inputs, *, mode="constant"):
     """Pad by ``pads`` ``[b_1..b_n, e_1..e_n]`` (on ``axes`` when given; negative values crop)
     with ``constant_value`` (default 0), or by ``edge``/``reflect`` replication."""
@@ -173,7 +247,7 @@ def pad(inputs, *, mode="constant"):
     raise ModelFileError(f"Pad mode {mode!r} is not one of constant, edge, reflect")
 
 
-@kernel("Expand", domain="")
+@_layout_kernel("Expand")
 def expand(inputs):
     """Broadcast ``x`` against ``shape`` (ONNX bidirectional broadcasting)."""
     x, shape = inputs
@@ -181,7 +255,7 @@ def expand(inputs):
     return [np.broadcast_to(x, out).copy()]
 
 
-@kernel("Gather", domain="")
+@_layout_kernel("Gather")
 def gather(inputs, *, axis=0):
     """``take(x, indices, axis)``; negative indices count from the end."""
     x, indices = inputs

@@ -2,13 +2,45 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ... import numerics
 from ...errors import ModelFileError
+from .. import schema as S
 from . import fast, kernel
 from ._common import acc_dtype, check_dtype, check_rank, output_stage
 from ._fast import EXACT, F32, MAX_SHIFT, FastOp, Stage, cl, fast_ok, int_max, layer_stage, uncl
+
+
+def _affine_check(attrs, consts, where, *, rank):
+    """Weight ``(out, in)`` (LinearInt) or ``(C,)`` (BatchNormInt) of ``bits_w``, int32 bias
+    with one value per output."""
+    w, b = (list(consts) + [None, None])[1:3]
+    if w is None:
+        return
+    S.need(w.ndim == rank, where, f"weight W {list(w.shape)} must have rank {rank}")
+    S.const_dtype(w, numerics.int_dtype(attrs["bits_w"]), where, "weight W")
+    if b is not None:
+        S.const_dtype(b, np.int32, where, "bias B")
+        S.need(b.shape == w.shape[:1], where,
+               f"bias B {list(b.shape)} must have shape ({w.shape[0]},)")
+
+
+def _linear_memory(attrs, ins, fast):
+    """``x`` as floats, the ``(M, out)`` accumulator (three float64 temporaries), the output."""
+    x, w = ins[0], ins[1]
+    if w is None or len(w.shape) != 2 or not x.shape:
+        return 0
+    rows = math.prod(x.shape[:-1])
+    return S.nbytes([rows, x.shape[-1]]) + 4 * S.nbytes([rows, w.shape[0]])
+
+
+S.schema("LinearInt", inputs=(2, 3), memory=_linear_memory, **S.layer_attrs(),
+         check=lambda a, c, w: _affine_check(a, c, w, rank=2))
+S.schema("BatchNormInt", inputs=(2, 3), memory=lambda a, ins, f: 4 * S.nbytes(ins[0].shape),
+         **S.layer_attrs(), check=lambda a, c, w: _affine_check(a, c, w, rank=1))
 
 
 @kernel("LinearInt")

@@ -18,6 +18,7 @@ import numpy as np
 
 from ... import numerics
 from ...errors import ModelFileError, NumericError
+from .. import schema as S
 from . import kernel
 from ._common import check_dtype
 
@@ -219,6 +220,34 @@ def layernorm_q10(x, k: int, exp_x: int):
 
 
 # -- kernels -------------------------------------------------------------------------------------
+_ONE = dict(exp_x=S.Exp(), bits_x=S.Bits(), exp_o=S.Exp(), bits_o=S.Bits())
+#: (x, T) or (x, y, T); the table holds at most 2**(bits_x + bits_y) <= 2**16 entries
+def _lut_memory(attrs, ins, fast):
+    """Index and output arrays of the broadcast data inputs (the table is the last input)."""
+    return 2 * S.nbytes(S.broadcast([i.shape for i in ins[:-1] if i is not None], "inputs"))
+
+
+S.schema("LutInt", inputs=(2, 3), memory=_lut_memory, bits_x=S.Int(2, 16),
+         bits_y=S.Int(0, 16), bits_o=S.Bits())
+S.schema("SoftmaxLuna", inputs=(1, 1), memory=S.sum_memory(8), axis=S.Axis(), **_ONE)
+S.schema("LayerNormLuna", inputs=(3, 3), memory=S.sum_memory(10), exp_w=S.Exp(), **_ONE)
+
+
+def _rnn_memory(attrs, ins, fast):
+    """Input gates ``(T, N, 4H)``, outputs and a few per-step temporaries, int64."""
+    x = ins[0]
+    if len(x.shape) != 3:
+        return 0  # the kernel explains the rank
+    return 6 * S.nbytes([x.shape[0] * x.shape[1], 5 * int(attrs["hidden_size"])])
+
+
+for _op in ("LSTMLuna", "GRULuna"):  # X, lengths, h0, c0/-, W_ih, W_hh, [B_ih, B_hh]
+    S.schema(_op, inputs=(6, 8), memory=_rnn_memory, required=lambda a, n: [0, 4, 5],
+             hidden_size=S.Int(1, S.MAX_SPATIAL), batch_first=S.Flag(), go_forward=S.Flag(),
+             exp_iw=S.Exp(), exp_hw=S.Exp(), exp_h=S.Exp(), exp_x=S.Exp(), bits_x=S.Bits(),
+             exp_o=S.Exp(), bits_o=S.Int(0, 32))  # bits_o = 0: float32 output
+
+
 @kernel("LutInt")
 def lut_int(inputs, *, bits_x, bits_o, bits_y=0):
     """Table lookup: ``y = T[x + 2**(bits_x-1)]``; with a second input ``y``:

@@ -8,9 +8,43 @@ import numpy as np
 
 from ... import numerics
 from ...errors import ModelFileError
+from .. import schema as S
 from . import fast, kernel
 from ._common import check_dtype, pad_pairs, pad_spatial, spatial, windows
 from ._fast import F32, FastOp, fast_ok, pad_cl, windows_cl
+
+
+def _pool_check(attrs, consts, where):
+    S.spatial_lengths(attrs, len(attrs["kernel_shape"]), where)
+
+
+def _pool_memory(attrs, ins, fast):
+    """The padded input and the window sums in int64, the output; plus one int64 per window
+    element summed: not memory, but it bounds the time a pool of huge windows (a tiny file)
+    may take in proportion to ``max_memory_bytes``."""
+    x = ins[0]
+    k = [int(v) for v in attrs["kernel_shape"]]
+    nd = len(k)
+    if len(x.shape) != nd + 2:
+        return 0  # the kernel explains the rank
+    strides, dil = S.per_axis(attrs, "strides", nd, 1), S.per_axis(attrs, "dilations", nd, 1)
+    pairs = S.pad_pairs(attrs, nd) if attrs.get("auto_pad", "NOTSET") == "NOTSET" else \
+        [(kd * d, kd * d) for kd, d in zip(k, dil)]     # SAME_*: at most a window per side
+    out = [S.window_out(L, pp, kd, s, d, "input x") + 1 for L, pp, kd, s, d in
+           zip(x.shape[2:], pairs, k, strides, dil)]    # + 1: ceil_mode's last window
+    padded = [L + a + b + s for L, (a, b), s in zip(x.shape[2:], pairs, strides)]
+    return 2 * S.nbytes([*x.shape[:2], *padded]) + 3 * S.nbytes([*x.shape[:2], *out]) \
+        + S.nbytes([*x.shape[:2], *out, *k])
+
+
+_POOL = dict(kernel_shape=S.Ints(1, S.MAX_SPATIAL, (1, 3)),
+             strides=S.Ints(1, S.MAX_SPATIAL, (1, 3)), pads=S.Ints(0, S.MAX_SPATIAL, (2, 6)),
+             ceil_mode=S.Flag())
+S.schema("AvgPoolInt", inputs=(1, 1), check=_pool_check, memory=_pool_memory, exp=S.Exp(),
+         bits=S.Bits(), count_include_pad=S.Flag(), **_POOL)
+S.schema("MaxPool", "", inputs=(1, 1), check=_pool_check, memory=_pool_memory,
+         dilations=S.Ints(1, S.MAX_SPATIAL, (1, 3)), storage_order=S.Flag(),
+         auto_pad=S.Str(("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER")), **_POOL)
 
 
 @kernel("AvgPoolInt")

@@ -6,10 +6,17 @@ import numpy as np
 
 from ... import numerics
 from ...errors import ModelFileError, NumericError
+from .. import schema as S
 from . import fast, kernel
 from ._common import check_dtype
 from ._fast import (CANON, EXACT, F32, MAX_SHIFT, FastOp, Stage, cl, fast_ok, int_max, to_fast,
                     uncl)
+
+
+S.schema("Quant", inputs=(1, 1), memory=S.broadcast_memory(4), exp=S.Exp(), bits=S.Bits())
+S.schema("Dequant", inputs=(1, 1), memory=S.broadcast_memory(4), exp=S.Exp(), bits=S.Bits())
+S.schema("Requant", inputs=(1, 1), memory=S.broadcast_memory(4), exp_in=S.Exp(),
+         bits_in=S.Bits(), exp=S.Exp(), bits=S.Bits())
 
 
 @kernel("Quant")

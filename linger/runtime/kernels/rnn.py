@@ -7,8 +7,65 @@ import numpy as np
 
 from ... import iqrnn, numerics
 from ...errors import InputError, ModelFileError
+from .. import schema as S
 from . import kernel
 from ._common import check_dtype, check_rank
+
+
+def _head(op_type) -> int:
+    """Inputs before the weights: X, lengths, h0 (and c0 for LSTM)."""
+    return 4 if op_type == "LSTMInt" else 3
+
+
+def _rnn_check(attrs, consts, where, *, op_type):
+    """Weight count and ``exp_w`` length from the layers and directions; with the weights
+    known: ``W_ih (G*H, F_l)``, ``W_hh (G*H, H)``, int32 biases ``(G*H,)``, ``F_l = D*H``
+    for ``l >= 1``."""
+    head, gates = _head(op_type), iqrnn.GATES[op_type[:-3]]
+    layers, dirs = int(attrs["num_layers"]), 2 if attrs["bidirectional"] else 1
+    per, hs = 4 if attrs["has_bias"] else 2, int(attrs["hidden_size"])
+    params = consts[head:]
+    S.need(len(params) == layers * dirs * per and len(attrs["exp_w"]) == 2 * layers * dirs,
+           where, f"num_layers={layers}, bidirectional={attrs['bidirectional']},"
+           f" has_bias={attrs['has_bias']} need {layers * dirs * per} weight/bias inputs and"
+           f" {2 * layers * dirs} exp_w values, got {len(params)} and {len(attrs['exp_w'])}")
+    wdt = numerics.int_dtype(attrs["bits_w"])
+    for k in range(layers * dirs):
+        w_ih, w_hh, *bias = params[k * per:(k + 1) * per]
+        feat = None if k < dirs else dirs * hs
+        for what, w, cols in (("W_ih", w_ih, feat), ("W_hh", w_hh, hs)):
+            if w is not None:
+                S.const_dtype(w, wdt, where, f"{what} #{k}")
+                S.need(w.ndim == 2 and w.shape[0] == gates * hs
+                       and (cols is None or w.shape[1] == cols), where,
+                       f"{what} #{k} {list(w.shape)} must be ({gates * hs}, {cols or 'F'}) for"
+                       f" hidden_size={hs}")
+        for b in bias:
+            if b is not None:
+                S.const_dtype(b, np.int32, where, f"bias #{k}")
+                S.need(b.shape == (gates * hs,), where,
+                       f"bias #{k} {list(b.shape)} must be ({gates * hs},)")
+
+
+def _rnn_memory(attrs, ins, fast):
+    """Per layer: input gates ``(T, N, G*H)`` and outputs ``(T, N, D*H)`` in int64, a few
+    temporaries of each."""
+    x = ins[0]
+    if len(x.shape) != 3:
+        return 0  # the kernel explains the rank
+    hs, dirs = int(attrs["hidden_size"]), 2 if attrs["bidirectional"] else 1
+    steps_batch = x.shape[0] * x.shape[1]
+    return 4 * S.nbytes([steps_batch, 4 * hs + dirs * hs]) * dirs + 2 * S.nbytes(x.shape)
+
+
+for _op in ("GRUInt", "LSTMInt"):
+    S.schema(_op, inputs=(_head(_op), S.MAX_LIST), memory=_rnn_memory,
+             check=lambda a, c, w, op=_op: _rnn_check(a, c, w, op_type=op),
+             required=lambda a, n, op=_op: [0, *range(_head(op), n)],
+             hidden_size=S.Int(1, S.MAX_SPATIAL), num_layers=S.Int(1, 1024),
+             bidirectional=S.Flag(), batch_first=S.Flag(), has_bias=S.Flag(), exp_x=S.Exp(),
+             bits_x=S.Bits(), exp_w=S.Ints(*S.EXP, (2, S.MAX_LIST)), bits_w=S.Bits(),
+             exp_h=S.Exp(), bits_h=S.Int(2, 16), exp_c=S.Exp(), bits_c=S.Bits())
 
 
 def _run(mode, inputs, *, hidden_size, num_layers, bidirectional, batch_first, has_bias, exp_x,
