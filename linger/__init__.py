@@ -20,6 +20,9 @@ from .config import (SWITCH_FUNCTIONS, QuantConfig, SetBnMomentumUpdate, SetFunc
                      SetIQTensorGelu, SetIQTensorLayerNorm, SetIQTensorLogSoftmax, SetIQTensorMean,
                      SetIQTensorMul, SetIQTensorSigmoid, SetIQTensorSilu, SetIQTensorSoftmax,
                      SetIQTensorStack, SetIQTensorSub, SetIQTensorSum, SetIQTensorTanh)
+from .compat import (PlatFormQuant, QuantMode, SetCastorBiasInt16,  # the original's names
+                     SetFunctionChannelShuffleQuant, SetFunctionLinearQuant, SetIQCat2AddZero,
+                     SetIQTensorVar, SetPlatFormQuant, SetTFQuant, config_save_to_yaml)
 from .errors import (ConfigError, ExportError, InputError, LingerError, ModelFileError,
                      NotCalibratedError, NumericError, TargetError, UnsupportedError)
 
@@ -38,12 +41,27 @@ _LAZY = {
     "quant_tensor": "linger.quant.ops_tensor",
     "wb_analyse": "linger.analysis",
     "Dumper": "linger.analysis",
+    # the original linger's names (docs/migration.md)
+    **{n: "linger.quant.normalize" for n in (
+        "NormalizeConv1d", "NormalizeConv2d", "NormalizeConvTranspose1d",
+        "NormalizeConvTranspose2d", "NormalizeLinear", "NormalizeBatchNorm1d",
+        "NormalizeBatchNorm2d", "NormalizeLayerNorm", "NormalizeEmbedding", "NormalizeFastGRU",
+        "NormalizeFastLSTM")},
+    **{n: "linger.quant.legacy" for n in (
+        "NormalizeConvBN1d", "NormalizeConvBN2d", "NormalizeConvTransposeBN2d", "EmptyBatchNorm",
+        "FuseBNIntoConv", "FuseConvBNAheadRelu", "channel_shuffle", "from_torch_tensor",
+        "quant_module_by_type", "quant_tensor_getlayer", "constrain", "calibration",
+        "fix_dequant")},
 }
-_LAZY_MODULES = ("onnx", "runtime", "quant", "analysis", "validate", "packer", "targets")
+_LAZY_MODULES = ("onnx", "runtime", "quant", "analysis", "validate", "packer", "targets", "ops",
+                 "utils", "compat")
 
 __all__ = sorted(list(_LAZY) + list(_LAZY_MODULES) + list(SWITCH_FUNCTIONS) + [
     "QuantConfig", "LingerError", "ConfigError", "UnsupportedError", "NotCalibratedError",
-    "ExportError", "ModelFileError", "InputError", "NumericError", "TargetError"])
+    "ExportError", "ModelFileError", "InputError", "NumericError", "TargetError",
+    "QuantMode", "PlatFormQuant", "SetPlatFormQuant", "SetIQTensorVar", "SetFunctionLinearQuant",
+    "SetFunctionChannelShuffleQuant", "SetIQCat2AddZero", "SetCastorBiasInt16", "SetTFQuant",
+    "config_save_to_yaml"])
 
 
 def __getattr__(name):

@@ -157,20 +157,32 @@ def demo(args) -> int:
              help="input arrays: X.npy (for the first input) or NAME=X.npy, or one .npz with"
                   " an array per input name"),
          arg("-o", "--output", default=None,
-             help="write the outputs: .npy (first output) or .npz (all, by name)"))
+             help="write the outputs: .npy (first output) or .npz (all, by name)"),
+         arg("--engine", choices=["numpy", "c"], default="numpy",
+             help="numpy: the integer runtime (default); c: the C engine (packed .bin only,"
+                  " built with the system C compiler on first use)"))
 def run(args) -> int:
-    """Run MODEL on the given inputs with linger's numpy integer runtime and print each output's
-    name, shape, dtype and range. The runtime reproduces PyTorch eval outputs bit for bit."""
+    """Run MODEL on the given inputs with linger's numpy integer runtime (or the C engine,
+    --engine c) and print each output's name, shape, dtype and range. Both reproduce PyTorch
+    eval outputs bit for bit."""
     import numpy as np
 
     from ._files import refuse_overwrite
-    from .runtime import InferenceSession
 
     refuse_overwrite([args.model] + [s.rpartition("=")[2] for s in args.inputs],
                      {"output": args.output})
-    sess = InferenceSession(args.model)
-    feeds = _load_feeds(args.inputs, [i.name for i in sess.get_inputs()])
-    names = [o.name for o in sess.get_outputs()]
+    if args.engine == "c":
+        from .engine import Engine
+
+        sess = Engine(args.model)
+        feeds = _load_feeds(args.inputs, [i[0] for i in sess.get_inputs()])
+        names = [o[0] for o in sess.get_outputs()]
+    else:
+        from .runtime import InferenceSession
+
+        sess = InferenceSession(args.model)
+        feeds = _load_feeds(args.inputs, [i.name for i in sess.get_inputs()])
+        names = [o.name for o in sess.get_outputs()]
     outs = sess.run(None, feeds)
     for name, out in zip(names, outs):
         rng = f"min {out.min():g}, max {out.max():g}" if out.size else "empty"

@@ -104,9 +104,12 @@ SetIQTensorSilu = _setter("SetIQTensorSilu", "silu")
 SetFunctionBmmQuant = _setter("SetFunctionBmmQuant", "matmul")
 
 
-def SetBnMomentumUpdate(enable: bool = True) -> None:
+def SetBnMomentumUpdate(enable: bool = True, *, disable=None) -> None:
     """Original linger name: freeze the BatchNorm running statistics during QAT when True
-    (``SWITCHES.bn_momentum_update``). Checked by the quantized BatchNorm layers."""
+    (``SWITCHES.bn_momentum_update``). Checked by the quantized BatchNorm layers.
+    ``disable=True`` (the original's keyword: momentum updates disabled) is the same request."""
+    if disable is not None:
+        enable = disable
     if not isinstance(enable, bool):
         raise ConfigError(f"SetBnMomentumUpdate takes True or False, got {enable!r}")
     SWITCHES.bn_momentum_update = enable

@@ -100,6 +100,24 @@ class Stages:
         return "\n".join(lines)
 
 
+def _c_engine_stage(bin_path: str, images: np.ndarray, torch_out: np.ndarray, row: dict):
+    """The packed file in the C engine (linger.engine, built with the system C compiler), one
+    image at a time as on the microcontroller; number of outputs equal to PyTorch's, or None
+    where no C compiler is installed (the row says so)."""
+    from linger.engine import Engine, EngineBuildError
+
+    try:
+        eng = Engine(bin_path)
+    except EngineBuildError as e:
+        row["result"] = f"skipped: {str(e).splitlines()[0]}"
+        return None
+    outs = np.concatenate([eng.run(None, {"image": images[i:i + 1]})[0]
+                           for i in range(len(images))])
+    exact = int(np.all(outs == torch_out, axis=1).sum())
+    row["result"] = f"bit-exact: {exact}/{len(images)} samples (batch 1, as on the device)"
+    return exact
+
+
 def run_demo(out_dir: str | None = None, epochs: int = 20, qat_epochs: int | None = None,
              quiet: bool = False, seed: int = 0) -> dict:
     """Train a :class:`~linger.examples_models.DigitsCNN` in float, then QAT; report accuracies.
@@ -182,6 +200,9 @@ def _run_demo(out_dir: str, epochs: int, qat_epochs: int | None, quiet: bool, se
         runtime_acc = 100.0 * float((runtime_out.argmax(1) == yte.numpy()).mean())
         row["result"] = f"bit-exact: {exact}/{len(xte)} samples, accuracy {runtime_acc:.2f} %"
 
+    with stages.run("C engine (.bin)") as row:
+        c_exact = _c_engine_stage(bin_path, xte.numpy(), torch_out, row)
+
     table = stages.table()
     if not quiet:
         where = (f"files in {out_dir}" if kept else "files in a temporary directory, removed at"
@@ -190,6 +211,6 @@ def _run_demo(out_dir: str, epochs: int, qat_epochs: int | None, quiet: bool, se
               f"{'s' if threads > 1 else ''}), {where}")
         print(table)
     return {"float_acc": float_acc, "int8_acc": int8_acc, "runtime_acc": runtime_acc,
-            "bit_exact": exact, "onnx_path": onnx_path, "bin_path": bin_path,
+            "bit_exact": exact, "c_bit_exact": c_exact, "onnx_path": onnx_path, "bin_path": bin_path,
             "times": {n: s for n, _, s in stages.rows}, "table": table, "model": model,
             "x_test": xte, "y_test": yte, "out_dir": out_dir}

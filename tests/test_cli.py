@@ -37,6 +37,9 @@ def test_demo_int8_accuracy_within_one_point_of_float(tmp_path):
     assert r["float_acc"] > 95.0
     assert abs(r["int8_acc"] - r["float_acc"]) <= 1.0, (r["float_acc"], r["int8_acc"])
     assert set(r["times"]) >= {"float accuracy", "int8 accuracy (eval)"}
+    from linger.engine import compiler
+    if compiler() is not None:  # the demo's last stage: the packed file in the C engine
+        assert r["c_bit_exact"] == len(r["x_test"]) == r["bit_exact"]
 
 
 def _exported_digits(tmp_path):

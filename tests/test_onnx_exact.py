@@ -141,3 +141,25 @@ def test_recurrent_exact_in_onnxruntime(combo):
         other[1] = torch.tensor([2, 6, 1, 5, 3, 3, 4, 1])
         batches.append(tuple(other))
     _compare(sess, model, batches, names)
+
+
+def test_imported_original_tables_exact():
+    """LutInt (the imported original's tanh and tensor division tables), one and two inputs."""
+    import test_thinker_import as tt
+    from linger.importers.thinker import import_thinker
+    from linger.onnx.exact import to_exact
+    from linger.runtime import InferenceSession
+    f32 = tt.F32
+    nodes = [tt.tnode("Quant", ["x"], ["q"], data_bits=8, scale_x=16.0),
+             tt.tnode("iqTanh", ["q"], ["th"], scale_x=16.0, scale_o=128.0),
+             tt.tnode("iqDiv", ["th", "q"], ["dv"], scale_x=128.0, scale_y=16.0, scale_o=8.0),
+             tt.tnode("Dequant", ["dv"], ["out"], scale_o=8.0)]
+    original = tt.model(nodes, [("x", f32, [2, 5])], [("out", f32, [2, 5])])
+    graph = import_thinker(original)
+    assert "LutInt" in {n.op_type for n in graph.graph.node}
+    exact = to_exact(graph)
+    x = np.random.default_rng(0).normal(0, 4, (2, 5)).astype(np.float32)
+    for batch in (x, x * 100):
+        want = InferenceSession(graph).run(None, {"x": batch})[0]
+        got = _session(exact).run(None, {"x": batch})[0]
+        assert np.array_equal(got, want)

@@ -23,9 +23,9 @@ from onnx import TensorProto, helper, numpy_helper
 import linger
 from linger import packer
 from linger.errors import InputError, LingerError, ModelFileError, TargetError
-from linger.packer import format as F
+from linger.packfile import format as F
 from linger.packer.cli import main
-from linger.packer.reader import load_model_proto, read, to_model_proto
+from linger.packfile.reader import load_model_proto, read, to_model_proto
 from linger.runtime import InferenceSession
 from linger.runtime.graph import load_graph
 

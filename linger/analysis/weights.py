@@ -25,7 +25,8 @@ _LINGER_BUFFERS = ("input_range", "input_ready", "input_exp", "output_range", "o
 
 
 def wb_analyse(checkpoint, log_path: str | os.PathLike | None = "wb_analyse.log", *,
-               threshold: float = OUTLIER_RATIO, quiet: bool = False) -> list[TensorStats]:
+               threshold: float = OUTLIER_RATIO, quiet: bool = False,
+               save_log_path=None) -> list[TensorStats]:
     """Mean, max, 99% range and their ratios of ``|w|`` for every floating tensor; outliers flagged.
 
     ``checkpoint``: a state dict, an ``nn.Module``, or the path of a file saved with
@@ -35,12 +36,15 @@ def wb_analyse(checkpoint, log_path: str | os.PathLike | None = "wb_analyse.log"
     ``max|w| > threshold * 99th percentile of |w|``; see :mod:`linger.analysis.stats`.
 
     Returns one :class:`~linger.analysis.TensorStats` per tensor, in state-dict order.
+    ``save_log_path`` is the original linger's name of ``log_path``.
 
     >>> import torch
     >>> rows = wb_analyse({"w": torch.tensor([1.0, -1.0, 1.0, 50.0])}, None, quiet=True)
     >>> rows[0].max_abs, rows[0].outlier
     (50.0, False)
     """
+    if save_log_path is not None:
+        log_path = save_log_path
     state, source = _state_dict(checkpoint)
     rows = [tensor_stats(name, t, threshold) for name, t in state.items()
             if isinstance(t, torch.Tensor) and t.is_floating_point()

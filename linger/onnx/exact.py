@@ -533,6 +533,28 @@ def _softmax(ctx, n, a):
                a["bits_o"], n.output[0], n.name)
 
 
+def _lut(ctx, n, a):
+    """``LutInt`` (imported original models): the same table, indexed by ``Gather``."""
+    *args, table = n.input
+    t = ctx.inits[table].astype(np.int64)
+    bits_o = int(a["bits_o"])
+    wide = bits_o > 24
+    idx = None
+    for name, bits in zip(args, (int(a["bits_x"]), int(a.get("bits_y", 0)))):
+        v = ctx.add("Add", [ctx.cast(name, True, n.name), ctx.num(f"{n.name}.offset",
+                                                                  1 << (bits - 1), True)], n.name)
+        if idx is None:
+            idx = v
+        else:
+            scaled = ctx.add("Mul", [idx, ctx.num(f"{n.name}.stride", 2.0 ** a["bits_y"], True)],
+                             n.name)
+            idx = ctx.add("Add", [scaled, v], n.name)
+    idx = ctx.add("Cast", [idx], n.name, to=TensorProto.INT64)
+    ctx.bits[n.output[0]] = bits_o
+    ctx.add("Gather", [ctx.const(f"{n.name}.table", t.astype(_NP[wide])), idx], n.name,
+            out=n.output[0], axis=0)
+
+
 def _embedding(ctx, n, a):
     w = ctx.inits[n.input[1]]
     wide = a["bits_w"] > 24
@@ -736,6 +758,7 @@ RULES = {
     "iqMul": _product("Mul"), "iqDiv": _product("Mul"), "MatMulInt": _product("MatMul"),
     "iqCat": _cat, "iqSum": _sum_mean(False), "iqMean": _sum_mean(True),
     "SoftmaxInt": _softmax, "EmbeddingInt": _embedding, "GRUInt": _rnn, "LSTMInt": _rnn,
+    "LutInt": _lut,
 }
 _WHY = {"LayerNormInt": "needs an exact integer square root",
         "LogSoftmaxInt": "needs an integer logarithm of sums up to 2**31"}

@@ -211,7 +211,12 @@ def _maxpool(rec, xn, x, func, args, kwargs, out, base):
 
 
 def emit_float(rec, func, args, kwargs, out):
-    """The dequant boundary: dequantize quantized inputs, then an exact IEEE float op."""
+    """The dequant boundary: dequantize quantized inputs, then an exact IEEE float op (or a
+    float32 tail op of a layer kept float after the last quantized one: :mod:`.float_tail`)."""
+    from .float_tail import emit as emit_tail
+    res = emit_tail(rec, func, args, kwargs, out)
+    if res is not None:
+        return res
     if func in _FLOAT_BINARY or func in _FLOAT_UNARY:
         bad = [k for k in kwargs if k not in ("alpha",)] or (kwargs.get("alpha", 1) != 1)
         if func is torch.div and kwargs.get("rounding_mode"):
@@ -228,5 +233,6 @@ def emit_float(rec, func, args, kwargs, out):
             return res
     raise ExportError(
         f"'{_fname(func)}' in '{rec.module_path()}' runs in float on a dequantized value; only"
-        f" add/sub/mul/div/neg/abs are bit-exact after a Dequant. Quantize the op (see"
-        f" docs/ops.md), or apply it outside the model (e.g. argmax/softmax on the outputs)")
+        f" add/sub/mul/div/neg/abs are bit-exact after a Dequant (linear/conv/sigmoid/tanh/"
+        f"softmax are exported as a float32 tail, see docs/export.md). Quantize the op (see"
+        f" docs/ops.md), or apply it outside the model (e.g. argmax on the outputs)")

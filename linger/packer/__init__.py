@@ -13,16 +13,24 @@ Typical use::
     sess = linger.runtime.InferenceSession("model.bin")     # same outputs as the ONNX
 
 Pieces: :mod:`.graphinfo` (shapes by running the graph), :mod:`linger.targets` (profiles and
-the checker), :mod:`.planner` and :mod:`.plancheck` (memory), :mod:`.format` and :mod:`.reader`
-(the file), :mod:`.report` (text and HTML), :mod:`.cli` (``linger pack`` / ``linger check``).
+the checker), :mod:`.planner` and :mod:`.plancheck` (memory), :mod:`linger.packfile` (the
+file format and its reader), :mod:`.report` (text and HTML), :mod:`.cli`
+(``linger pack`` / ``linger check``).
 The file format, limits and planner are described in ``docs/packer.md``.
 """
 
-from .format import FORMAT_VERSION, MAGIC, PackedModel
+import sys as _sys
+
+from ..packfile import format, reader
+from ..packfile.format import FORMAT_VERSION, MAGIC, PackedModel
+from ..packfile.reader import is_packed, load_model_proto, read, read_file
 from .pack import CheckResult, PackResult, check, pack
 from .plancheck import PlanError, check_plan
 from .planner import MemoryPlan, plan_memory
-from .reader import is_packed, load_model_proto, read, read_file
+
+# The file format moved to linger.packfile (shared by packer, runtime and C engine); the old
+# module paths stay importable for code written against them.
+_sys.modules[__name__ + ".format"], _sys.modules[__name__ + ".reader"] = format, reader
 
 __all__ = ["FORMAT_VERSION", "MAGIC", "CheckResult", "MemoryPlan", "PackResult", "PackedModel",
            "PlanError", "check", "check_plan", "is_packed", "load_model_proto", "pack",

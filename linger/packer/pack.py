@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from .._files import refuse_overwrite, write_atomic
 from ..errors import ExportError
 from ..targets import Target, Violation, check_op, from_node, load_target, raise_if_errors
-from . import format as F
+from ..packfile import format as F
 from .graphinfo import PackGraph, load
 from .plancheck import assert_plan_valid
 from .planner import MemoryPlan, plan_memory

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch.nn as nn
 
 from ..config import QuantConfig
@@ -14,11 +16,13 @@ from .layers import PASSTHROUGH_CLASSES, QUANT_CLASSES
 DEFAULT_QUANT_MODULES = tuple(QUANT_CLASSES)
 
 _DISABLED = "_linger_quant_disabled"
+_REQUEST = "_linger_quant_module_request"  # (types, QuantConfig) of a quant_module call
 
 
 def init(model: nn.Module, quant_modules=DEFAULT_QUANT_MODULES, data_bits: int = 8,
          parameter_bits: int = 8, out_bits: int = 8, *, momentum: float = 0.1,
-         on_unsupported: str = "dequant", target=None) -> nn.Module:
+         on_unsupported: str = "dequant", target=None, mode=None, config_file=None,
+         disable_module=None, disable_submodel=None) -> nn.Module:
     """Make ``model`` quantization-aware, in place, and return it.
 
     Every sub-module whose type is in ``quant_modules`` becomes its quantized twin (same
@@ -34,6 +38,12 @@ def init(model: nn.Module, quant_modules=DEFAULT_QUANT_MODULES, data_bits: int =
     :class:`~linger.errors.TargetError` listing each violating layer is raised before anything
     changes. ``None`` (default): no check.
 
+    The original linger's keywords: ``mode`` (only ``linger.QuantMode.QValue``); linger 3.x's
+    ``config_file`` (YAML path or dict: its ``quant_info`` sets the bits, its ``platform`` the
+    target, see :class:`linger.compat.LegacyConfig`), ``disable_module`` (layer types kept
+    float) and ``disable_submodel`` (``fnmatch`` patterns of module names kept float, e.g.
+    ``("fc*",)``): :func:`disable_quant` on each match.
+
     >>> import torch, linger
     >>> net = linger.init(torch.nn.Sequential(torch.nn.Linear(4, 2)))
     >>> net
@@ -41,6 +51,18 @@ def init(model: nn.Module, quant_modules=DEFAULT_QUANT_MODULES, data_bits: int =
       (0): QLinear(in_features=4, out_features=2, bias=True, quant(data=8, weight=8, out=8))
     )
     """
+    from ..compat import check_mode, load_config
+    check_mode(mode, "init(mode)")
+    if isinstance(quant_modules, (str, os.PathLike, dict)):  # 3.x: init(model, "cfg.yaml")
+        config_file, quant_modules = quant_modules, DEFAULT_QUANT_MODULES
+    if config_file is not None:
+        legacy = load_config(config_file)
+        if not legacy.open_quant:
+            return model
+        q = legacy.quant
+        data_bits, parameter_bits, out_bits = q.data_bits, q.parameter_bits, q.out_bits
+        target = target if target is not None else legacy.target
+    _disable_matching(model, disable_module, disable_submodel)
     cfg = QuantConfig(data_bits, parameter_bits, out_bits, momentum, on_unsupported)
     types = _check_types(quant_modules)
     if target is not None:  # report layers the chip cannot run before training starts
@@ -55,13 +77,24 @@ def init(model: nn.Module, quant_modules=DEFAULT_QUANT_MODULES, data_bits: int =
 
 
 def quant_module(module: nn.Module, quant_modules=DEFAULT_QUANT_MODULES, data_bits: int = 8,
-                 parameter_bits: int = 8, out_bits: int = 8, **kwargs) -> nn.Module:
+                 parameter_bits: int = 8, out_bits: int | None = 8, *, type_modules=None,
+                 **kwargs) -> nn.Module:
     """Quantize one sub-tree with its own settings (e.g. 16-bit data for a sensitive block).
 
     Call it before ``linger.init`` on the whole model: already-quantized layers are left alone.
-    Returns the (possibly replaced) module; assign it back if ``module`` itself was converted.
+    Returns the (possibly replaced) module. The request is also remembered on ``module``, so
+    ``linger.quant_module(net.conv, (nn.Conv2d,), data_bits=16)`` followed by
+    ``linger.init(net)`` quantizes ``net.conv`` with 16-bit data even without assigning the
+    result back (as in the original linger). ``type_modules`` is the original's name of
+    ``quant_modules``; its ``out_bits=None`` default means 8 here.
     """
-    return init(module, quant_modules, data_bits, parameter_bits, out_bits, **kwargs)
+    if type_modules is not None:
+        quant_modules = type_modules
+    out_bits = 8 if out_bits is None else out_bits
+    out = init(module, quant_modules, data_bits, parameter_bits, out_bits, **kwargs)
+    if out is not module:  # module itself was converted: a later init(parent) meets the original
+        module.__dict__[_REQUEST] = (_check_types(quant_modules), out.linger_cfg)
+    return out
 
 
 def disable_quant(module: nn.Module) -> nn.Module:
@@ -94,9 +127,21 @@ def _check_types(quant_modules):
     return tuple(types)
 
 
+def _disable_matching(model, types, patterns):
+    import fnmatch
+    types = (types,) if isinstance(types, type) else tuple(types or ())
+    patterns = (patterns,) if isinstance(patterns, str) else tuple(patterns or ())
+    for name, m in list(model.named_modules()):
+        if (types and type(m) in types) or \
+                (name and any(fnmatch.fnmatchcase(name, p) for p in patterns)):
+            disable_quant(m)
+
+
 def _convert(module, types, cfg, name):
     if getattr(module, _DISABLED, False) or isinstance(module, QuantMixin):
         return module
+    if _REQUEST in module.__dict__:  # quant_module(module, ...) whose result was not assigned
+        types, cfg = module.__dict__[_REQUEST]
     # a stage-1 layer of the two-stage flow (normalize.py) converts like the torch class it
     # stands for; its settings travel in its __dict__ (two_stage.py)
     ftype = getattr(type(module), "linger_float_type", type(module))

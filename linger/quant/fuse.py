@@ -66,7 +66,8 @@ _FUSED_BN = {nn.BatchNorm1d: FusedBatchNorm1d, nn.BatchNorm2d: FusedBatchNorm2d}
 
 def trace_layers(root_model: nn.Module, target_model: nn.Module, *args, fuse_bn: bool = True,
                  ahead_conv_relu: bool = True, ahead_bn_relu: bool = True,
-                 ahead_linear_relu: bool = True, dummy_input=None) -> nn.Module:
+                 ahead_linear_relu: bool = True, dummy_input=None,
+                 ahead_conv_sigmoid: bool = True, ahead_linear_sigmoid: bool = True) -> nn.Module:
     """Fuse Conv->BatchNorm pairs and mark ops followed by ReLU in ``target_model`` (``root_model``
     or one of its sub-modules), in place, by running it once on the dummy input: ``args`` (one
     tensor, several, or one tuple of them) or ``dummy_input=``. The flags are keyword-only, as in
@@ -77,7 +78,8 @@ def trace_layers(root_model: nn.Module, target_model: nn.Module, *args, fuse_bn:
     harmless. ``fuse_bn``: fold BatchNorms into their conv (docs/two_stage.md);
     ``ahead_conv_relu`` / ``ahead_bn_relu`` / ``ahead_linear_relu``: a conv (fused or not),
     BatchNorm or Linear whose only consumer is a ReLU quantizes its output range from the positive
-    part only.
+    part only. ``ahead_conv_sigmoid`` / ``ahead_linear_sigmoid`` (linger 1.x) are accepted and
+    unnecessary: linger's sigmoid reads its input at the producer's own exponent.
 
     >>> import torch, linger
     >>> from torch import nn
@@ -91,7 +93,9 @@ def trace_layers(root_model: nn.Module, target_model: nn.Module, *args, fuse_bn:
     _check_models(root_model, target_model)
     inputs = _inputs(args if dummy_input is None else (dummy_input,) + args)
     for name, flag in (("fuse_bn", fuse_bn), ("ahead_conv_relu", ahead_conv_relu),
-                       ("ahead_bn_relu", ahead_bn_relu), ("ahead_linear_relu", ahead_linear_relu)):
+                       ("ahead_bn_relu", ahead_bn_relu), ("ahead_linear_relu", ahead_linear_relu),
+                       ("ahead_conv_sigmoid", ahead_conv_sigmoid),
+                       ("ahead_linear_sigmoid", ahead_linear_sigmoid)):
         if not isinstance(flag, bool):
             raise ConfigError(f"trace_layers: {name} must be True or False, got {flag!r}")
     already = [m for m in target_model.modules() if fused_bn(m) is not None]

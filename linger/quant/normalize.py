@@ -16,7 +16,9 @@ Clamps are ``torch.clamp``: gradient 1 inside ``[-v, v]``, 0 where clamped.
 
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..errors import ConfigError
 from . import two_stage
@@ -33,6 +35,18 @@ class _Stage1:
     (``linger.init`` converts it like that class)."""
 
     linger_float_type: type = nn.Module
+
+    def __init__(self, *args, normalize_data=None, normalize_weight=None, normalize_bias=None,
+                 ahead_relu: bool = False, ahead_sigmoid: bool = False, **kwargs):
+        """The torch layer's arguments plus the original linger's keywords: clamp values of the
+        output (``normalize_data``), weight and bias (None: no clamp); ``ahead_relu``: the output
+        range is taken from its positive part. ``ahead_sigmoid`` is accepted and unnecessary
+        (linger's sigmoid reads its input at the producer's own exponent)."""
+        super().__init__(*args, **kwargs)
+        self.__dict__[SPEC_ATTR] = NormalizeSpec(normalize_weight, normalize_bias,
+                                                 normalize_data, explicit=True)
+        if ahead_relu:
+            self.__dict__[AHEAD_RELU_ATTR] = True
 
     def extra_repr(self) -> str:
         parts = [super().extra_repr()]
@@ -90,13 +104,68 @@ class NormalizeBatchNorm2d(_Stage1BatchNorm, nn.BatchNorm2d):
     linger_float_type = nn.BatchNorm2d
 
 
+class NormalizeLayerNorm(_Stage1, nn.LayerNorm):
+    """``clamp(layer_norm(x, clamp(gamma), clamp(beta)), output)`` (opt-in, as in linger 1.x)."""
+
+    linger_float_type = nn.LayerNorm
+
+    def forward(self, x):
+        v_w, v_b, v_o = (two_stage._value(self, r) for r in ("weight", "bias", "output"))
+        w = None if self.weight is None else two_stage.clamp(self.weight, v_w)
+        b = None if self.bias is None else two_stage.clamp(self.bias, v_b)
+        return two_stage.clamp(F.layer_norm(x, self.normalized_shape, w, b, self.eps), v_o)
+
+
+class NormalizeEmbedding(_Stage1, nn.Embedding):
+    """``clamp(embedding(idx, clamp(W)), output)`` (opt-in, as in linger 1.x)."""
+
+    linger_float_type = nn.Embedding
+
+    def forward(self, idx):
+        w = two_stage.clamp(self.weight, two_stage._value(self, "weight"))
+        y = F.embedding(idx, w, self.padding_idx, self.max_norm, self.norm_type,
+                        self.scale_grad_by_freq, self.sparse)
+        return two_stage.clamp(y, two_stage._value(self, "output"))
+
+
+class _Stage1RNN(_Stage1):
+    """GRU/LSTM with clamped weights (``normalize_weight``), biases and output sequence."""
+
+    def forward(self, x, hx=None):
+        if self.__dict__.get("_linger_in_clamp"):  # the inner call below: the torch forward
+            return self.linger_float_type.forward(self, x, hx)
+        v_w, v_b = two_stage._value(self, "weight"), two_stage._value(self, "bias")
+        params = {n: two_stage.clamp(p, v_b if n.startswith("bias") else v_w)
+                  for n, p in self.named_parameters(recurse=False)}
+        self.__dict__["_linger_in_clamp"] = True
+        try:
+            out, state = torch.func.functional_call(self, params, (x, hx))
+        finally:
+            self.__dict__.pop("_linger_in_clamp", None)
+        v_o = two_stage._value(self, "output")
+        if isinstance(out, nn.utils.rnn.PackedSequence):
+            return out._replace(data=two_stage.clamp(out.data, v_o)), state
+        return two_stage.clamp(out, v_o), state
+
+
+class NormalizeFastGRU(_Stage1RNN, nn.GRU):
+    linger_float_type = nn.GRU
+
+
+class NormalizeFastLSTM(_Stage1RNN, nn.LSTM):
+    linger_float_type = nn.LSTM
+
+
 #: torch class -> stage-1 class.
 STAGE1_CLASSES = {c.linger_float_type: c for c in (
     NormalizeConv1d, NormalizeConv2d, NormalizeConvTranspose1d, NormalizeConvTranspose2d,
-    NormalizeLinear, NormalizeBatchNorm1d, NormalizeBatchNorm2d)}
+    NormalizeLinear, NormalizeBatchNorm1d, NormalizeBatchNorm2d, NormalizeLayerNorm,
+    NormalizeEmbedding, NormalizeFastGRU, NormalizeFastLSTM)}
 
-#: Layer types normalize_layers / normalize_module clamp when no types are given.
-DEFAULT_NORMALIZE_MODULES = tuple(STAGE1_CLASSES)
+#: Layer types normalize_layers / normalize_module clamp when no types are given (GRU and LSTM
+#: included, as in linger 1.x; LayerNorm and Embedding are opt-in).
+DEFAULT_NORMALIZE_MODULES = tuple(t for t in STAGE1_CLASSES
+                                  if t not in (nn.LayerNorm, nn.Embedding))
 
 def normalize_layers(model: nn.Module, normalize_modules=DEFAULT_NORMALIZE_MODULES,
                      normalize_weight_value: float | None = 8,

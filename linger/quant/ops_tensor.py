@@ -18,7 +18,7 @@ QUANT_TENSOR_BITS = (8, 16, 32)
 
 
 def quant_tensor(module: torch.nn.Module, x: torch.Tensor, name: str = "default",
-                 bits: int = 8) -> QTensor:
+                 bits: int = 8, *, mode=None, zero_point: int = 0) -> QTensor:
     """Quantize ``x`` to ``bits`` bits with a running range statistic owned by ``module``.
 
     The statistic lives at ``<module path>.linger_iq.quant_<name>.*`` in the state_dict (stable:
@@ -37,7 +37,15 @@ def quant_tensor(module: torch.nn.Module, x: torch.Tensor, name: str = "default"
     QTensor(bits=8, exp=6, tensor([ 0.5000, -1.0000]))
     >>> sorted(m.state_dict())[0]
     'linger_iq.quant_x.output_exp'
+
+    ``mode`` and ``zero_point`` are the original linger's keywords: only ``QuantMode.QValue``
+    (power-of-two scales) and ``zero_point=0`` (symmetric) exist in linger; anything else raises
+    :class:`~linger.errors.ConfigError` with the reason (:func:`linger.compat.check_mode`).
     """
+    from ..compat import check_mode, check_zero_point
+    check_mode(mode, "quant_tensor")
+    check_zero_point(zero_point, "quant_tensor")
+    trace.refuse_foreign_export(f"quant_tensor '{name}'")
     if bits not in QUANT_TENSOR_BITS or isinstance(bits, bool):
         raise ConfigError(f"quant_tensor(bits={bits!r}) is not supported; use one of"
                           f" {list(QUANT_TENSOR_BITS)}")

@@ -32,3 +32,21 @@ def recording(recorder):
         yield recorder
     finally:
         _state.recorder = None
+
+
+def refuse_foreign_export(where: str) -> None:
+    """Raise :class:`~linger.errors.ExportError` when a quantized module runs inside
+    ``torch.onnx.export`` (TorchScript or dynamo) rather than ``linger.onnx.export``: torch's
+    exporter would silently write a float fake-quant graph instead of linger's integer ops.
+
+    Checked at every quantized layer's input; nothing is patched in torch.
+    """
+    import torch
+
+    if current() is None and torch.onnx.is_in_onnx_export():
+        from ..errors import ExportError
+        raise ExportError(
+            f"torch.onnx.export was called on a model converted by linger.init ({where}): torch's"
+            f" exporter would write a float fake-quant graph, not linger's integer operators."
+            f" Call linger.onnx.export(model, args, f, input_names=..., output_names=...,"
+            f" opset_version=...) instead: it takes the same arguments")

@@ -110,7 +110,7 @@ def _assemble(nodes, inits, inputs, outputs, where) -> Graph:
     return Graph(nodes, inits, inputs, outputs, where)
 
 
-_PACKED_MAGIC = b"LINGERPK"  # = linger.packer.format.MAGIC; an ONNX load never imports the packer
+_PACKED_MAGIC = b"LINGERPK"  # = linger.packfile.format.MAGIC; an ONNX load never imports it
 
 
 def _packed_bytes(source):
@@ -129,14 +129,15 @@ def _packed_bytes(source):
 def read_model(source):
     """``source``: path, bytes or ModelProto (ONNX, or a file written by ``linger pack``) ->
     ``(ModelProto, description for messages)``; anything unreadable is a ModelFileError.
-
     A model exported by the original linger (domain ``thinker``) comes back translated into
-    linger's semantics (:mod:`linger.importers.thinker`)."""
+    linger's semantics (:mod:`linger.importers.thinker`); any other opset-11/12 graph comes back
+    in its opset-13 form (:func:`linger.onnx_opsets.upgrade`)."""
     model, where = _read_model(source)
     from ..importers.thinker import import_thinker, is_thinker_model
     if is_thinker_model(model):
         model = import_thinker(model, where)
-    return model, where
+    from ..onnx_opsets import upgrade
+    return upgrade(model, where), where
 
 
 def _read_model(source):
@@ -148,7 +149,7 @@ def _read_model(source):
     if isinstance(source, (bytes, bytearray, memoryview)):
         where = "<bytes>"
         if bytes(source[:8]) == _PACKED_MAGIC:  # a file written by `linger pack`
-            from ..packer.reader import load_model_proto
+            from ..packfile.reader import load_model_proto
             return load_model_proto(source, where), where
         try:
             return onnx.load_from_string(bytes(source)), where
@@ -161,7 +162,7 @@ def _read_model(source):
         with open(where, "rb") as f:
             packed = f.read(8) == _PACKED_MAGIC
         if packed:  # a file written by `linger pack`: the same graph, rebuilt from its sections
-            from ..packer.reader import load_model_proto
+            from ..packfile.reader import load_model_proto
             with open(where, "rb") as f:
                 return load_model_proto(f.read(), f"'{where}'"), f"'{where}'"
         try:

@@ -1,7 +1,7 @@
 """A packed model file (``linger pack``) as the runtime's graph pieces, with numpy alone.
 
 The packed file already holds decoded attributes, tensors and I/O records
-(:mod:`linger.packer.reader` checks every byte of it), so no ONNX object is built: a deployment
+(:mod:`linger.packfile.reader` checks every byte of it), so no ONNX object is built: a deployment
 that runs only ``.bin`` files needs numpy and linger, not onnx. The result is the same graph the
 ONNX path builds from the exported model (``tests/test_install.py`` checks the outputs agree).
 """
@@ -20,7 +20,7 @@ ELEM_TYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "
 def graph_parts(data: bytes, where: str):
     """``(opsets, used domains, nodes, initializers, inputs, outputs, where)`` of the packed
     model in ``data``; a damaged file is a ModelFileError (from the reader) naming ``where``."""
-    from ..packer.reader import read
+    from ..packfile.reader import read
     from .graph import bind, node_arg
 
     pm = read(data, where)

@@ -14,7 +14,8 @@ Format version 1 (all integers little-endian, every section 16-byte aligned)::
               PLAN memory plan, PARM parameter blobs
 
 The record layouts of each section are written next to their ``struct`` formats below and
-documented in ``docs/packer.md``. The reader is :mod:`linger.packer.reader`.
+documented in ``docs/packer.md``. The reader is :mod:`linger.packfile.reader`; the
+C engine (:mod:`linger.engine`) reads the same layout.
 """
 
 from __future__ import annotations

@@ -1,0 +1,473 @@
+"""The C engine (linger/engine/csrc) against the numpy runtime and PyTorch eval, bit for bit.
+
+Every layer and model configuration of the bit-exact tables (test_bitexact, test_ops_table,
+test_ops_model, test_rnn: their tables are imported, not copied) is exported, packed, and run
+by the ``linger-engine`` program built with AddressSanitizer and UBSan (every report fatal);
+its outputs must equal the numpy runtime's on the same packed file and PyTorch ``eval()``'s
+(``np.array_equal``), on ordinary and saturating inputs. The ctypes binding runs them too.
+The packed-file fuzz cases (truncations, bit flips with and without recomputed checksums,
+absurd attribute values) go through the same sanitized program: a status code each, no crash,
+no hang, no sanitizer report.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import linger
+from linger import engine, packer
+from linger.engine import gen_tables
+from linger.errors import InputError, ModelFileError
+from linger.packfile import format as F
+from linger.packfile.reader import read
+from linger.runtime import InferenceSession
+
+HERE = Path(__file__).parent
+pytestmark = pytest.mark.skipif(engine.compiler() is None, reason="no C compiler on this machine")
+
+
+def _tests(name):
+    """Another test module's tables, loaded as a plain module (nothing copied)."""
+    spec = importlib.util.spec_from_file_location(f"_engine_uses_{name}", HERE / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod   # dataclasses look their module up while it executes
+    spec.loader.exec_module(mod)
+    return mod
+
+
+bitexact = _tests("test_bitexact")
+ops_table = _tests("test_ops_table")
+ops_model = _tests("test_ops_model")
+rnn = _tests("test_rnn")
+packer_tests = _tests("test_packer")
+zoo = _tests("zoo")
+thinker = _tests("test_thinker_import")
+
+
+def _pack(graph) -> bytes:
+    """Pack for the most permissive target; rows that break a chip rule still pack (force):
+    the engine runs what the file holds."""
+    return packer.pack(graph, target="arcs", force=True).data
+
+
+def _sanitized_run(data: bytes, feeds: dict, tmp_path) -> list:
+    """Outputs of the ASan/UBSan ``linger-engine`` program on ``feeds`` (.npy in and out)."""
+    pm = read(data)
+    names = [pm.tensors[io.tensor].name for io in pm.inputs]
+    model = tmp_path / "model.bin"
+    model.write_bytes(data)
+    ins = []
+    for k, name in enumerate(names):
+        ins.append(str(tmp_path / f"in{k}.npy"))
+        np.save(ins[-1], np.ascontiguousarray(feeds[name]))
+    outs = [str(tmp_path / f"out{k}.npy") for k in range(len(pm.outputs))]
+    res = engine.run_cli(str(model), ins, outs, sanitize=True)
+    assert res.returncode == 0 and "Sanitizer" not in res.stderr \
+        and "runtime error" not in res.stderr, res.stderr
+    return [np.load(o) for o in outs]
+
+
+def check_engine(data: bytes, feeds: dict, wants, tmp_path):
+    """C engine (sanitized program and ctypes) == numpy runtime == ``wants`` (PyTorch eval)."""
+    runtime = InferenceSession(data).run(None, feeds)
+    sanitized = _sanitized_run(data, feeds, tmp_path)
+    bound = engine.Engine(data).run(None, feeds)
+    assert len(runtime) == len(sanitized) == len(bound) == len(wants)
+    for k, (r, s, b, w) in enumerate(zip(runtime, sanitized, bound, wants)):
+        w = np.asarray(w)
+        for got, who in ((s, "sanitized program"), (b, "ctypes")):
+            assert got.dtype == r.dtype and got.shape == r.shape, (k, who)
+            assert np.array_equal(got, r), f"output {k} ({who}) != numpy runtime"
+        assert r.dtype == w.dtype and np.array_equal(r, w), f"output {k}: runtime != eval"
+
+
+def _eval(model, *args):
+    with torch.no_grad():
+        out = model(*args)
+    outs = out if isinstance(out, tuple) else (out,)
+    return [o.plain().numpy() if hasattr(o, "plain") else o.detach().numpy() for o in outs]
+
+
+# -- the bit-exact tables ------------------------------------------------------------------------
+@pytest.mark.parametrize("name,factory,shape,kwargs",
+                         bitexact.LAYER_TABLE + bitexact.MODEL_TABLE,
+                         ids=[r[0] for r in bitexact.LAYER_TABLE + bitexact.MODEL_TABLE])
+def test_bitexact_table(name, factory, shape, kwargs, tmp_path):
+    model = bitexact._calibrated(factory, shape, kwargs)
+    x = torch.randn(*shape) * 2.0
+    data = _pack(linger.onnx.export(model, x, None, input_names=["input"]))
+    for batch in (x, x * 1000.0):
+        check_engine(data, {"input": batch.numpy()}, _eval(model, batch), tmp_path)
+
+
+def test_embedding_text_model(tmp_path):
+    bitexact.set_seed(0)
+    model = linger.init(bitexact.TextConv())
+    for _ in range(3):
+        model(torch.randint(0, 50, (4, 12)))
+    model.eval()
+    idx = torch.randint(0, 50, (3, 12))
+    data = _pack(linger.onnx.export(model, idx, None))
+    check_engine(data, {"input": idx.numpy()}, _eval(model, idx), tmp_path)
+
+
+@pytest.mark.parametrize("row", ops_table.ROWS, ids=lambda r: r.name)
+def test_ops_table(row, tmp_path):
+    model, _ = ops_table.build(row)
+    xs = ops_table._inputs(row)
+    names = [f"x{i}" for i in range(len(xs))]
+    data = _pack(linger.onnx.export(model, tuple(xs), None, input_names=names))
+    for k in (1.0, 8.0):  # typical, saturating
+        xs = ops_table._inputs(row, k)
+        check_engine(data, {n: x.numpy() for n, x in zip(names, xs)}, _eval(model, *xs),
+                     tmp_path)
+
+
+def test_mixed_ops_model(tmp_path):
+    torch.manual_seed(0)
+    model = linger.init(ops_model.MixNet()).train()
+    x = ops_model._data(64)[0]
+    with torch.no_grad():
+        for i in range(4):
+            model(x[16 * i:16 * i + 16])
+    model.eval()
+    x = x[:3]
+    data = _pack(linger.onnx.export(model, x, None, input_names=["x"]))
+    for batch in (x, x * 1000.0):
+        check_engine(data, {"x": batch.numpy()}, _eval(model, batch), tmp_path)
+
+
+def _rnn_case(model, tmp_path):
+    args, names, _, _ = rnn._data(model)
+    with torch.no_grad():
+        model.train()
+        for _ in range(3):
+            model(*args)
+    model.eval()
+    data = _pack(linger.onnx.export(model, args, None, input_names=names))
+    cases = [args, rnn._saturating(args, names)]
+    if model.packed:  # other lengths, same file
+        cases.append((args[0], torch.tensor([2, 6, 1, 5, 3, 3, 4, 1])) + tuple(args[2:]))
+    for case in cases:
+        check_engine(data, {n: a.numpy() for n, a in zip(names, case)}, _eval(model, *case),
+                     tmp_path)
+
+
+@pytest.mark.parametrize("combo", rnn.COMBOS, ids=[rnn._id(c) for c in rnn.COMBOS])
+def test_rnn_table(combo, tmp_path):
+    rnn.set_seed(0)
+    _rnn_case(linger.init(rnn.SeqNet(*combo)), tmp_path)
+
+
+@pytest.mark.parametrize("mode,init_kw,rnn_kw", rnn.VARIANTS,
+                         ids=[f"{m}-{i}-{r}" for m, i, r in rnn.VARIANTS])
+def test_rnn_variants(mode, init_kw, rnn_kw, tmp_path):
+    rnn.set_seed(3)
+    _rnn_case(linger.init(rnn.SeqNet(mode, True, 2, False, True, True, **rnn_kw), **init_kw),
+              tmp_path)
+
+
+@pytest.mark.parametrize("name", list(zoo.ZOO))
+def test_model_zoo(name, tmp_path):
+    """Every zoo model that exports runs bit-exact in the C engine, or the engine refuses it
+    naming an op it lacks (never a wrong answer)."""
+    entry = zoo.ZOO[name]
+    torch.manual_seed(0)
+    model = linger.init(entry.make()).train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(*entry.inputs(4))
+    model.eval()
+    args = entry.inputs(1)
+    names = ["x", "lengths"][:len(args)]
+    try:
+        graph = linger.onnx.export(model, args, None, input_names=names)
+    except linger.errors.ExportError as e:
+        pytest.skip(f"does not export on this branch: {str(e).splitlines()[0][:120]}")
+    data = _pack(graph)
+    try:
+        engine.Engine(data)
+    except ModelFileError as e:
+        assert "unsupported op" in str(e) and "The C engine does not implement" in str(e)
+        return
+    for scale in (1.0, 1000.0):
+        case = [a * scale if n == "x" else a for n, a in zip(names, args)]
+        check_engine(data, {n: a.numpy() for n, a in zip(names, case)}, _eval(model, *case),
+                     tmp_path)
+
+
+# -- the engine's contract -------------------------------------------------------------------------
+def test_tables_header_is_generated_from_iqtables():
+    with open(gen_tables.HEADER, encoding="utf-8") as f:
+        assert f.read() == gen_tables.render(), "run: python -m linger.engine.gen_tables"
+
+
+def test_engine_sources_use_no_malloc_no_libc_and_no_float_in_integer_kernels():
+    for path in engine.engine_sources():
+        text = Path(path).read_text()
+        includes = set(re.findall(r"#include <([^>]+)>", text))
+        assert includes <= {"stdint.h", "stddef.h", "string.h"}, (path, includes)
+        assert not re.search(r"\b(malloc|calloc|realloc|free|printf|assert)\s*\(", text), path
+    for family in ("k_conv.c", "k_linear.c", "k_iqarith.c", "k_nonlinear.c", "k_rnn.c"):
+        text = (Path(engine.CSRC) / family).read_text()
+        assert not re.search(r"\b(float|double)\b", text), family
+
+
+#: Ops the packer accepts that the C engine does not implement yet: the original toolchain's
+#: algorithms for imported models (runtime/kernels/luna.py). le_open refuses them by name.
+NOT_IN_ENGINE = {"SoftmaxLuna", "LayerNormLuna", "LSTMLuna", "GRULuna"}
+
+
+def test_every_op_the_packer_accepts_is_implemented():
+    from linger.targets import available_targets, load_target
+
+    accepted = {op for t in available_targets() for op in load_target(t).ops}
+    implemented = {name.split("::")[1] for name in engine.supported_ops()}
+    assert accepted - implemented == NOT_IN_ENGINE, sorted(accepted - implemented)
+
+
+def test_imported_original_models_run_or_are_refused_by_name(tmp_path):
+    """An original-toolchain model (domain thinker) imports to LutInt tables, which the engine
+    runs bit-exact; the Luna ops it lacks are refused naming the node and the op."""
+    x = np.arange(-32768, 32768, dtype=np.int16)
+    for op in ("iqSigmoid", "iqTanh"):
+        m = thinker.model([thinker.tnode(op, ["x"], ["z"], scale_x=2.0 ** 11, scale_o=128.0)],
+                          [("x", thinker.I16, [x.size])], [("z", thinker.I8, [x.size])])
+        data = packer.pack(m, target="venus").data
+        assert "LutInt" in {o.op_type for o in read(data).ops}
+        want = InferenceSession(data).run(None, {"x": x})
+        assert np.array_equal(_sanitized_run(data, {"x": x}, tmp_path)[0], want[0])
+    t, f, h = 3, 8, 6
+    rng = np.random.default_rng(0)
+    nodes = [thinker.tnode("Quant", ["x"], ["q"], data_bits=8, scale_x=16.0),
+             thinker.tnode("LSTMInt", ["q", "wih", "whh"], ["y", "hn", "cn"], input_size=f,
+                           hidden_size=h, num_layers=1, batch_first=1, go_forward=1,
+                           scale_i=16.0, scale_h=64.0, scale_iw=128.0, scale_hw=128.0,
+                           scale_o=64.0, o_bits=8, data_bits=8, parameter_bits=8),
+             thinker.tnode("Dequant", ["y"], ["out"], scale_o=64.0)]
+    m = thinker.model(nodes, [("x", thinker.F32, [1, t, f])], [("out", thinker.F32, [1, t, h])],
+                      [("wih", rng.integers(-128, 128, (4 * h, f)).astype(np.int8)),
+                       ("whh", rng.integers(-128, 128, (4 * h, h)).astype(np.int8))], opset=12)
+    with pytest.raises(ModelFileError, match=r"unsupported op .*\(LSTMLuna\)"):
+        engine.Engine(packer.pack(m, target="venus").data)
+
+
+def test_unsupported_op_is_refused_by_name():
+    pm = read(packer_tests.tiny_packed())
+    relu = next(op for op in pm.ops if op.op_type == "Relu")
+    relu.op_type = "HardSwish"
+    with pytest.raises(ModelFileError, match=r"unsupported op .* 'relu' \(HardSwish\).*Conv2dInt"):
+        engine.Engine(F.write(pm))
+
+
+def test_unknown_attribute_target_and_inputs_are_refused():
+    pm = read(packer_tests.tiny_packed())
+    pm.ops[1].attrs.append(("future_option", F.A_INT, 1))
+    with pytest.raises(ModelFileError, match="bad attribute .* 'conv' \\(Conv2dInt\\)"):
+        engine.Engine(F.write(pm))
+    with pytest.raises(ModelFileError, match="packed for another target"):
+        engine.Engine(packer_tests.tiny_packed(), target=99)
+    eng = engine.Engine(packer_tests.tiny_packed())
+    assert eng.get_inputs()[0][2] == (1, 1, 6, 6)   # batch planned at 1
+    assert sum(eng.arena_sizes) > 0
+    with pytest.raises(InputError, match=r"takes float32\[1, 1, 6, 6\]"):
+        eng.run(None, {"input": np.zeros((2, 1, 6, 6), np.float32)})
+    with pytest.raises(InputError, match="NaN or infinity|bad input value"):
+        eng.run(None, {"input": np.full((1, 1, 6, 6), np.nan, np.float32)})
+
+
+def test_cli_raw_and_npy_files(tmp_path):
+    data = packer_tests.tiny_packed()
+    (tmp_path / "m.bin").write_bytes(data)
+    x = np.random.default_rng(0).normal(size=(1, 1, 6, 6)).astype(np.float32)
+    x.tofile(tmp_path / "in.bin")
+    np.save(tmp_path / "in.npy", x)
+    want = InferenceSession(data).run(None, {"input": x})[0]
+    res = engine.run_cli(str(tmp_path / "m.bin"), [str(tmp_path / "in.bin")],
+                         [str(tmp_path / "out.bin")])
+    assert res.returncode == 0, res.stderr
+    assert np.array_equal(np.fromfile(tmp_path / "out.bin", np.float32).reshape(want.shape), want)
+    res = engine.run_cli(str(tmp_path / "m.bin"), [str(tmp_path / "in.npy")],
+                         [str(tmp_path / "out.npy")])
+    assert res.returncode == 0 and np.array_equal(np.load(tmp_path / "out.npy"), want)
+    x[:, :, :1].tofile(tmp_path / "short.bin")
+    res = engine.run_cli(str(tmp_path / "m.bin"), [str(tmp_path / "short.bin")],
+                         [str(tmp_path / "o.bin")])
+    assert res.returncode == 2 and "takes 144" in res.stderr
+
+
+# -- damaged files -------------------------------------------------------------------------------
+def _gru_packed() -> bytes:
+    rnn.set_seed(0)
+    model = linger.init(rnn.SeqNet("GRU", True, 2, True, True, True))
+    args, names, _, _ = rnn._data(model)
+    with torch.no_grad():
+        model(*args)
+    return _pack(linger.onnx.export(model.eval(), args, None, input_names=names))
+
+
+def _absurd_attributes(data: bytes, rng) -> list[bytes]:
+    """The file rewritten (valid checksums) with one int attribute set to an absurd value."""
+    pm = read(data)
+    out = []
+    for k, op in enumerate(pm.ops):
+        for a, (name, typ, value) in enumerate(op.attrs):
+            if typ == F.A_INT:
+                choices = [2 ** 62, -2 ** 62, -1, 0, 10 ** 9, 63, 64]
+            elif typ == F.A_INTS:
+                choices = [[], [2 ** 62] * len(value), [-1] * len(value), list(value) * 3,
+                           [0] * len(value)]
+            else:
+                continue
+            for v in choices:
+                bad = read(data)
+                bad.ops[k].attrs[a] = (name, typ, v)
+                out.append(F.write(bad))
+    rng.shuffle(out)
+    return out
+
+
+def test_damaged_files_give_status_codes_under_sanitizers(tmp_path):
+    rng = np.random.default_rng(0)
+    files = {}
+    sources = [packer_tests.tiny_packed(), _gru_packed()]
+    for s, blob in enumerate(sources):
+        for i in range(60):                                   # truncations
+            files[f"s{s}_trunc{i}"] = blob[:int(rng.integers(0, len(blob)))]
+        for i in range(60):                                   # bit flips, stale checksums
+            b = bytearray(blob)
+            for bit in rng.integers(0, 8 * len(b), int(rng.integers(1, 5))):
+                b[bit // 8] ^= 1 << int(bit % 8)
+            files[f"s{s}_flip{i}"] = bytes(b)
+        for i in range(300):                                  # damage behind valid checksums
+            b = bytearray(blob)
+            for _ in range(int(rng.integers(1, 7))):
+                b[int(rng.integers(64, len(b)))] = int(rng.integers(0, 256))
+            files[f"s{s}_crc{i}"] = packer_tests.refresh_crc(bytes(b))
+        for i, bad in enumerate(_absurd_attributes(blob, rng)[:250]):
+            files[f"s{s}_attr{i}"] = bad
+    for name, blob in files.items():
+        (tmp_path / name).write_bytes(blob)
+    exe = engine.build_cli(sanitize=True)
+    res = subprocess.run([exe, "--check", *[str(tmp_path / n) for n in files]],
+                         capture_output=True, text=True, errors="replace", timeout=600,
+                         env={"ASAN_OPTIONS": "detect_leaks=0", "PATH": "/usr/bin:/bin"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Sanitizer" not in res.stderr and "runtime error" not in res.stderr, res.stderr[-3000:]
+    status = {Path(line.split(" ", 1)[1]).name: int(line.split(" ", 1)[0])
+              for line in res.stdout.splitlines()}
+    assert status.keys() == files.keys()
+    assert all(0 <= s <= 12 for s in status.values())
+    assert all(status[n] != 0 for n in files if "_trunc" in n)
+    assert all(status[n] != 0 for n in files if "_flip" in n)   # checksum, magic, version...
+    refused = sum(status[n] != 0 for n in files if "_attr" in n)
+    assert refused > len([n for n in files if "_attr" in n]) // 2     # most are refused
+
+
+def test_linger_run_engine_c(tmp_path, capsys):
+    from linger.cli import main
+
+    (tmp_path / "m.bin").write_bytes(packer_tests.tiny_packed())
+    np.save(tmp_path / "x.npy", np.random.default_rng(2).normal(size=(1, 1, 6, 6))
+            .astype(np.float32))
+    for eng in ("numpy", "c"):
+        assert main(["run", str(tmp_path / "m.bin"), str(tmp_path / "x.npy"), "--engine", eng,
+                     "-o", str(tmp_path / f"{eng}.npy")]) == 0
+    assert np.array_equal(np.load(tmp_path / "c.npy"), np.load(tmp_path / "numpy.npy"))
+    onnx_path = tmp_path / "t.onnx"
+    onnx_path.write_bytes(packer_tests.tiny_model().SerializeToString())
+    assert main(["run", str(onnx_path), str(tmp_path / "x.npy"), "--engine", "c"]) == 2
+    assert "not a linger packed model" in capsys.readouterr().err
+
+
+# -- standard ops the tables above use little: small graphs against the numpy runtime -----------
+def _graph(nodes, inputs, outputs, inits=()):
+    from onnx import helper, numpy_helper
+
+    g = helper.make_graph(nodes, "ops", [helper.make_tensor_value_info(n, t, s)
+                                         for n, t, s in inputs],
+                          [helper.make_tensor_value_info(n, t, None) for n, t in outputs],
+                          initializer=[numpy_helper.from_array(a, n) for n, a in inits])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17),
+                                            helper.make_opsetid("ai.linger", 1)])
+    m.ir_version = 8
+    return m
+
+
+def _standard_op_cases():
+    from onnx import TensorProto as T
+    from onnx import helper
+
+    i64 = lambda *v: np.array(v, np.int64)  # noqa: E731
+    f, i8 = T.FLOAT, T.INT8
+    n = helper.make_node
+    return {
+        "pad_modes": (_graph([n("Pad", ["x", "p"], ["c"], mode="constant"),
+                              n("Pad", ["x", "p2"], ["e"], mode="edge"),
+                              n("Pad", ["x", "p3"], ["r"], mode="reflect")],
+                             [("x", i8, [2, 3, 4])], [("c", i8), ("e", i8), ("r", i8)],
+                             [("p", i64(0, 1, -1, 1, 2, 0)), ("p2", i64(1, 0, 2, 0, 3, 1)),
+                              ("p3", i64(0, 2, 5, 0, 1, 6))]), "int8"),
+        "slice_split_concat": (_graph(
+            [n("Slice", ["x", "s", "e", "a", "st"], ["y"]),
+             n("Split", ["x", "sz"], ["p", "q"], axis=2),
+             n("Concat", ["q", "p"], ["z"], axis=-1)],
+            [("x", f, [2, 3, 5])], [("y", f), ("z", f)],
+            [("s", i64(-1, 4, 0)), ("e", i64(-100, -6, 2)), ("a", i64(2, 2, 1)),
+             ("st", i64(-2, -1, 1)), ("sz", i64(2, 3))]), "float32"),
+        "gather_expand_shape_transpose": (_graph(
+            [n("Gather", ["x", "idx"], ["g"], axis=1),
+             n("Expand", ["x", "shp"], ["ex"]),
+             n("Shape", ["x"], ["sh"], start=-2),
+             n("Transpose", ["x"], ["t"], perm=[2, 0, 1]),
+             n("Constant", [], ["k"], value_floats=[1.5, -2.0])],
+            [("x", f, [1, 3, 4])], [("g", f), ("ex", f), ("sh", T.INT64), ("t", f), ("k", f)],
+            [("idx", i64(-1, 0, 2, 2)), ("shp", i64(2, 1, 1))]), "float32"),
+        "float_arithmetic": (_graph(
+            [n("Add", ["x", "b"], ["s"]), n("Sub", ["x", "b"], ["d"]),
+             n("Mul", ["x", "b"], ["m"]), n("Div", ["x", "b"], ["q"]),
+             n("Clip", ["x", "lo", "hi"], ["c"]), n("Neg", ["x"], ["ng"]), n("Abs", ["x"], ["ab"]),
+             n("Relu", ["x"], ["r"])],
+            [("x", f, [2, 3])], [(k, f) for k in ("s", "d", "m", "q", "c", "ng", "ab", "r")],
+            [("b", np.array([0.3, -0.0, 7.0], np.float32)), ("lo", np.array(-0.5, np.float32)),
+             ("hi", np.array(0.25, np.float32))]), "float32"),
+        "int_arithmetic": (_graph(
+            [n("Add", ["x", "b"], ["s"]), n("Mul", ["x", "b"], ["m"]), n("Div", ["x", "b"], ["q"]),
+             n("Neg", ["x"], ["ng"]), n("Abs", ["x"], ["ab"]),
+             n("MaxPool", ["x4"], ["mp"], kernel_shape=[2, 2], strides=[2, 1],
+               pads=[1, 0, 1, 1], ceil_mode=1)],
+            [("x", i8, [2, 3]), ("x4", i8, [1, 2, 5, 4])],
+            [(k, i8) for k in ("s", "m", "q", "ng", "ab", "mp")],
+            [("b", np.array([3, -1, 100], np.int8))]), "int8"),
+    }
+
+
+@pytest.mark.parametrize("case", ["pad_modes", "slice_split_concat",
+                                  "gather_expand_shape_transpose", "float_arithmetic",
+                                  "int_arithmetic"])
+def test_standard_ops_against_the_runtime(case, tmp_path):
+    model, dtype = _standard_op_cases()[case]
+    data = _pack(model)
+    rng = np.random.default_rng(3)
+    feeds = {}
+    for v in model.graph.input:
+        shape = [d.dim_value for d in v.type.tensor_type.shape.dim]
+        if dtype == "int8":
+            feeds[v.name] = rng.integers(-128, 128, shape).astype(np.int8)
+        else:
+            x = rng.normal(size=shape).astype(np.float32)
+            x.flat[:3] = [np.nan, np.inf, -0.0][:x.size]
+            feeds[v.name] = x
+    want = InferenceSession(data).run(None, feeds)
+    got = _sanitized_run(data, feeds, tmp_path)
+    for k, (g, w) in enumerate(zip(got, want)):
+        assert g.dtype == w.dtype and g.shape == w.shape, k
+        assert np.array_equal(g.view(np.uint8), w.view(np.uint8)), f"output {k}"  # NaN bits too
