@@ -200,14 +200,21 @@ def test_pack_refuses_a_model_that_does_not_fit_and_lists_every_violation(tmp_pa
     path = tmp_path / "big.onnx"
     linger.onnx.export(model, torch.randn(2, 1, 16, 16), str(path))
     with pytest.raises(TargetError) as e:
-        packer.pack(path, tmp_path / "big.bin")
+        packer.pack(path, tmp_path / "big.bin", lower=False)
     assert sorted(v.rule for v in e.value.violations) == ["Conv2dInt.dilation",
                                                           "Conv2dInt.kernel"]
     assert "Conv2d `0` (kernel 7x7) exceeds target venus" in str(e.value)
     assert not (tmp_path / "big.bin").exists()
-    res = packer.pack(path, tmp_path / "big.bin", force=True)
+    res = packer.pack(path, tmp_path / "big.bin", force=True, lower=False)
     assert len(res.violations) == 2 and (tmp_path / "big.bin").exists()
-    assert packer.check(path, "arcs").violations[0].rule == "Conv2dInt.kernel"
+    assert packer.check(path, "arcs", lower=False).violations[0].rule == "Conv2dInt.kernel"
+    # lowered (the default): both layers are rewritten exactly and the file runs bit-exactly
+    res = packer.pack(path, tmp_path / "low.bin")
+    assert not res.violations and [lw.node for lw in res.lowerings] == ["0", "1"]
+    x = np.random.default_rng(0).standard_normal((2, 1, 16, 16)).astype(np.float32) * 4
+    want = InferenceSession(str(path)).run(None, {"input": x})[0]
+    assert np.array_equal(InferenceSession(str(tmp_path / "low.bin")).run(None, {"input": x})[0],
+                          want)
 
 
 # -- memory violations and the report ----------------------------------------------------------
@@ -254,11 +261,18 @@ def test_cli_check_and_pack(tmp_path, capsys):
     bad = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 7, stride=3), torch.nn.MaxPool2d(6))
     bad = _bitexact._calibrated(lambda: bad, (1, 1, 40, 40), {"parameter_bits": 4})
     linger.onnx.export(bad, torch.randn(1, 1, 40, 40), str(tmp_path / "bad.onnx"))
-    assert main(["check", str(tmp_path / "bad.onnx"), "--target", "venus"]) == 1
+    assert main(["check", str(tmp_path / "bad.onnx"), "--target", "venus", "--no-lower"]) == 1
     lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("[error]")]
     assert len(lines) == 4  # kernel, stride, weight bits, pooling kernel: all of them
+    assert main(["check", str(tmp_path / "bad.onnx"), "--target", "venus"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    # the 7x7 stride-3 kernel could be lowered, its 4-bit weights and the 6x6 pooling window
+    # cannot: the layers stay as exported and only what lowering cannot fix is reported
+    assert not [x for x in out if x.startswith("[lowered]")]
+    errors = [x for x in out if x.startswith("[error]")]
+    assert len(errors) == 2 and "weight bits 4" in errors[0] and "MaxPool" in errors[1]
     assert main(["pack", str(tmp_path / "bad.onnx")]) == 1  # does not fit, as check says
-    assert "4 violations of target venus" in capsys.readouterr().err
+    assert "2 violations of target venus" in capsys.readouterr().err
     assert main(["check", str(tmp_path / "tiny.onnx"), "--dim", "oops"]) == 2
     for cmd in ("pack", "check"):
         with pytest.raises(SystemExit) as e:

@@ -217,31 +217,44 @@ class Backbone(nn.Module):
 def test_init_refuses_7x7_and_names_the_layer():
     model = Backbone()
     before = {k: v.clone() for k, v in model.state_dict().items()}
+    # strict (no lowering): the 7x7 kernel is reported, naming the layer
+    [v] = check_layers(model, "venus", raise_errors=False, lower=False)
+    assert v.message.startswith("Conv2d `backbone.3.0` (kernel 7x7) exceeds target venus:"
+                                " kernel must be 1..5.")
+    # linger.init reports only what `linger pack` cannot lower: 16-bit conv data, not the kernel
     with pytest.raises(TargetError) as e:
-        linger.init(model, target="venus")
-    assert str(e.value).startswith("Conv2d `backbone.3.0` (kernel 7x7) exceeds target venus:"
-                                   " kernel must be 1..5.")
-    assert [v.rule for v in e.value.violations] == ["Conv2dInt.kernel"]
+        linger.init(model, target="venus", data_bits=16)
+    assert sorted((v.node, v.rule) for v in e.value.violations) == [
+        ("backbone.0", "Conv2dInt.data_bits"), ("backbone.3.0", "Conv2dInt.data_bits")]
+    assert str(e.value).startswith("2 violations of target venus")
     # nothing changed: no layer converted, no buffer added
     assert type(model.backbone[0]) is nn.Conv2d and model.state_dict().keys() == before.keys()
+    assert type(linger.init(Backbone(), target="venus").backbone[3][0]).__name__ == "QConv2d"
 
 
 def test_init_lists_every_violation_and_accepts_fitting_models():
     model = nn.Sequential(nn.Conv2d(3, 8, 7), nn.Conv2d(8, 8, 3, stride=3),
                           nn.ConvTranspose2d(8, 8, 2, stride=2, groups=2), nn.Conv2d(8, 8, 3,
                                                                                      dilation=2))
+    strict = check_layers(model, "venus", linger.QuantConfig(parameter_bits=4),
+                          raise_errors=False, lower=False)
+    rules = sorted((v.node, v.rule) for v in strict)
+    assert ("0", "Conv2dInt.kernel") in rules and ("1", "Conv2dInt.stride") in rules
+    assert ("2", "ConvTranspose2dInt.groups") in rules and ("3", "Conv2dInt.dilation") in rules
     with pytest.raises(TargetError) as e:
         linger.init(model, target="venus", parameter_bits=4)
     rules = sorted((v.node, v.rule) for v in e.value.violations)
-    assert ("0", "Conv2dInt.kernel") in rules and ("1", "Conv2dInt.stride") in rules
-    assert ("2", "ConvTranspose2dInt.groups") in rules and ("3", "Conv2dInt.dilation") in rules
+    # kernel 7 (kernel split), stride 3 (stride 1 + sub-sampling) and dilation (dense kernel)
+    # are lowered at pack time; 4-bit weights and a grouped transposed conv are not
+    assert ("2", "ConvTranspose2dInt.groups") in rules
+    assert not {"Conv2dInt.kernel", "Conv2dInt.stride", "Conv2dInt.dilation"} & {r for _, r in
+                                                                               rules}
     assert sum(r == "Conv2dInt.weight_bits" for _, r in rules) == 3
     assert str(e.value).startswith(f"{len(rules)} violations of target venus")
-    # the dilated conv and 4-bit weights fit arcs; the 7x7 (undilated) kernel does not
-    with pytest.raises(TargetError) as e:
-        linger.init(nn.Sequential(nn.Conv2d(3, 8, 7), nn.Conv2d(8, 8, 3, dilation=2)),
-                    target="arcs", parameter_bits=4)
-    assert [v.rule for v in e.value.violations] == ["Conv2dInt.kernel"]
+    # the dilated conv and 4-bit weights fit arcs; the 7x7 kernel is lowered there too
+    fine = linger.init(nn.Sequential(nn.Conv2d(3, 8, 7), nn.Conv2d(8, 8, 3, dilation=2)),
+                       target="arcs", parameter_bits=4)
+    assert type(fine[0]).__name__ == "QConv2d"
     fine = linger.init(Backbone(k=5), target="venus")
     assert type(fine.backbone[0]).__name__ == "QConv2d"
 
@@ -253,8 +266,8 @@ def test_init_checks_bits_already_quantized_and_disabled_layers():
     linger.disable_quant(model[2])                  # stays float: not checked
     with pytest.raises(TargetError) as e:
         linger.init(model, target="venus")
-    assert sorted(v.rule for v in e.value.violations) == ["Conv2dInt.data_bits",
-                                                          "Conv2dInt.kernel"]
+    # the 7x7 kernel is lowered at pack time; 16-bit data is not
+    assert sorted(v.rule for v in e.value.violations) == ["Conv2dInt.data_bits"]
     assert {v.node for v in e.value.violations} == {"1.0"}
 
 

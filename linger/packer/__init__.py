@@ -13,9 +13,9 @@ Typical use::
     sess = linger.runtime.InferenceSession("model.bin")     # same outputs as the ONNX
 
 Pieces: :mod:`.graphinfo` (shapes by running the graph), :mod:`linger.targets` (profiles and
-the checker), :mod:`.planner` and :mod:`.plancheck` (memory), :mod:`linger.packfile` (the
-file format and its reader), :mod:`.report` (text and HTML), :mod:`.cli`
-(``linger pack`` / ``linger check``).
+the checker), :mod:`.lower` (exact rewrites of layers over a limit), :mod:`.planner` and
+:mod:`.plancheck` (memory), :mod:`linger.packfile` (the file format and its reader),
+:mod:`.report` (text and HTML), :mod:`.cli` (``linger pack`` / ``linger check``).
 The file format, limits and planner are described in ``docs/packer.md``.
 """
 

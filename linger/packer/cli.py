@@ -41,6 +41,10 @@ def _common(p) -> None:
                         " batch axis defaults to 1")
     p.add_argument("--params", choices=["flash", "psram"], default=None,
                    help="memory of the parameters (default: the target profile's)")
+    p.add_argument("--no-lower", action="store_true",
+                   help="do not rewrite layers that break a limit into exact equivalents the"
+                        " target runs (output-channel split, tiling, kernel split, stride"
+                        " sub-sampling...): report every limit as a violation")
 
 
 def add_pack_parser(subparsers) -> argparse.ArgumentParser:
@@ -91,7 +95,9 @@ def run_check(args) -> int:
     from . import check
 
     res = check(args.model, args.target, _dims(args.dim), args.params,
-                memory=not args.no_memory)
+                memory=not args.no_memory, lower=not args.no_lower)
+    for lw in res.lowerings:
+        print(f"[lowered] {lw}")
     for v in res.violations:
         print(f"[{v.severity}] {v.message}")
     if args.report and res.plan is not None:
@@ -101,8 +107,10 @@ def run_check(args) -> int:
         print(f"{args.model}: {n_err} error(s), {n_warn} warning(s) on target {res.target.name}")
         return 1
     mem = "" if res.plan is None else "; " + _summary(res)
+    low = f", {len(res.lowerings)} layer(s) lowered" if res.lowerings else ""
     print(f"{args.model}: fits target {res.target.name}"
-          f"{f' ({n_warn} warning(s))' if n_warn else ''}{mem}")
+          f"{f' ({n_warn} warning(s){low})' if n_warn else (f' ({low[2:]})' if low else '')}"
+          f"{mem}")
     return 0
 
 
@@ -118,7 +126,7 @@ def run_pack(args) -> int:
     html = None if args.no_html else (args.html or os.path.splitext(output)[0] + ".memory.html")
     try:
         res = pack(args.model, output, args.target, _dims(args.dim), args.params, args.force,
-                   html)
+                   html, lower=not args.no_lower)
     except TargetError as e:  # the model does not fit: the same status as `linger check`
         print(f"linger pack: {e}", file=sys.stderr)
         return 1

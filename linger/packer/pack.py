@@ -24,6 +24,7 @@ class CheckResult:
     graph: PackGraph
     violations: list
     plan: MemoryPlan | None = None
+    lowerings: list = field(default_factory=list)   # nodes rewritten to fit (packer.lower)
 
     @property
     def errors(self) -> list:
@@ -34,11 +35,19 @@ class CheckResult:
         return not self.errors
 
     def report(self, full: bool = True) -> str:
-        """Text memory report (requires a plan); ``full=False``: memories and peaks only."""
-        return text_report(self.graph, self.plan, self.target, self.violations, full)
+        """Text memory report (requires a plan); ``full=False``: memories and peaks only.
+        Layers lowered automatically are listed after it, apart from the violations."""
+        return text_report(self.graph, self.plan, self.target, self.violations, full) \
+            + lowering_text(self.lowerings)
 
     def html(self) -> str:
-        return html_report(self.graph, self.plan, self.target, self.violations)
+        page = html_report(self.graph, self.plan, self.target, self.violations)
+        if not self.lowerings:
+            return page
+        import html as _html
+        items = "".join(f"<li>{_html.escape(str(lw))}</li>" for lw in self.lowerings)
+        block = f"<h2>Lowered automatically ({len(self.lowerings)})</h2><ul>{items}</ul>"
+        return page.replace("</body></html>", block + "</body></html>")
 
 
 @dataclass
@@ -92,17 +101,64 @@ def memory_violations(pg, plan, target) -> list[Violation]:
     return out
 
 
-def check(source, target="venus", dims=None, params=None, memory: bool = True) -> CheckResult:
+def lowering_text(lowerings) -> str:
+    """The "lowered automatically" block of the reports (empty when nothing was lowered)."""
+    if not lowerings:
+        return ""
+    lines = [f"\nlowered automatically ({len(lowerings)} layer(s); exact rewrites, see"
+             f" docs/packer.md):"]
+    lines += [f"  - [lowered] {lw}" for lw in lowerings]
+    return "\n".join(lines) + "\n"
+
+
+def lower_graph(pg: PackGraph, target: Target, violations, dims):
+    """``(graph, violations, lowerings)``: ``pg`` with every node it can lower rewritten
+    (:mod:`.lower`), measured again and re-checked; ``pg`` itself when nothing was lowered.
+    Violations that remain get what stopped each pass appended."""
+    from .lower import lower_model
+
+    if not any(v.severity == "error" for v in violations):
+        return pg, violations, []
+    res = lower_model(pg.model, pg.values, pg.nodes, target)
+    if res.lowerings:
+        where = pg.source
+        pg = load(res.model, dims)
+        pg.source = pg.graph.source = where
+        violations = check_graph(pg, target)
+    violations = [_with_note(v, res.notes) for v in violations
+                  if v.node not in res.kept or v.rule in res.kept[v.node]]
+    return pg, violations, res.lowerings
+
+
+def _with_note(v, notes):
+    why = notes.get(v.node)
+    if not why or v.severity != "error":
+        return v
+    return Violation(v.target, v.op_type, v.node, v.rule, v.severity,
+                     f"{v.message} (Not lowered automatically: {'; '.join(dict.fromkeys(why))}.)",
+                     v.value, v.limit)
+
+
+def check(source, target="venus", dims=None, params=None, memory: bool = True,
+          lower: bool = True) -> CheckResult:
     """List every violation of ``source`` (ONNX path, bytes or ModelProto) on ``target``:
-    op support and limits of every node, then (``memory=True``) the memory plan's capacity."""
+    op support and limits of every node, then (``memory=True``) the memory plan's capacity.
+
+    ``lower=True``: a node that breaks a limit is first rewritten into an exact equivalent the
+    target runs where one exists (``.lowerings`` says how and at what cost; the plan and the
+    packed file are those of the lowered graph); only what cannot be lowered is a violation.
+    ``lower=False``: the graph as exported, every limit a violation."""
     target = load_target(target)
     pg = load(source, dims)
     violations = check_graph(pg, target)
+    lowerings = []
+    if lower:
+        pg, violations, lowerings = lower_graph(pg, target, violations, pg.dims)
     plan = None
     if memory:
         plan = _plan(pg, target, params)
         violations += memory_violations(pg, plan, target)
-    return CheckResult(target, pg, violations, plan)
+    return CheckResult(target, pg, violations, plan, lowerings)
 
 
 def _plan(pg, target, params):
@@ -116,13 +172,14 @@ def _plan(pg, target, params):
 
 
 def pack(source, output=None, target="venus", dims=None, params=None, force: bool = False,
-         report_html=None) -> PackResult:
+         report_html=None, lower: bool = True) -> PackResult:
     """Check, plan and write ``source`` as a packed model for ``target``.
 
     ``output``: path to write (``None``: only returned in ``.data``). ``dims``: sizes of symbolic
     input dimensions (a symbolic batch axis defaults to 1). ``params``: memory of parameters
     (``"flash"``/``"psram"``; default: the profile's). ``force``: write even if there are
-    violations (they stay listed in the result). Raises
+    violations (they stay listed in the result). ``lower``: rewrite layers that break a limit
+    into exact equivalents the target runs (see :func:`check`). Raises
     :class:`~linger.errors.TargetError` listing every violation otherwise.
 
     Files are written atomically (a temporary file in the same directory, then
@@ -132,7 +189,7 @@ def pack(source, output=None, target="venus", dims=None, params=None, force: boo
     """
     refuse_overwrite([source], {"output": output, "HTML report": report_html})
     t0 = time.perf_counter()
-    res = check(source, target, dims, params)
+    res = check(source, target, dims, params, lower=lower)
     t1 = time.perf_counter()
     if not force:
         raise_if_errors(res.violations, f"{res.graph.source} (use force=True / --force to pack"
@@ -140,7 +197,7 @@ def pack(source, output=None, target="venus", dims=None, params=None, force: boo
     pm = build_packed(res.graph, res.plan, res.target)
     data = F.write(pm)
     t2 = time.perf_counter()
-    out = PackResult(res.target, res.graph, res.violations, res.plan, data, None)
+    out = PackResult(res.target, res.graph, res.violations, res.plan, res.lowerings, data, None)
     if output is not None:
         out.path = os.fspath(output)
         write_atomic(out.path, data)

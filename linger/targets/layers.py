@@ -26,7 +26,7 @@ FLOAT_OPS = {"Conv1d": "Conv1dInt", "Conv2d": "Conv2dInt", "ConvTranspose1d": "C
 
 
 def check_layers(model, target, cfg=None, convert=None, disabled_attr="_linger_quant_disabled",
-                 raise_errors: bool = True) -> list[Violation]:
+                 raise_errors: bool = True, lower: bool = True) -> list[Violation]:
     """Check each layer of ``model`` that will run on the chip; list every violation.
 
     ``cfg``: the :class:`~linger.config.QuantConfig` for layers about to be converted (``None``:
@@ -35,10 +35,12 @@ def check_layers(model, target, cfg=None, convert=None, disabled_attr="_linger_q
     :data:`FLOAT_OPS`); layers already quantized use their own ``onnx_op`` and ``linger_cfg``.
     Sub-trees marked with ``disabled_attr`` stay in float and are skipped. With ``raise_errors`` a
     :class:`~linger.errors.TargetError` lists every error; warnings go to :mod:`warnings`.
+    ``lower=True``: a violation ``linger pack`` lowers automatically (an exact rewrite, see
+    :mod:`linger.packer.lower`) is not reported: only what cannot run on the target is.
     """
     target = load_target(target)
     found: list[Violation] = []
-    _visit(model, "", target, cfg, convert, disabled_attr, found)
+    _visit(model, "", target, cfg, convert, disabled_attr, found, lower)
     for v in found:
         if v.severity == "warning":
             warnings.warn(v.message, stacklevel=3)
@@ -47,17 +49,22 @@ def check_layers(model, target, cfg=None, convert=None, disabled_attr="_linger_q
     return found
 
 
-def _visit(module, path, target, cfg, convert, disabled_attr, found) -> None:
+def _visit(module, path, target, cfg, convert, disabled_attr, found, lower) -> None:
     if getattr(module, disabled_attr, False):
         return
     op, layer_cfg = _op_of(module, cfg, convert)
     if op is not None:
-        found.extend(check_op(target, op, path or "<model>",
-                              from_module(op, module, _bits(op, layer_cfg))))
+        q = from_module(op, module, _bits(op, layer_cfg))
+        vs = check_op(target, op, path or "<model>", q)
+        if lower and any(v.severity == "error" for v in vs):
+            from ..packer.lower.layer import fixable_rules  # numpy + onnx: only when needed
+            fixed = fixable_rules(target, op, q)
+            vs = [v for v in vs if v.rule not in fixed]
+        found.extend(vs)
         return
     for name, child in module.named_children():
         _visit(child, f"{path}.{name}" if path else name, target, cfg, convert, disabled_attr,
-               found)
+               found, lower)
 
 
 def _op_of(module, cfg, convert):
