@@ -16,7 +16,7 @@ import argparse
 import os
 import sys
 
-from ..errors import ConfigError, LingerError
+from ..errors import ConfigError, LingerError, TargetError
 from ..targets import available_targets
 
 _TARGET_HELP = (f"target chip: {', '.join(available_targets())} or a profile file (.toml/.json);"
@@ -54,7 +54,9 @@ def add_pack_parser(subparsers) -> argparse.ArgumentParser:
         " its memory (activations in share-memory with reuse, parameters in flash or PSRAM)"
         " and write one binary model file that linger.runtime.InferenceSession runs with the"
         " same outputs as the ONNX. Prints the memory summary and writes an HTML memory"
-        " report. Exit status 0 when written, 2 on an error (every violation is listed).")
+        " report. Exit status 0 when written, 1 when layers violate the target's limits"
+        " (every violation is listed, nothing is written), 2 on a usage or file error. The"
+        " output is written atomically and never over the input model.")
     _common(p)
     p.add_argument("-o", "--output", default=None,
                    help="output file (default: the model's name with .bin)")
@@ -74,7 +76,8 @@ def add_check_parser(subparsers) -> argparse.ArgumentParser:
         "check", help="list every violation of a target chip's limits in an ONNX model",
         description="Check every node of an exported model against the target's supported ops"
         " and limits, plan its memory and check capacities; list every violation (layer,"
-        " value, limit, fix), not only the first. Exit status 0 if the model fits, 1 if not.")
+        " value, limit, fix), not only the first. Exit status 0 if the model fits, 1 if not,"
+        " 2 on a usage or file error.")
     _common(p)
     p.add_argument("--no-memory", action="store_true", help="skip memory planning")
     p.add_argument("--report", action="store_true", help="print the memory report too")
@@ -121,8 +124,12 @@ def run_pack(args) -> int:
 
     output = args.output or os.path.splitext(args.model)[0] + ".bin"
     html = None if args.no_html else (args.html or os.path.splitext(output)[0] + ".memory.html")
-    res = pack(args.model, output, args.target, _dims(args.dim), args.params, args.force, html,
-               lower=not args.no_lower)
+    try:
+        res = pack(args.model, output, args.target, _dims(args.dim), args.params, args.force,
+                   html, lower=not args.no_lower)
+    except TargetError as e:  # the model does not fit: the same status as `linger check`
+        print(f"linger pack: {e}", file=sys.stderr)
+        return 1
     for v in res.violations:
         print(f"[{v.severity}] {v.message}")
     print(res.report(full=args.report), end="")
