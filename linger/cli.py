@@ -9,8 +9,17 @@ text and arguments; :func:`main` builds the parser from the registry. Adding a s
         ...
         return 0
 
-A subcommand returns the process exit status. A :class:`~linger.errors.LingerError` is printed
-as ``linger <cmd>: error: ...`` (no traceback) and gives status 2.
+A subcommand returns the process exit status, the same three values for every command
+(docs/cli.md): ``0`` done / equal / fits, ``1`` the outputs differ or the model does not fit the
+target (``validate``, ``check``, ``pack``, ``demo``), ``2`` a usage or file error. A
+:class:`~linger.errors.LingerError`, an unreadable or unwritable file (``OSError``) and a missing
+optional dependency (torch for the commands that train or trace) are printed as
+``linger <cmd>: error: ...`` (no traceback) and give status 2; any other exception (an error in a
+user's script, or a bug) prints its traceback and gives status 2 too, never 1.
+
+torch is imported only inside the commands that train or trace (``demo``, ``analyse``,
+``validate --script``), so ``linger --help``, ``pack``, ``check`` and ``run`` work on an
+install without it (``pip install linger``; docs/install.md).
 
 >>> main(["demo", "--help"])  # doctest: +ELLIPSIS
 Traceback (most recent call last):
@@ -25,8 +34,20 @@ import importlib
 import inspect
 import os
 import sys
+import traceback
 
 from .errors import LingerError
+
+#: exit statuses, the same for every subcommand
+EXIT_OK, EXIT_DIFFER, EXIT_ERROR = 0, 1, 2
+
+#: optional module -> how to install it (printed when a command needs it and it is missing)
+OPTIONAL = {
+    "torch": "pip install torch==2.13.0 (or pip install 'linger[train]'; see docs/install.md)",
+    "tqdm": "pip install 'linger[train]'",
+    "sklearn": "pip install 'linger[demo]'",
+    "matplotlib": "pip install 'linger[analysis]'",
+}
 
 #: subcommand name -> (function, help, arguments); filled by :func:`command`, in definition order.
 COMMANDS: dict = {}
@@ -54,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="linger", description="Quantization-aware training for int8 MCU NPUs: "
-        "export, pack and run models bit-exactly.")
+        "export, pack and run models bit-exactly.",
+        epilog="exit status (every command): 0 done/equal/fits, 1 outputs differ or the model"
+        " does not fit the target, 2 usage or file error")
     parser.add_argument("--version", action="version", version=f"linger {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module, func in EXTERNAL_PARSERS:
@@ -75,12 +98,25 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "_run", None) is None:
         parser.print_help()
-        return 2
+        return EXIT_ERROR
     try:
         return int(args._run(args) or 0)
     except LingerError as e:
-        print(f"linger {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return _error(args.command, e)
+    except OSError as e:  # a file that cannot be read or written
+        return _error(args.command, e)
+    except Exception as e:  # a user script's error, or a bug: status 1 means "differ", not this
+        top = (getattr(e, "name", None) or "").split(".")[0]
+        if isinstance(e, ModuleNotFoundError) and top in OPTIONAL:
+            return _error(args.command, f"this command needs {top}, which is not installed:"
+                                        f" {OPTIONAL[top]}")
+        traceback.print_exc()
+        return _error(args.command, f"{type(e).__name__}: {e} (traceback above)")
+
+
+def _error(command, message) -> int:
+    print(f"linger {command}: error: {message}", file=sys.stderr)
+    return EXIT_ERROR
 
 
 # ------------------------------------------------------------------------------------------------
@@ -91,7 +127,8 @@ def main(argv=None) -> int:
          arg("--qat-epochs", type=int, default=None,
              help="QAT fine-tuning epochs (default: half of --epochs)"),
          arg("--out-dir", default=None,
-             help="where checkpoints go (default: a new temporary directory)"),
+             help="keep the checkpoints, ONNX and packed files there (default: a temporary"
+                  " directory, removed at exit)"),
          arg("--seed", type=int, default=0, help="random seed (default 0)"),
          arg("--threads", type=int, default=1,
              help="torch CPU threads (default 1: on a model this small more threads only add"
@@ -101,16 +138,17 @@ def main(argv=None) -> int:
 def demo(args) -> int:
     """Train a small CNN on scikit-learn's 8x8 digits in float, turn it into a quantized model
     with linger.init, fine-tune it (QAT), and print float vs int8 accuracy and the time of each
-    stage. Needs scikit-learn (pip install 'linger[demo]')."""
+    stage. Exit status 1 if the integer runtime is not bit-exact with PyTorch eval on every
+    test image. Needs torch and scikit-learn (pip install 'linger[demo]')."""
     import torch
 
     from .demo import run_demo
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    run_demo(out_dir=args.out_dir, epochs=args.epochs, qat_epochs=args.qat_epochs,
-             quiet=args.quiet, seed=args.seed)
-    return 0
+    r = run_demo(out_dir=args.out_dir, epochs=args.epochs, qat_epochs=args.qat_epochs,
+                 quiet=args.quiet, seed=args.seed)
+    return EXIT_OK if r["bit_exact"] == len(r["x_test"]) else EXIT_DIFFER
 
 
 @command("run", "run an exported (.onnx) or packed (.bin) model in the integer runtime",
@@ -129,6 +167,10 @@ def run(args) -> int:
     eval outputs bit for bit."""
     import numpy as np
 
+    from ._files import refuse_overwrite
+
+    refuse_overwrite([args.model] + [s.rpartition("=")[2] for s in args.inputs],
+                     {"output": args.output})
     if args.engine == "c":
         from .engine import Engine
 
@@ -191,7 +233,8 @@ def _load_feeds(specs, input_names):
 def validate(args) -> int:
     """Report the first graph value whose integers differ between PyTorch eval and linger's
     runtime: its name, shape, number of differing elements and largest difference. Exit status
-    1 on any difference, 0 when everything is bit-exact.
+    0 when everything is bit-exact, 1 on any difference, 2 when a file is missing or unreadable
+    (model, reference .npz, script, checkpoint).
 
     Either give an exported MODEL.onnx and the REFERENCE.npz saved next to it by
     linger.validate.save_reference(model, x, path), or --script (and --checkpoint) to export
@@ -207,7 +250,7 @@ def validate(args) -> int:
     else:
         raise ConfigError("give MODEL.onnx REFERENCE.npz, or --script FILE.py")
     print(report)
-    return 0 if report.ok else 1
+    return EXIT_OK if report.ok else EXIT_DIFFER
 
 
 def _model_from_script(script, checkpoint):

@@ -123,17 +123,26 @@ def run_demo(out_dir: str | None = None, epochs: int = 20, qat_epochs: int | Non
     """Train a :class:`~linger.examples_models.DigitsCNN` in float, then QAT; report accuracies.
 
     ``epochs``: float training epochs; ``qat_epochs``: fine-tuning epochs (default
-    ``max(1, epochs // 2)``). Checkpoints are written to ``out_dir`` (a new temporary directory
-    when None): ``digits_float.pt`` and ``digits_qat.pt``.
+    ``max(1, epochs // 2)``). Checkpoints (``digits_float.pt``, ``digits_qat.pt``), the ONNX
+    export and the packed file are written to ``out_dir``; when it is None they go to a
+    temporary directory that is removed before returning (``out_dir`` in the result then names
+    a directory that no longer exists).
 
     Returns a dict with ``float_acc`` and ``int8_acc`` (percent on the 450 test images),
     ``times`` (stage -> seconds), ``table`` (the printed text), ``model`` (the QAT model, in
     eval mode), ``x_test``/``y_test`` and ``out_dir``.
     """
+    if out_dir is not None:
+        return _run_demo(out_dir, epochs, qat_epochs, quiet, seed, kept=True)
+    with tempfile.TemporaryDirectory(prefix="linger-demo-") as tmp:
+        return _run_demo(tmp, epochs, qat_epochs, quiet, seed, kept=False)
+
+
+def _run_demo(out_dir: str, epochs: int, qat_epochs: int | None, quiet: bool, seed: int,
+              kept: bool) -> dict:
     import linger
 
     qat_epochs = max(1, epochs // 2) if qat_epochs is None else qat_epochs
-    out_dir = out_dir or tempfile.mkdtemp(prefix="linger-demo-")
     os.makedirs(out_dir, exist_ok=True)
     threads = torch.get_num_threads()
     stages = Stages()
@@ -178,7 +187,7 @@ def run_demo(out_dir: str | None = None, epochs: int = 20, qat_epochs: int | Non
         bin_path = os.path.join(out_dir, "digits_int8.bin")
         packed = pack(onnx_path, bin_path, target="venus")
         sram = packed.plan.memories["share"]
-        row["result"] = (f"{os.path.getsize(bin_path) // 1024} KiB file, SRAM peak"
+        row["result"] = (f"{os.path.getsize(bin_path) // 1024} KiB file, share-memory peak"
                          f" {sram.peak / 1024:.1f} of {sram.capacity // 1024} KiB")
 
     with stages.run("integer runtime (.bin)") as row:
@@ -196,8 +205,10 @@ def run_demo(out_dir: str | None = None, epochs: int = 20, qat_epochs: int | Non
 
     table = stages.table()
     if not quiet:
+        where = (f"files in {out_dir}" if kept else "files in a temporary directory, removed at"
+                 " exit (keep them with --out-dir)")
         print(f"linger demo: DigitsCNN on scikit-learn digits ({threads} torch thread"
-              f"{'s' if threads > 1 else ''}), checkpoints in {out_dir}")
+              f"{'s' if threads > 1 else ''}), {where}")
         print(table)
     return {"float_acc": float_acc, "int8_acc": int8_acc, "runtime_acc": runtime_acc,
             "bit_exact": exact, "c_bit_exact": c_exact, "onnx_path": onnx_path, "bin_path": bin_path,

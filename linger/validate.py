@@ -14,6 +14,7 @@ report fail.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -137,13 +138,39 @@ def validate_files(onnx_path, reference_npz) -> Report:
     """Run the runtime on the saved inputs and compare every value with the saved reference."""
     from .runtime import InferenceSession
 
-    ref = np.load(reference_npz)
-    feeds = {k[len("input:"):]: ref[k] for k in ref.files if k.startswith("input:")}
-    values = {k[len("value:"):]: ref[k] for k in ref.files if k.startswith("value:")}
+    ref = load_reference(reference_npz)
+    feeds = {k[len("input:"):]: v for k, v in ref.items() if k.startswith("input:")}
+    values = {k[len("value:"):]: v for k, v in ref.items() if k.startswith("value:")}
     sess = InferenceSession(onnx_path)
     actual = sess.run_with_intermediates(feeds)
     from .runtime.graph import read_model
     return compare(values, actual, list(actual), tail_values(read_model(onnx_path)[0]))
+
+
+def load_reference(path):
+    """The ``.npz`` written by :func:`save_reference`; a missing, unreadable or foreign file is an
+    :class:`~linger.errors.InputError` (``linger validate`` exits 2 on it, 1 only for values
+    that differ). Arrays are read with ``allow_pickle=False``: nothing in the file is executed."""
+    from .errors import InputError
+
+    if not os.path.isfile(path):
+        raise InputError(f"reference file '{path}' does not exist; write it with"
+                         f" linger.validate.save_reference(model, x, path)")
+    try:
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise ValueError("it holds a single array (.npy), not an archive of arrays")
+        with archive:  # every member is read (and its CRC checked) now
+            ref = {k: archive[k] for k in archive.files}
+    except Exception as e:  # zip, zlib, header and pickle errors have many types
+        raise InputError(f"reference file '{path}' is not a readable .npz archive"
+                         f" ({type(e).__name__}: {e}); write it with"
+                         f" linger.validate.save_reference") from None
+    if not any(k.startswith("input:") for k in ref):
+        raise InputError(f"reference file '{path}' holds no 'input:*' arrays ({len(ref)}"
+                         f" arrays: {sorted(ref)[:5]}); it was not written by"
+                         f" linger.validate.save_reference")
+    return ref
 
 
 def validate_model(model, args, input_names=None) -> Report:

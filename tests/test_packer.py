@@ -241,7 +241,7 @@ def test_golden_memory_report(tmp_path):
         golden.write_text(text)
     assert text == golden.read_text(), "report changed: regenerate on purpose (see module doc)"
     page = (tmp_path / "r.html").read_text()
-    assert page.startswith("<!DOCTYPE html>") and page.count("<svg") == 2
+    assert page.startswith("<!DOCTYPE html>") and page.count("<svg") == 3  # + cycles plot
     assert "src=" not in page and "href=" not in page and "<script" not in page
     for name in ("conv:out", "fc.weight", "share-memory", "MACs", "peak"):
         assert name in page
@@ -271,7 +271,7 @@ def test_cli_check_and_pack(tmp_path, capsys):
     assert not [x for x in out if x.startswith("[lowered]")]
     errors = [x for x in out if x.startswith("[error]")]
     assert len(errors) == 2 and "weight bits 4" in errors[0] and "MaxPool" in errors[1]
-    assert main(["pack", str(tmp_path / "bad.onnx")]) == 2
+    assert main(["pack", str(tmp_path / "bad.onnx")]) == 1  # does not fit, as check says
     assert "2 violations of target venus" in capsys.readouterr().err
     assert main(["check", str(tmp_path / "tiny.onnx"), "--dim", "oops"]) == 2
     for cmd in ("pack", "check"):

@@ -94,9 +94,10 @@ def run(args) -> int:
         scale = 100.0 if use_acc else 1.0
         print(f"\nSensitivity: {what} with only this layer quantized, worst first"
               f" (all float: {sens[0].baseline * scale:.2f})")
-        print(_table(["rank", "layer", "type", what, "output SQNR dB"],
-                     [[i + 1, r.name, r.type, f"{r.value * scale:.2f}", f"{r.output_sqnr_db:.2f}"]
-                      for i, r in enumerate(sens)]))
+        extra = ["output SQNR dB"] if use_acc else []  # the metric is the output SQNR already
+        print(_table(["rank", "layer", "type", what] + extra,
+                     [[i + 1, r.name, r.type, f"{r.value * scale:.2f}"]
+                      + [f"{r.output_sqnr_db:.2f}"] * len(extra) for i, r in enumerate(sens)]))
     if args.report:
         path = A.write_report(args.report, qmodel, batches, sensitivity_rows=sens)
         print(f"\nreport written to {path}")
@@ -137,12 +138,31 @@ def _user_model(args):
         shape = _shape(args.input_shape)
         gen = torch.Generator().manual_seed(args.seed)
         batches = [torch.randn(*shape, generator=gen) for _ in range(4)]
+        print(random_data_warning(model, args.model), file=sys.stderr)
     else:
         raise ConfigError(f"no data to analyse with: define calibration_batches() in"
                           f" {args.model} or pass --input-shape N,C,H,W")
     if not batches:
         raise ConfigError(f"calibration_batches() in {args.model} returned no batch")
     return model.eval(), batches, batches
+
+
+def random_data_warning(model, path) -> str:
+    """What ``--input-shape`` (random normal inputs) means for the numbers printed."""
+    import torch
+
+    text = ("linger analyse: warning: --input-shape feeds random normal data, which is not"
+            " representative of real inputs: activation ranges, SQNR and sensitivity can be far"
+            " from what real data gives.")
+    bns = [n for n, m in model.named_modules()
+           if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if bns:
+        text += (f" The model has {len(bns)} BatchNorm layer(s) ({', '.join(bns[:3])}"
+                 f"{', ...' if len(bns) > 3 else ''}) whose running statistics describe the"
+                 f" training data: random inputs fall outside them, so expect a low SQNR that"
+                 f" says little about the quantized model.")
+    return text + (f" For meaningful numbers define calibration_batches() in {path} returning"
+                   f" real batches.")
 
 
 def _load_file(path):

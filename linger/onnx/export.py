@@ -121,7 +121,9 @@ def trace(model, inputs, input_names=None, output_names=None, opset_version=DEFA
             else rec.name_of(o)
         rec.nodes.append(helper.make_node("Identity", [src], [name], name=f"{name}.identity"))
         rec.value_info[name] = (rec.value_info[src][0], tuple(o.shape))
-    return _build(rec, input_names, output_names, opset_version, dynamic_axes or {}), rec
+    built = _build(rec, input_names, output_names, opset_version, dynamic_axes or {})
+    built.graph.name = type(model).__name__  # the model's own name, for the packer's report
+    return built, rec
 
 
 def refuse_non_finite(model: torch.nn.Module) -> None:

@@ -16,7 +16,7 @@ import argparse
 import os
 import sys
 
-from ..errors import ConfigError, LingerError
+from ..errors import ConfigError, LingerError, TargetError
 from ..targets import available_targets
 
 _TARGET_HELP = (f"target chip: {', '.join(available_targets())} or a profile file (.toml/.json);"
@@ -61,7 +61,9 @@ def add_pack_parser(subparsers) -> argparse.ArgumentParser:
         " its memory (activations in share-memory with reuse, parameters in flash or PSRAM)"
         " and write one binary model file that linger.runtime.InferenceSession runs with the"
         " same outputs as the ONNX. Prints the memory summary and writes an HTML memory"
-        " report. Exit status 0 when written, 2 on an error (every violation is listed).")
+        " report. Exit status 0 when written, 1 when layers violate the target's limits"
+        " (every violation is listed, nothing is written), 2 on a usage or file error. The"
+        " output is written atomically and never over the input model.")
     _common(p)
     p.add_argument("-o", "--output", default=None,
                    help="output file (default: the model's name with .bin)")
@@ -84,7 +86,8 @@ def add_check_parser(subparsers) -> argparse.ArgumentParser:
         " value, limit, fix), not only the first. MODEL may also be a PyTorch model before any"
         " training, as model.py:ClassName (built without arguments) or model.py (its"
         " build_model()): then everything linger.init, the export and the target would refuse"
-        " is listed (linger.check). Exit status 0 if the model fits, 1 if not.")
+        " is listed (linger.check). Exit status 0 if the model fits, 1 if not, 2 on a usage or"
+        " file error.")
     _common(p)
     p.add_argument("--input-shape", action="append", metavar="D0,D1,...",
                    help="for a model.py[:Class] MODEL: the shape of an example input"
@@ -143,8 +146,12 @@ def run_pack(args) -> int:
 
     output = args.output or os.path.splitext(args.model)[0] + ".bin"
     html = None if args.no_html else (args.html or os.path.splitext(output)[0] + ".memory.html")
-    res = pack(args.model, output, args.target, _dims(args.dim), args.params, args.force, html,
-               lower=not args.no_lower)
+    try:
+        res = pack(args.model, output, args.target, _dims(args.dim), args.params, args.force,
+                   html, lower=not args.no_lower)
+    except TargetError as e:  # the model does not fit: the same status as `linger check`
+        print(f"linger pack: {e}", file=sys.stderr)
+        return 1
     for v in res.violations:
         print(f"[{v.severity}] {v.message}")
     print(res.report(full=args.report), end="")

@@ -12,7 +12,6 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-import onnx
 
 from ..errors import InputError, LingerError, ModelFileError
 from ..runtime.graph import Graph, load_graph, read_model
@@ -41,7 +40,7 @@ class Value:
 
 @dataclass
 class PackGraph:
-    model: onnx.ModelProto        # as read (opsets, declared input/output shapes)
+    model: "onnx.ModelProto"      # as read (opsets, declared input/output shapes)
     graph: Graph                  # runtime view: nodes in execution order, decoded attributes
     values: dict                  # name -> Value, in id order: inputs, params, node outputs
     dims: dict                    # symbolic dimension -> value used for planning

@@ -6,8 +6,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from onnx import AttributeProto
-
+from .._files import refuse_overwrite, write_atomic
 from ..errors import ConfigError, ExportError
 from ..targets import Target, Violation, check_op, from_node, load_target, raise_if_errors
 from ..packfile import format as F
@@ -204,7 +203,13 @@ def pack(source, output=None, target="venus", dims=None, params=None, force: boo
     violations (they stay listed in the result). ``lower``: rewrite layers that break a limit
     into exact equivalents the target runs (see :func:`check`). Raises
     :class:`~linger.errors.TargetError` listing every violation otherwise.
+
+    Files are written atomically (a temporary file in the same directory, then
+    ``os.replace``): a crash or a full disk never leaves a half-written model. Writing over
+    the input model (``-o`` naming the source, or a ``.bin`` repacked to its own name) is
+    refused with :class:`~linger.errors.ConfigError` before anything is read.
     """
+    refuse_overwrite([source], {"output": output, "HTML report": report_html})
     t0 = time.perf_counter()
     res = check(source, target, dims, params, lower=lower)
     t1 = time.perf_counter()
@@ -216,13 +221,10 @@ def pack(source, output=None, target="venus", dims=None, params=None, force: boo
     t2 = time.perf_counter()
     out = PackResult(res.target, res.graph, res.violations, res.plan, res.lowerings, data, None)
     if output is not None:
-        path = os.fspath(output)
-        with open(path, "wb") as f:
-            f.write(data)
-        out.path = path
+        out.path = os.fspath(output)
+        write_atomic(out.path, data)
     if report_html is not None:
-        with open(os.fspath(report_html), "w", encoding="utf-8") as f:
-            f.write(out.html())
+        write_atomic(report_html, out.html().encode("utf-8"))
     out.seconds = time.perf_counter() - t0
     out.timings = {"check_and_plan": t1 - t0, "write": t2 - t1}
     return out
@@ -269,7 +271,7 @@ def build_packed(pg: PackGraph, plan: MemoryPlan, target: Target) -> F.PackedMod
 
 
 def _attr(a, node):
-    from onnx import numpy_helper
+    from onnx import AttributeProto, numpy_helper  # only here: `linger --help` stays light
 
     t = a.type
     if t == AttributeProto.INT:

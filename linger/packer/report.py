@@ -1,19 +1,23 @@
 """The memory report: a text table for the terminal and a self-contained HTML page with charts.
 
 Both are deterministic (no dates, no user names, no paths), so a golden copy can be compared.
-Contents: per memory its capacity, parameter bytes, peak and the lower bound of the plan (the
-largest set of activations live at one step), the step of the peak with the tensors live there
-and the layers that produced them; per layer its parameter bytes and multiply-accumulates
-(MACs); per tensor its kind, memory, offset, size and first/last use.
+Contents: per memory its capacity, parameter bytes, peak and the lower bound of the plan (its
+parameters plus the largest set of activations live at one step: no plan can use less), the step
+of the peak with the tensors live there and the layers that produced them; per layer its
+parameter bytes and multiply-accumulates (MACs); per tensor its kind, memory, offset, size and
+first/last use; per layer a cost estimate (MACs, bytes moved, estimated cycles:
+:mod:`.costs`). The title names the model (the exported graph's name: the PyTorch class).
 """
 
 from __future__ import annotations
 
 import html
 import math
+import os
 from dataclasses import dataclass
 
 from ..targets import MEMORY_KINDS
+from .costs import cost_rows, op_costs, plot_svg, total_text
 
 MEMORY_NAMES = {"share": "share-memory", "psram": "PSRAM", "flash": "flash"}
 
@@ -28,8 +32,19 @@ class LayerStat:
     out_bytes: int
 
 
-def macs_of(op_type: str, in_shapes, out_shapes) -> int:
-    """Multiply-accumulates of one node (0 for ops without products)."""
+def macs_of(op_type: str, in_shapes, out_shapes, attrs=None) -> int:
+    """Multiply-accumulates of one node: the products it computes, each added to a sum.
+
+    conv: per output ``Cin/g * k``; conv-transpose: per input ``Cout/g * k``; linear/matmul:
+    per output the reduced length; GRU/LSTM: per time step and sequence every weight element
+    (``X W_ih^T`` and ``h W_hh^T`` of each layer and direction); batch-norm, element-wise
+    multiply: one per output; layer-norm: two per element (scale, then gain); average pooling:
+    one accumulate per window element of each output; sum/mean: one per input element. Table
+    lookups (sigmoid, tanh, softmax...), additions, quantize and layout ops: 0.
+
+    >>> macs_of("GRUInt", [(1, 8, 8), (192, 8), (192, 64), (192,), (192,)], [(1, 8, 64)])
+    110592
+    """
     x = in_shapes[0] if in_shapes else None
     y = out_shapes[0] if out_shapes else None
     if x is None or y is None:
@@ -41,9 +56,28 @@ def macs_of(op_type: str, in_shapes, out_shapes) -> int:
         return math.prod(x) * math.prod(w[1:])                # per input: Cout/g * k
     if op_type in ("LinearInt", "MatMulInt"):
         return math.prod(y) * int(x[-1])
-    if op_type == "BatchNormInt":
+    if op_type in ("GRUInt", "LSTMInt"):                      # Y: (N, T, D*H) or (T, N, D*H)
+        weights = [s for s in in_shapes[1:] if s is not None and len(s) == 2]
+        return math.prod(y[:2]) * sum(math.prod(s) for s in weights)
+    if op_type in ("BatchNormInt", "iqMul", "Mul"):
         return math.prod(y)
+    if op_type == "LayerNormInt":
+        return 2 * math.prod(y)
+    if op_type == "AvgPoolInt" and attrs and attrs.get("kernel_shape"):
+        return math.prod(y) * math.prod(int(k) for k in attrs["kernel_shape"])
+    if op_type in ("iqSum", "iqMean"):
+        return math.prod(x)
     return 0
+
+
+def model_name(pg) -> str:
+    """The exported graph's name (the model's class); older exports named every graph
+    "linger": their file name is used instead."""
+    name = pg.model.graph.name
+    if name and name != "linger":
+        return name
+    base = os.path.basename(str(pg.source).strip("'"))
+    return os.path.splitext(base)[0] if base and not base.startswith("<") else "model"
 
 
 def layer_stats(pg) -> list[LayerStat]:
@@ -54,8 +88,8 @@ def layer_stats(pg) -> list[LayerStat]:
         params = sum(pg.values[i].nbytes for i in node.inputs
                      if i and pg.values[i].kind == "param")
         out_bytes = sum(pg.values[o].nbytes for o in node.outputs if o)
-        out.append(LayerStat(k, node.name, node.op_type, params, macs_of(node.op_type, ins, outs),
-                             out_bytes))
+        out.append(LayerStat(k, node.name, node.op_type, params,
+                             macs_of(node.op_type, ins, outs, node.attrs), out_bytes))
     return out
 
 
@@ -94,15 +128,15 @@ def summary_rows(plan) -> list:
         if u is None:
             continue
         use = f"{100.0 * u.peak / u.capacity:.1f}%" if u.capacity else "-"
-        rows.append([MEMORY_NAMES[kind], u.capacity, u.params_bytes, u.peak, u.lower_bound, use])
+        lower = u.params_bytes + u.lower_bound  # no plan of this memory can use less
+        rows.append([MEMORY_NAMES[kind], u.capacity, u.params_bytes, u.peak, lower, use])
     return rows
 
 
 def text_report(pg, plan, target, violations=(), full: bool = True) -> str:
     """The report as plain text. ``full=False``: memories and peaks only (what ``linger pack``
     prints); ``True`` adds the per-layer and per-tensor tables (``--report``)."""
-    lines = [f"linger memory report: graph '{pg.model.graph.name}' on target {target.name}"
-             f" (id {target.id})",
+    lines = [f"{model_name(pg)}: memory report on target {target.name} (id {target.id})",
              f"plan: strategy {plan.strategy}, alignment {plan.alignment} bytes, {len(plan.steps)}"
              f" steps" + (f", spilled to PSRAM: {', '.join(plan.spilled)}" if plan.spilled else ""),
              ""]
@@ -117,10 +151,12 @@ def text_report(pg, plan, target, violations=(), full: bool = True) -> str:
                       f" step {u.peak_step} `{node.name}` ({node.op_type}); tensors there:"]
         rows = [[p.name, p.size, f"`{_producer(pg, p.name)}`"] for p in peak_tensors(plan, kind)]
         lines += ["  " + r for r in _table(["tensor", "bytes", "made by"], rows)]
+    lines += float_input_notes(pg, plan)
     stats = layer_stats(pg)
+    costs = op_costs(pg, plan, target, macs_of)
     if not full:
-        lines.append(f"\n{sum(s.params_bytes for s in stats)} parameter bytes,"
-                     f" {sum(s.macs for s in stats)} MACs in {len(stats)} layers")
+        lines.append(f"\n{sum(s.params_bytes for s in stats)} parameter bytes in {len(stats)}"
+                     f" layers; {total_text(costs, target)}")
         return "\n".join(lines) + "\n"
     lines += ["", "layers:"]
     rows = [[s.step, s.name, s.op_type, s.params_bytes, s.macs, s.out_bytes] for s in stats]
@@ -128,6 +164,10 @@ def text_report(pg, plan, target, violations=(), full: bool = True) -> str:
                                         "output bytes"], rows)]
     lines.append(f"  total: {sum(s.params_bytes for s in stats)} parameter bytes,"
                  f" {sum(s.macs for s in stats)} MACs")
+    header, rows = cost_rows(costs, _used_memories(plan))
+    lines += ["", "cost estimate (docs/packer.md, 'Cost estimate'):"]
+    lines += ["  " + r for r in _table(header, rows)]
+    lines.append(f"  total: {total_text(costs, target)}")
     lines += ["", "tensors:"]
     rows = [[p.name, p.kind + (f" (alias of {p.alias_of})" if p.alias_of else ""),
              MEMORY_NAMES[p.memory], p.offset, p.size, p.first, p.last]
@@ -138,6 +178,29 @@ def text_report(pg, plan, target, violations=(), full: bool = True) -> str:
         lines += ["", f"violations ({len(violations)}):"] + [f"  - [{v.severity}] {v.message}"
                                                             for v in violations]
     return "\n".join(lines) + "\n"
+
+
+def _used_memories(plan) -> list:
+    return [k for k in MEMORY_KINDS if k in plan.memories
+            and any(p.memory == k for p in plan.placements.values())]
+
+
+def float_input_notes(pg, plan) -> list[str]:
+    """A line per float graph input held in share-memory: the plan keeps it there (4 bytes per
+    element) until its last reader, usually the first Quant, has run."""
+    lines = []
+    for a in pg.graph.inputs:
+        p = plan.placements.get(a.name)
+        v = pg.values.get(a.name)
+        if p is None or v is None or v.dtype.kind != "f" or p.memory != "share":
+            continue
+        n = math.prod(v.shape)
+        lines.append(f"\nnote: input '{a.name}' is {v.dtype.name} {list(v.shape)}: the plan"
+                     f" holds it in {MEMORY_NAMES['share']} as floats ({p.size} bytes, steps"
+                     f" {p.first}..{p.last}), as the packed model's input is float and the chip"
+                     f" quantizes it; firmware that feeds int8 data directly needs about {n}"
+                     f" bytes instead.")
+    return lines
 
 
 def summary_text(plan, target) -> str:
@@ -231,7 +294,7 @@ def _html_table(header, rows) -> str:
 
 def html_report(pg, plan, target, violations=()) -> str:
     """A self-contained HTML page (inline SVG charts, no external files)."""
-    title = f"linger memory report: {pg.model.graph.name} on {target.name}"
+    title = f"{model_name(pg)}: memory report on target {target.name}"
     parts = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}"
              f"</title><style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
              f"<p>Plan strategy <b>{plan.strategy}</b>, alignment {plan.alignment} bytes,"
@@ -258,7 +321,16 @@ def html_report(pg, plan, target, violations=()) -> str:
                                for p in peak_tensors(plan, kind)]),
                   "<p>Placement of each tensor (x: lifetime in steps, y: bytes):</p>",
                   _svg_map(plan, kind)]
+    parts += [f"<p>{html.escape(line.strip())}</p>" for line in float_input_notes(pg, plan)]
     stats = layer_stats(pg)
+    costs = op_costs(pg, plan, target, macs_of)
+    header, rows = cost_rows(costs, _used_memories(plan))
+    parts += ["<h2>Cost estimate</h2>",
+              "<p>MACs, bytes each layer reads and writes in each memory, and cycles from the"
+              " target's cost model (an estimate with assumed parameters: docs/packer.md, 'Cost"
+              " estimate').</p>",
+              _html_table(header, rows), f"<p>Total: {html.escape(total_text(costs, target))}</p>",
+              plot_svg(costs, f"{model_name(pg)} on {target.name}: estimated cycles per layer")]
     parts += ["<h2>Layers</h2>", _html_table(
         ["step", "layer", "op", "param bytes", "MACs", "output bytes"],
         [[s.step, s.name, s.op_type, s.params_bytes, s.macs, s.out_bytes] for s in stats]),

@@ -2,6 +2,8 @@
 
 Everything a malformed or unsupported file can get wrong is found here, before any input is
 seen, and reported as :class:`~linger.errors.ModelFileError` naming the file or the node.
+onnx is imported only to read an ONNX model: a packed file (``linger pack``) is decoded by
+:mod:`.packed` with numpy alone, so a deployment needs numpy and linger, nothing else.
 """
 
 from __future__ import annotations
@@ -9,11 +11,10 @@ from __future__ import annotations
 import heapq
 import inspect
 import os
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
-import onnx
-from onnx import AttributeProto, helper, numpy_helper
 
 from ..errors import ModelFileError
 from . import schema
@@ -65,11 +66,21 @@ class Graph:
 def load_graph(source) -> Graph:
     """Read ``source`` (path, bytes or ``onnx.ModelProto``; an ONNX model or a model packed by
     ``linger pack``) and check it completely."""
+    packed = _packed_bytes(source)
+    if packed is not None:  # a file written by `linger pack`: decoded without onnx
+        from .packed import graph_parts
+        opsets, used, nodes, inits, inputs, outputs, where = graph_parts(*packed)
+        check_opsets(opsets, used, where)
+        return _assemble(nodes, inits, inputs, outputs, where)
+    from onnx import numpy_helper
+
     model, where = read_model(source)
     if not model.HasField("graph") or not model.graph.output:
         raise ModelFileError(f"{where} is not an ONNX model (no graph or no graph outputs);"
                              f" the file may be empty, truncated or of another format")
-    _check_opsets(model, where)
+    check_opsets({o.domain if o.domain != "ai.onnx" else "": o.version
+                  for o in model.opset_import},
+                 {n.domain if n.domain != "ai.onnx" else "" for n in model.graph.node}, where)
     g = model.graph
     inits = {}
     for t in g.initializer:
@@ -80,10 +91,16 @@ def load_graph(source) -> Graph:
         except Exception as e:  # external data missing, bad raw length...
             raise ModelFileError(f"{where}: initializer '{t.name}' cannot be read: {e}") from e
     nodes = [_bind(n, i, where) for i, n in enumerate(g.node)]
-    for node in nodes:  # every attribute against the op's schema, before any kernel compiles
-        schema.validate_node(node, inits, f"{where}: {node.where}")
     inputs = [_node_arg(v, where) for v in g.input if v.name not in inits]
     outputs = [_node_arg(v, where) for v in g.output]
+    return _assemble(nodes, inits, inputs, outputs, where)
+
+
+def _assemble(nodes, inits, inputs, outputs, where) -> Graph:
+    """The checked graph (ONNX or packed source): every attribute against its op's schema,
+    before any kernel compiles; nodes in a valid order; every graph output produced."""
+    for node in nodes:
+        schema.validate_node(node, inits, f"{where}: {node.where}")
     known = {v.name for v in inputs} | set(inits)
     nodes = _topological(nodes, known, where)
     produced = known | {o for n in nodes for o in n.outputs}
@@ -94,6 +111,19 @@ def load_graph(source) -> Graph:
 
 
 _PACKED_MAGIC = b"LINGERPK"  # = linger.packfile.format.MAGIC; an ONNX load never imports it
+
+
+def _packed_bytes(source):
+    """``(bytes, description)`` when ``source`` is a packed model (bytes or a path), else None."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return (bytes(source), "<bytes>") if bytes(source[:8]) == _PACKED_MAGIC else None
+    if isinstance(source, (str, os.PathLike)) and os.path.isfile(source):
+        with open(source, "rb") as f:
+            if f.read(8) != _PACKED_MAGIC:
+                return None
+            f.seek(0)
+            return f.read(), f"'{os.fspath(source)}'"
+    return None
 
 
 def read_model(source):
@@ -111,8 +141,11 @@ def read_model(source):
 
 
 def _read_model(source):
-    if isinstance(source, onnx.ModelProto):
+    loaded = sys.modules.get("onnx")  # a ModelProto can only come from an imported onnx
+    if loaded is not None and isinstance(source, loaded.ModelProto):
         return source, "<ModelProto>"
+    import onnx
+
     if isinstance(source, (bytes, bytearray, memoryview)):
         where = "<bytes>"
         if bytes(source[:8]) == _PACKED_MAGIC:  # a file written by `linger pack`
@@ -141,9 +174,9 @@ def _read_model(source):
                          f" {type(source).__name__}")
 
 
-def _check_opsets(model, where):
-    versions = {o.domain if o.domain != "ai.onnx" else "": o.version for o in model.opset_import}
-    used = {n.domain if n.domain != "ai.onnx" else "" for n in model.graph.node}
+def check_opsets(versions: dict, used: set, where):
+    """``versions``: domain -> opset version imported ("" for ai.onnx); ``used``: the domains
+    of the nodes."""
     if "" in used and versions.get("", 0) < MIN_ONNX_OPSET:
         raise ModelFileError(f"{where} uses ONNX opset {versions.get('', 'none')}; the runtime"
                              f" needs opset >= {MIN_ONNX_OPSET}. Re-export with"
@@ -158,11 +191,7 @@ def _bind(n, index, where) -> Node:
     domain = "" if n.domain == "ai.onnx" else n.domain
     name = n.name or f"#{index}"
     label = f"{where}: node '{name}' ({domain or 'ai.onnx'}::{n.op_type})"
-    fn = KERNELS.get((domain, n.op_type))
-    if fn is None:
-        raise ModelFileError(f"{label} is not supported by the linger runtime (domain"
-                             f" '{domain}', op_type '{n.op_type}'). Supported ops: "
-                             + ", ".join(supported_ops()))
+    kernel_for(domain, n.op_type, label)
     try:
         attrs = {a.name: _attr_value(a, label) for a in n.attribute}
     except ModelFileError:
@@ -170,13 +199,32 @@ def _bind(n, index, where) -> Node:
     except Exception as e:  # a tensor attribute with a bad raw length, bytes not UTF-8...
         raise ModelFileError(f"{label}: an attribute cannot be decoded: {type(e).__name__}:"
                              f" {e}") from e
+    return bind(name, n.op_type, domain, n.input, n.output, attrs, label)
+
+
+def kernel_for(domain: str, op_type: str, label: str):
+    """The kernel registered for ``domain::op_type``, or a ModelFileError listing the ops."""
+    fn = KERNELS.get((domain, op_type))
+    if fn is None:
+        raise ModelFileError(f"{label} is not supported by the linger runtime (domain"
+                             f" '{domain}', op_type '{op_type}'). Supported ops: "
+                             + ", ".join(supported_ops()))
+    return fn
+
+
+def bind(name, op_type, domain, inputs, outputs, attrs: dict, label) -> Node:
+    """A node with decoded attributes, bound to its kernel after checking them against the
+    kernel's signature."""
+    fn = kernel_for(domain, op_type, label)
     _check_signature(fn, attrs, label)
     if fn.pass_num_outputs and "num_outputs" not in attrs:
-        attrs["num_outputs"] = len(n.output)
-    return Node(name, n.op_type, domain, tuple(n.input), tuple(n.output), attrs, fn)
+        attrs["num_outputs"] = len(outputs)
+    return Node(name, op_type, domain, tuple(inputs), tuple(outputs), attrs, fn)
 
 
 def _attr_value(a, label):
+    from onnx import AttributeProto, helper, numpy_helper
+
     if a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS):
         raise ModelFileError(f"{label}: attribute '{a.name}' holds a subgraph; control flow is"
                              f" not supported")
@@ -213,9 +261,10 @@ def _check_signature(fn, attrs, label):
 
 
 def _node_arg(v, where="<model>") -> NodeArg:
+    from onnx import helper
+
     t = v.type.tensor_type
     dtype = None
-    type_str = "unknown"
     if v.type.HasField("tensor_type") and t.elem_type:
         try:
             dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type))
@@ -223,12 +272,17 @@ def _node_arg(v, where="<model>") -> NodeArg:
             raise ModelFileError(f"{where}: graph value '{v.name}' has element type"
                                  f" {t.elem_type}, which ONNX does not define (1 = float,"
                                  f" 3 = int8...); re-export the model") from None
-        type_str = f"tensor({_ORT_NAMES.get(dtype.name, dtype.name)})"
     shape = None
     if t.HasField("shape"):
         shape = [d.dim_value if d.HasField("dim_value") else
                  (d.dim_param if d.HasField("dim_param") else None) for d in t.shape.dim]
-    return NodeArg(v.name, shape, type_str, dtype)
+    return node_arg(v.name, shape, dtype)
+
+
+def node_arg(name: str, shape, dtype) -> NodeArg:
+    """A NodeArg with onnxruntime's type string (``tensor(float)``...) for ``dtype``."""
+    type_str = "unknown" if dtype is None else f"tensor({_ORT_NAMES.get(dtype.name, dtype.name)})"
+    return NodeArg(name, shape, type_str, dtype)
 
 
 _ORT_NAMES = {"float32": "float", "float64": "double", "float16": "float16"}

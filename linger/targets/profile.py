@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
+from .cost import CostModel, parse_cost
 from .expr import Expr
 from .quantities import vocabulary
 
@@ -32,7 +33,7 @@ PROFILE_FORMAT = 1
 SEVERITIES = ("error", "warning")
 
 _TOP_KEYS = {"format", "name", "id", "description", "extends", "memory", "placement", "rulesets",
-             "ops", "ops_removed"}
+             "ops", "ops_removed", "cost"}
 _RULE_KINDS = ("range", "one_of", "limit", "require")
 _RULE_KEYS = {"id", "when", "fix", "severity", "label", "unit", "min", "max", "values", "text",
               "show", *_RULE_KINDS}
@@ -92,6 +93,7 @@ class Target:
     max_share_tensor: int               # bigger activations go to PSRAM
     ops: dict = field(repr=False)       # op_type -> OpSpec
     source: str = ""
+    cost: CostModel | None = None       # per-layer cycle estimate (linger.targets.cost)
 
     def supports(self, op_type: str) -> bool:
         return op_type in self.ops
@@ -167,7 +169,7 @@ def _read_raw(path: str, seen=()) -> dict:
     base = _read_raw(ppath, seen + (path,))
     merged = {k: v for k, v in base.items() if k not in ("id", "name", "description")}
     for key, value in raw.items():
-        if key in ("memory", "placement", "rulesets", "ops") and isinstance(value, dict):
+        if key in ("memory", "placement", "rulesets", "ops", "cost") and isinstance(value, dict):
             sub = dict(base.get(key, {}))
             for k2, v2 in value.items():  # memory kinds merge key by key; ops are replaced
                 if key == "memory" and isinstance(v2, dict) and isinstance(sub.get(k2), dict):
@@ -232,7 +234,7 @@ def _load_file(path: str) -> Target:
     for op_type, spec in raw.get("ops", {}).items():
         ops[op_type] = _op(op_type, spec, rulesets, f"{where}: ops.{op_type}")
     return Target(name, tid, str(raw.get("description", "")), alignment, memories, params,
-                  max_share, ops, path)
+                  max_share, ops, path, parse_cost(raw.get("cost"), memories, where))
 
 
 def _typed(d, key, typ, where):
