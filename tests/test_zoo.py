@@ -3,11 +3,11 @@ same bits as eval(), on random inputs and inputs that saturate; the audio models
 time axis, at three other lengths and at batch sizes 1 and 5.
 
 Nothing is refused first at export: every model that passes linger.init and its first training
-step exports (a refusal must come earlier, as test_refusal.py shows). One model cannot have a
-dynamic time axis, and the export says so: ``kwt`` slices its learned positional table to the
-input length, and that slice is quantized with an exponent taken from the slice, so its result
-depends on the length: a dynamic time axis is refused naming the node and the axis; it converts
-at a fixed length (pad the input to ``max_frames`` to serve other lengths).
+step exports (a refusal must come earlier, as test_refusal.py shows). ``kwt`` slices its learned
+positional table to the input length: the export stores the whole table's integers (at the add's
+output exponent, which no length changes) and cuts them with a Slice whose end the graph reads
+from the data, so every length up to ``max_frames`` gives eval's bits; a longer input is an error
+in eval and in the runtime, never a silently wrong answer.
 """
 
 from __future__ import annotations
@@ -20,15 +20,11 @@ import pytest
 import torch
 
 import linger
-from linger.errors import ExportError
+from linger.errors import LingerError
 from linger.runtime import InferenceSession
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from zoo import ZOO  # noqa: E402
-
-#: Models whose time axis cannot be dynamic, and why (asserted below).
-FIXED_LENGTH = {"kwt": "positional table sliced to the length"}
-
 
 def _out(y):
     y = y[0] if isinstance(y, tuple) else y
@@ -62,7 +58,7 @@ def test_zoo_model_converts_bit_exact(name):
     gen = torch.Generator().manual_seed(1)
     args = entry.inputs(2, generator=gen)
     names = ["x", "lengths"][:len(args)]
-    dynamic = entry.time_axis is not None and name not in FIXED_LENGTH
+    dynamic = entry.time_axis is not None
     axes = {"x": {entry.time_axis: "T"}} if dynamic else None
     sess = InferenceSession(linger.onnx.export(model, args, None, input_names=names,
                                                dynamic_axes=axes))
@@ -82,9 +78,19 @@ def test_zoo_model_converts_bit_exact(name):
                 f" {np.abs(got - want).max() if got.shape == want.shape else got.shape}")
 
 
-def test_kwt_dynamic_time_axis_is_refused_naming_node_and_axis():
+def test_kwt_dynamic_time_axis_slices_the_whole_table_and_refuses_longer_inputs():
     entry = ZOO["kwt"]
     model = _qat(entry, entry.make, steps=1)
-    with pytest.raises(ExportError, match=r"node 'model\.add_forward_L\d+'.*axis 1 of input 'x'"):
-        linger.onnx.export(model, entry.inputs(2), None, input_names=["x"],
-                           dynamic_axes={"x": {1: "T"}})
+    graph = linger.onnx.export(model, entry.inputs(2), None, input_names=["x"],
+                               dynamic_axes={"x": {1: "T"}})
+    inits = {t.name: tuple(t.dims) for t in graph.graph.initializer}
+    cut = [n for n in graph.graph.node if n.op_type == "Slice" and n.input[0] in inits]
+    # the positional table (1, max_frames + 1, D) is stored whole; its end is computed in-graph
+    assert [inits[n.input[0]] for n in cut] == [tuple(model.pos.shape)]
+    assert cut[0].input[2] not in inits
+    sess = InferenceSession(graph)
+    x = entry.inputs(2, model.pos.shape[1])[0]  # max_frames + 1 frames: one row too many
+    with pytest.raises(LingerError, match=r"model\.add_forward_L\d+.*do not broadcast"):
+        sess.run(None, {"x": x.numpy()})
+    with pytest.raises(ValueError, match="broadcast"), torch.no_grad():
+        model(x)

@@ -56,6 +56,51 @@ def param_like(v) -> bool:
                for t in itertools.chain(root.parameters(), root.buffers()))
 
 
+def param_base(v):
+    """The parameter or buffer of the running model that float constant ``v`` is a view of
+    (``v`` itself when it is an ``nn.Parameter`` or when none is found)."""
+    if isinstance(v, torch.nn.Parameter) or not isinstance(v, torch.Tensor):
+        return v
+    st = scope._stack()
+    if not st:
+        return v
+    ptr = v.untyped_storage().data_ptr()
+    root = st[0].module
+    return next((t for t in itertools.chain(root.parameters(), root.buffers())
+                 if t.untyped_storage().data_ptr() == ptr and t.is_floating_point()), v)
+
+
+def view_slices(v, base) -> list | None:
+    """``[(axis, start, end), ...]`` such that ``v`` is ``base`` sliced (step 1) along those
+    axes, e.g. ``pos[:, :t]`` -> ``[(1, 0, t)]``; ``[]`` when ``v`` is ``base`` whole; ``None``
+    when ``v`` is another kind of view (expanded, transposed, a selected row...)."""
+    if v is base:
+        return []
+    if v.dim() != base.dim() or v.dtype != base.dtype \
+            or any(a > b for a, b in zip(v.shape, base.shape)):
+        return None
+    off = v.storage_offset() - base.storage_offset()
+    starts = [0] * base.dim()
+    for k in sorted(range(base.dim()), key=lambda k: -base.stride(k)):
+        if base.stride(k) > 0 and base.shape[k] > 1:
+            starts[k], off = divmod(off, base.stride(k))
+    if off or any(s + n > m for s, n, m in zip(starts, v.shape, base.shape)):
+        return None
+    sl = base.detach()[tuple(slice(s, s + n) for s, n in zip(starts, v.shape))]
+    if sl.data_ptr() != v.data_ptr() or sl.shape != v.shape or sl.stride() != v.stride():
+        return None
+    return [(k, s, s + n) for k, (s, n, m) in enumerate(zip(starts, v.shape, base.shape))
+            if (s, n) != (0, m)]
+
+
+def sliced(q, slices):
+    """``q`` (an array or tensor the shape of the base parameter) cut to ``slices``."""
+    idx = [slice(None)] * q.ndim
+    for k, a, b in slices:
+        idx[k] = slice(a, b)
+    return q[tuple(idx)]
+
+
 def fallback(func, args, kwargs):
     """Run ``func`` in float on the dequantized values: the documented dequant boundary."""
     return _unsupported(func, args, kwargs, _run_plain(func, args, kwargs))
@@ -151,13 +196,29 @@ class OpCall:
         from ..onnx.recorder import DOMAIN  # only while exporting: quant never imports onnx
         names = []
         for t in inputs:
-            if isinstance(t, tuple) and t and t[0] == "const":
+            if isinstance(t, tuple) and t and t[0] == "const" and len(t) > 2:
+                names.append(self._record_slice(rec, t[1], t[2]))
+            elif isinstance(t, tuple) and t and t[0] == "const":
                 names.append(rec.constant(t[1], base=f"{self.key}.c"))
             else:
                 names.append(rec.name_of(t))
         name = rec.unique(f"{rec.module_path()}.{self.key}")
         rec.emit(op_type, names, outputs if outputs is not None else [out], name=name,
                  domain=DOMAIN, **attrs)
+
+
+    def _record_slice(self, rec, q, slices) -> str:
+        """The whole parameter's integers ``q`` as an initializer, cut by a ``Slice`` node: its
+        bounds are int64 constants that a dynamic axis computes from the graph
+        (:mod:`linger.onnx.dynamic`), so the same integers serve every length."""
+        full = rec.constant(q, base=f"{self.key}.c")
+        ks, lo, hi = (list(c) for c in zip(*slices))
+        name = rec.unique(f"{full}.slice")
+        out = f"{name}:out"
+        rec.emit("Slice", [full, rec.constant(lo, np.int64), rec.constant(hi, np.int64),
+                           rec.constant(ks, np.int64)], [out], name=name)
+        rec.value_info[out] = (q.dtype, tuple(sliced(q, slices).shape))
+        return out
 
 
 def inplace(handler):
@@ -189,6 +250,32 @@ def inplace(handler):
     return run
 
 
-def int_const(q: np.ndarray, bits: int) -> tuple:
-    """An integer initializer for :meth:`OpCall.record`, stored in the dtype of ``bits``."""
-    return ("const", np.asarray(q).astype(numerics.int_dtype(bits)))
+def int_const(q: np.ndarray, bits: int, slices=None) -> tuple:
+    """An integer initializer for :meth:`OpCall.record`, stored in the dtype of ``bits``; with
+    ``slices`` (:func:`view_slices`), ``q`` is the whole parameter's integers and the graph cuts
+    them with a ``Slice`` node."""
+    q = np.asarray(q).astype(numerics.int_dtype(bits))
+    return ("const", q, slices) if slices else ("const", q)
+
+
+def const_int(v, bits: int, exp=None):
+    """Integers of constant operand ``v`` (a parameter, a view of one, a number as a tensor) for
+    eval and export, at exponent ``exp`` or else the weight exponent of the whole parameter
+    ``v`` views (:func:`param_base`): neither depends on which part of it ``v`` is
+    (``pos[:, :t]`` at any ``t``). Returns ``(q of v's shape, n, int_const for record)``; a plain
+    slice is recorded as the whole parameter's integers cut by a ``Slice`` node."""
+    base = param_base(v)
+    n = int(exp) if exp is not None else weight_int(base, bits)[1]
+    slices = view_slices(v, base) if base is not v else None
+    src = base if slices else v
+    q_full = numerics.quantize(torch.as_tensor(src).detach().double(), n, bits)
+    q_full = np.rint(q_full.cpu().numpy()).astype(np.int64)
+    q = sliced(q_full, slices) if slices else q_full
+    return q, n, int_const(q_full, bits, slices)
+
+
+def const_fake(v: torch.Tensor, bits: int):
+    """Training twin of :func:`const_int` (weight exponent of the whole parameter):
+    ``(fake-quantized v, n)``."""
+    n = weight_exponent(param_base(v), bits)
+    return fq(v, n, bits), n

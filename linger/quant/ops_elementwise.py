@@ -30,8 +30,8 @@ from .. import iqmath, numerics
 from . import scope, trace
 from .functional import clip_on_grid
 from .functions import fake_requant
-from .ops_common import (OpCall, fallback, fq, from_int, inplace, int_const, is_number, is_q,
-                         param_like, to_int, weight_fake, weight_int)
+from .ops_common import (OpCall, const_fake, const_int, fallback, fq, from_int, inplace,
+                         is_number, is_q, param_like, to_int)
 from .ops_tensor import quant_tensor
 from .qtensor import QTensor, register
 
@@ -100,10 +100,10 @@ def _addsub(func, args, kwargs, subtract: bool, reverse: bool = False):
         if is_q(v):
             q, n, vb = to_int(v), v.int_exp(), v.bits
             ins.append(v)
-        else:  # constant on the output grid, int32
-            q = np.rint(numerics.quantize(_const(v).detach().double(), no, 32).cpu().numpy())
-            q, n, vb = q.astype(np.int64), no, 32
-            ins.append(int_const(q, 32))
+        else:  # constant on the output grid, int32 (a slice: the whole parameter, then Slice)
+            q, n, c = const_int(_const(v), 32, exp=no)
+            vb = 32
+            ins.append(c)
         ints.append(q)
         attrs.update({f"exp_{tag}": n, f"bits_{tag}": vb})
     q = iqmath.add(ints[0], attrs["exp_x"], ints[1], attrs["exp_y"], no, bits, subtract)
@@ -124,7 +124,7 @@ def _mul_like(func, args, kwargs, a, b, op: str, op_type: str, param: bool = Fal
     bits = _out_bits(a, b)
     const_bits = call.cfg.parameter_bits if param else 16
     if call.training:
-        fb = b.plain() if is_q(b) else weight_fake(b.to(a.device, a.dtype), const_bits)[0]
+        fb = b.plain() if is_q(b) else const_fake(b.to(a.device, a.dtype), const_bits)[0]
         y = a.plain() * fb
         exp = call.observe(y, bits)
         return QTensor.wrap(fq(y, exp, bits), exp, bits)
@@ -132,8 +132,8 @@ def _mul_like(func, args, kwargs, a, b, op: str, op_type: str, param: bool = Fal
     if is_q(b):
         qb, nb, bb, b_in = to_int(b), b.int_exp(), b.bits, b
     else:
-        qb, nb = weight_int(b, const_bits)
-        bb, b_in = const_bits, int_const(qb, const_bits)
+        qb, nb, b_in = const_int(b, const_bits)
+        bb = const_bits
     q = iqmath.mul(to_int(a), a.int_exp(), qb, nb, no, bits)
     out = from_int(q, no, bits, a)
     call.record(op_type, [a, b_in], out, {"exp_x": a.int_exp(), "bits_x": a.bits, "exp_y": nb,
@@ -185,9 +185,10 @@ def _cat(func, args, kwargs, new_axis: bool):
         tensors = [t if is_q(t) or param_like(t) else
                    quant_tensor(call.frame.module, t, name=f"{site}_in{i}", bits=data_bits)
                    for i, t in enumerate(tensors)]
-    # a parameter operand (class token...) is quantized like a weight at the data bits
-    consts = {i: (weight_fake(t.to(like.dtype), data_bits) if call.training
-                  else weight_int(t, data_bits)) for i, t in enumerate(tensors) if not is_q(t)}
+    # a parameter operand (class token...) is quantized like a weight at the data bits, with the
+    # exponent of the whole parameter it is a view of
+    consts = {i: (const_fake(t.to(like.dtype), data_bits) if call.training
+                  else const_int(t, data_bits)) for i, t in enumerate(tensors) if not is_q(t)}
     exps = [t.int_exp() if is_q(t) else int(consts[i][1]) for i, t in enumerate(tensors)]
     bits_in = [t.bits if is_q(t) else data_bits for t in tensors]
     no, bits = iqmath.cat_format(exps, bits_in)
@@ -200,7 +201,7 @@ def _cat(func, args, kwargs, new_axis: bool):
     ints = [to_int(t) if is_q(t) else consts[i][0] for i, t in enumerate(tensors)]
     q = iqmath.cat(ints, exps, no, bits, axis, new_axis)
     out = from_int(q, no, bits, like)
-    ins = [t if is_q(t) else int_const(consts[i][0], data_bits) for i, t in enumerate(tensors)]
+    ins = [t if is_q(t) else consts[i][2] for i, t in enumerate(tensors)]
     call.record("iqCat", ins, out, {"axis": axis, "new_axis": int(new_axis),
                                     "exp_inputs": exps, "bits_inputs": bits_in,
                                     "exp_o": no, "bits_o": bits})

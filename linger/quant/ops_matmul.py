@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 
 from .. import iqmath
-from .ops_common import (OpCall, fallback, fq, from_int, int_const, is_q, param_like, to_int,
-                         weight_fake, weight_int)
+from .ops_common import (OpCall, const_fake, const_int, fallback, fq, from_int, is_q,
+                         param_like, to_int)
 from .qtensor import QTensor, register
 
 T = torch.Tensor
@@ -38,7 +38,7 @@ def _matmul(func, args, kwargs):
     bits = max(v.bits for v in (a, b) if is_q(v))
     pbits = call.cfg.parameter_bits
     if call.training:
-        fa, fb = (v.plain() if is_q(v) else weight_fake(v, pbits)[0] for v in (a, b))
+        fa, fb = (v.plain() if is_q(v) else const_fake(v, pbits)[0] for v in (a, b))
         y = torch.matmul(fa, fb)
         exp = call.observe(y, bits)
         return QTensor.wrap(fq(y, exp, bits), exp, bits)
@@ -48,8 +48,8 @@ def _matmul(func, args, kwargs):
         if is_q(v):
             q, n, vb, node_in = to_int(v), v.int_exp(), v.bits, v
         else:
-            q, n = weight_int(v, pbits)
-            vb, node_in = pbits, int_const(q, pbits)
+            q, n, node_in = const_int(v, pbits)  # exponent of the whole parameter
+            vb = pbits
         ints.append(q)
         ins.append(node_in)
         attrs.update({f"exp_{tag}": n, f"bits_{tag}": vb})
