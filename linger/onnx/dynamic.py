@@ -7,7 +7,8 @@ the example had, for strided convolutions and their transposes, or by one where 
 the doubled size). Both graphs must run the same nodes; every number that differs between them
 depends on the size and is resolved or refused:
 
-- an int64 constant input of a node (Reshape/Expand shapes, Slice bounds, Split sizes): each
+- an int64 constant input of a node (Reshape/Expand shapes, Slice bounds -- also those that cut
+  a parameter sliced to the length, ``pos[:, :t]``, stored whole --, Split sizes): each
   element that changed is computed in the graph from the dimension of a value that changed by
   the same amounts (``Gather(Shape(v), [k])``, joined by ``Concat``); one element of a
   Reshape shape that no value explains is inferred (``-1``);
@@ -162,9 +163,8 @@ def resolve(base, alts, axes):
             if b is None or a.shape != b.shape or a.dtype != np.int64 or a.ndim != 1:
                 raise diff.refuse(user, f"constant '{name}' (shape {list(a.shape)}) holds one"
                                   f" value", "Make the constant from a model parameter or"
-                                  " buffer of fixed size (e.g. a positional table sliced with"
-                                  " x.size(1) is not exportable: pad or crop the input instead),"
-                                  " or export without this dynamic axis.")
+                                  " buffer of fixed size (sliced with x.size(k) if need be), or"
+                                  " export without this dynamic axis.")
             for j in np.flatnonzero(a != b):
                 src = _explain(int(a[j]), int(b[j]), inputs, nodes[:first], rec, alt_rec)
                 slot = patches.setdefault(name, {})

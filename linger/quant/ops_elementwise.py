@@ -14,7 +14,9 @@ mean           ``sat(rs(sum q * m, t + n - no))``, ``m = rhu(2**t / k)``        
 
 Constants: a Python number or ``nn.Parameter`` added/subtracted is quantized on the output grid
 (int32); one multiplied is quantized like a weight (numbers to int16, parameters to the owner's
-``parameter_bits``). Anything else that is not a quantized value (a float activation, a plain
+``parameter_bits``), at the exponent of the whole parameter when it is a view of one, so a
+slice ``pos[:, :t]`` has the same integers at every ``t`` (exported as the whole parameter's
+integers and a ``Slice``: :func:`ops_common.const_int`). Anything else that is not a quantized value (a float activation, a plain
 tensor) makes the op fall back to float (dequant boundary). In-place forms (``x += y``,
 ``x.add_(y)``, ``x.clamp_()``) update ``x`` as torch does (see :func:`ops_common.inplace`).
 """
