@@ -142,18 +142,30 @@ def test_parameter_expanded_to_the_batch_is_stored_once_and_follows_the_batch():
         _assert_exact(model, sess, torch.randn(n, t, 6) * 1000)
 
 
-class CropsOneStep(nn.Module):
-    def __init__(self):
+class Crops(nn.Module):
+    def __init__(self, end):
         super().__init__()
         self.fc = nn.Linear(4, 4)
+        self.end = end
 
     def forward(self, x):
-        return self.fc(x)[:, : x.size(1) - 1]
+        return self.fc(x)[:, : self.end(x.size(1))]
+
+
+def test_a_size_plus_a_constant_is_computed_from_the_input():
+    torch.manual_seed(2)
+    model = _qat(Crops(lambda t: t - 1), lambda: torch.randn(2, 9, 4))
+    graph = linger.onnx.export(model, torch.randn(2, 9, 4), None, input_names=["x"],
+                               dynamic_axes={"x": {1: "T"}})
+    assert [n.op_type for n in graph.graph.node].count("Add") == 1  # Gather(Shape(x), [1]) - 1
+    sess = InferenceSession(graph)
+    for n, t in [(1, 2), (3, 5), (2, 31)]:
+        _assert_exact(model, sess, torch.randn(n, t, 4))
 
 
 def test_a_size_frozen_from_the_example_is_refused_naming_node_and_axis():
     torch.manual_seed(2)
-    model = _qat(CropsOneStep(), lambda: torch.randn(2, 9, 4))
+    model = _qat(Crops(lambda t: t // 2), lambda: torch.randn(2, 9, 4))
     with pytest.raises(ExportError, match=r"node 'model.getitem.slice'.*T=9 but not at T=18.*"
                                           r"axis 1 of input 'x'"):
         linger.onnx.export(model, torch.randn(2, 9, 4), None, input_names=["x"],

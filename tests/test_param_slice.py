@@ -77,3 +77,32 @@ def test_dynamic_length_exports_whole_table_and_is_bit_exact():
                     want = _plain(model(x)).numpy()
                 got = sess.run(None, {"x": x.numpy()})[0]
                 assert got.shape == want.shape and np.array_equal(got, want), (t, n, scale)
+
+
+class Shifted(nn.Module):
+    """Row 0 of the table belongs to a token added elsewhere: the frames take rows 1..T."""
+
+    def __init__(self):
+        super().__init__()
+        self.pos = nn.Parameter(0.1 * torch.randn(1, 9, 4))
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x):                                    # (N, T, 4), T <= 8
+        return self.lin(x) + self.pos[:, 1:x.size(1) + 1]
+
+
+def test_slice_end_is_the_input_length_plus_a_constant():
+    torch.manual_seed(0)
+    model = linger.init(Shifted())
+    model(torch.randn(3, 8, 4))
+    model.eval()
+    graph = linger.onnx.export(model, (torch.randn(2, 6, 4),), None, input_names=["x"],
+                               dynamic_axes={"x": {1: "T"}})
+    adds = [n for n in graph.graph.node if n.op_type == "Add"]
+    assert len(adds) == 1  # Gather(Shape(x), [1]) + 1
+    sess = InferenceSession(graph)
+    for t in (1, 4, 8):
+        x = torch.randn(3, t, 4)
+        with torch.no_grad():
+            want = _plain(model(x)).numpy()
+        assert np.array_equal(sess.run(None, {"x": x.numpy()})[0], want), t

@@ -152,7 +152,7 @@ def test_check_names_the_node_a_dynamic_axis_cannot_follow():
             self.fc = nn.Linear(4, 4)
 
         def forward(self, x):
-            return self.fc(x)[:, : x.size(1) - 1]
+            return self.fc(x)[:, : x.size(1) // 2]
 
     report = linger.check(Crop(), torch.randn(2, 9, 4), dynamic_axes={"x": {1: "T"}},
                           input_names=["x"])

@@ -10,7 +10,8 @@ depends on the size and is resolved or refused:
 - an int64 constant input of a node (Reshape/Expand shapes, Slice bounds -- also those that cut
   a parameter sliced to the length, ``pos[:, :t]``, stored whole --, Split sizes): each
   element that changed is computed in the graph from the dimension of a value that changed by
-  the same amounts (``Gather(Shape(v), [k])``, joined by ``Concat``); one element of a
+  the same amounts (``Gather(Shape(v), [k])``, joined by ``Concat``), else from a graph input's
+  dimension plus a constant (``Add``: ``pos[:, 1:x.size(1) + 1]``); one element of a
   Reshape shape that no value explains is inferred (``-1``);
 - a constant that is one row repeated along an axis (a parameter expanded to the batch:
   ``cls.expand(x.size(0), -1, -1)``) is stored once and expanded to the size read from the graph;
@@ -166,7 +167,8 @@ def resolve(base, alts, axes):
                                   " buffer of fixed size (sliced with x.size(k) if need be), or"
                                   " export without this dynamic axis.")
             for j in np.flatnonzero(a != b):
-                src = _explain(int(a[j]), int(b[j]), inputs, nodes[:first], rec, alt_rec)
+                src = (_explain(int(a[j]), int(b[j]), inputs, nodes[:first], rec, alt_rec)
+                       or _explain_shifted(int(a[j]), int(b[j]), inputs, rec, alt_rec))
                 slot = patches.setdefault(name, {})
                 if j in slot and slot[j] != src:
                     raise diff.refuse(user, f"element {j} of constant '{name}' ({a.tolist()})"
@@ -231,6 +233,20 @@ def _explain(va, vb, inputs, earlier, rec, alt_rec):
     return None
 
 
+def _explain_shifted(va, vb, inputs, rec, alt_rec):
+    """``("dim", input, axis, c)``: a number that is a graph input's dimension plus a constant
+    ``c`` in both traces (``pos[:, 1:x.size(1) + 1]``), computed as ``Gather(Shape) + c``; only
+    graph inputs (their sizes are the dynamic dimensions themselves)."""
+    for name in inputs:
+        if name not in rec.value_info or name not in alt_rec.value_info:
+            continue
+        sa, sb = rec.value_info[name][1], alt_rec.value_info[name][1]
+        for k, (x, y) in enumerate(zip(sa, sb)):
+            if x != y and va - x == vb - y:
+                return ("dim", name, k, va - x)
+    return None
+
+
 def _broadcast_of(a, b):
     """The axes along which constants ``a`` and ``b`` (same rank, other sizes) are one row
     repeated, the same row in both; ``None`` when they are not."""
@@ -285,10 +301,14 @@ def _rewrite(model, nodes, inits, patches, global_pools, broadcasts):
                     run = []
                 out = f"{name}.dim{j}"  # Shape then Gather: opset 11 has no Shape start/end
                 axis = _const(inits, f"{out}.axis", [src[2]])
+                size = f"{out}.size" if len(src) > 3 else out
                 new_nodes += [helper.make_node("Shape", [src[1]], [f"{out}.shape"],
                                                name=f"{out}.shape"),
-                              helper.make_node("Gather", [f"{out}.shape", axis], [out],
-                                               name=out, axis=0)]
+                              helper.make_node("Gather", [f"{out}.shape", axis], [size],
+                                               name=size, axis=0)]
+                if len(src) > 3:  # the dimension plus a constant
+                    shift = _const(inits, f"{out}.shift", [src[3]])
+                    new_nodes.append(helper.make_node("Add", [size, shift], [out], name=out))
                 pieces.append(out)
             else:
                 run.append(int(arr[j]))
@@ -398,8 +418,9 @@ def verify(graph, model, inputs, input_names, axes, dim) -> None:
 
     The two traces prove the graph's numbers follow the dimension at two sizes; a size taken
     from a tensor whose length matched at both (``ceil(T/2)`` for ``floor(T/2)`` at even ``T``)
-    would differ at odd ones. Sizes tried: one more than the example's, then three times it
-    (which keeps its divisibility); a size the model itself refuses is skipped.
+    would differ at odd ones. Sizes tried: one more than the example's, three times it (which
+    keeps its divisibility) and one less (a model with a maximum length, traced at the example's
+    size and one more, may take no larger size); a size the model itself refuses is skipped.
     """
     from ..runtime import InferenceSession
     from ..quant.qtensor import QTensor
@@ -408,7 +429,7 @@ def verify(graph, model, inputs, input_names, axes, dim) -> None:
                 for a, d in axes[n].items() if d == dim)
     sess = None
     was_training = model.training
-    for other in (size + 1, 3 * size):
+    for other in (o for o in (size + 1, 3 * size, size - 1) if o > 0):
         feed = resized(inputs, input_names, axes, dim, other)
         try:
             model.eval()
