@@ -180,6 +180,8 @@ int32_t le_dot_i8(const int8_t *a, const int8_t *b, int64_t n);
 int64_t le_sigmoid_q15(int64_t x11);
 int64_t le_tanh_q15(int64_t x11);
 int64_t le_phi_q15(int64_t x11);
+/* 2**20 exp(d 2**-n) for d <= 0 (iqmath._exp_q20, k_nonlinear.c); *d16 gets d in Q16, >= -32 */
+int64_t le_exp_q20(int64_t d, int64_t n, int64_t *d16);
 
 #define LE_CHECK(expr) do { le_status s_ = (expr); if (s_ != LE_OK) return s_; } while (0)
 #define LE_REQUIRE(cond, status) do { if (!(cond)) return (status); } while (0)
