@@ -7,7 +7,7 @@
 
 static int is_int(int32_t dt) {
     return dt != LE_FLOAT16 && dt != LE_FLOAT32 && dt != LE_FLOAT64 && dt != LE_BOOL
-           && le_dtype_size(dt);
+           && dt != LE_UINT64 && le_dtype_size(dt);      /* values le_ld orders correctly */
 }
 
 /* offset in x of element j of the index space spanned by the axes with sel[d] == want */

@@ -86,6 +86,9 @@ int le_out(const le_op *op, uint32_t k, le_tensor *t);
 int le_attr_int(const le_op *op, const char *name, int64_t *v);
 int le_attr_ints(const le_op *op, const char *name, const uint8_t **p, uint32_t *count);
 int le_attr_str(const le_op *op, const char *name, const char **s, uint32_t *len);
+/* string k of a strings attribute (count: how many it holds) */
+int le_attr_strs(const le_op *op, const char *name, uint32_t k, const char **s, uint32_t *len,
+                 uint32_t *count);
 int le_attr_floats(const le_op *op, const char *name, const uint8_t **p, uint32_t *count,
                    int *single);
 /* Tensor attribute: dtype, ndim, dims, data (8-byte aligned in a valid file), nbytes. */
