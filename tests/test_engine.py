@@ -155,6 +155,34 @@ def test_indices_of_max_and_min_on_ties_and_saturation(tmp_path):
         check_engine(data, {"x": (x * k).numpy()}, _eval(model, x * k), tmp_path)
 
 
+class _Resample(torch.nn.Module):
+    def __init__(self, **kw):
+        super().__init__()
+        self.kw = kw
+
+    def forward(self, x):
+        return torch.nn.functional.interpolate(linger.quant_tensor(self, x, name="x"), **self.kw)
+
+
+@pytest.mark.parametrize("kw", [dict(scale_factor=0.5), dict(scale_factor=1.3),
+                                dict(scale_factor=(3.0, 0.7)), dict(scale_factor=2.25e0),
+                                dict(size=(5, 11)),
+                                dict(scale_factor=1.5, mode="bilinear", align_corners=False),
+                                dict(size=(2, 13), mode="bilinear", align_corners=True)],
+                         ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
+def test_resampling_geometries(kw, tmp_path):
+    """Scale factors below and above 1, per axis, and sizes: the engine's nearest indices (the
+    float32 formula, decimal scales read exactly) and Q15 linear weights are PyTorch's."""
+    torch.manual_seed(0)
+    model = linger.init(_Resample(**kw)).train()
+    model(torch.randn(2, 3, 7, 9))
+    model.eval()
+    x = torch.randn(1, 2, 7, 9)
+    data = _pack(linger.onnx.export(model, x, None, input_names=["x"]))
+    for k in (1.0, 8.0):
+        check_engine(data, {"x": (x * k).numpy()}, _eval(model, x * k), tmp_path)
+
+
 def _ops_row(table, row, tmp_path):
     model, _ = table.build(row)
     xs = table._inputs(row)
@@ -368,6 +396,49 @@ def _absurd_attributes(data: bytes, rng) -> list[bytes]:
     return out
 
 
+def _check_under_sanitizers(files: dict, tmp_path) -> dict:
+    """``{name: status}`` of ``linger-engine --check`` (open, run on zeros) on each file, built
+    with ASan/UBSan: no sanitizer report, every status a defined one."""
+    for name, blob in files.items():
+        (tmp_path / name).write_bytes(blob)
+    exe = engine.build_cli(sanitize=True)
+    res = subprocess.run([exe, "--check", *[str(tmp_path / n) for n in files]],
+                         capture_output=True, text=True, errors="replace", timeout=600,
+                         env={"ASAN_OPTIONS": "detect_leaks=0", "PATH": "/usr/bin:/bin"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Sanitizer" not in res.stderr and "runtime error" not in res.stderr, res.stderr[-3000:]
+    status = {Path(line.split(" ", 1)[1]).name: int(line.split(" ", 1)[0])
+              for line in res.stdout.splitlines()}
+    assert status.keys() == files.keys()
+    assert all(0 <= s <= 12 for s in status.values())
+    return status
+
+
+#: rows of test_ops_table_more whose files the attribute fuzzing below rewrites: every kernel
+#: added for published networks (k_act.c, k_reduce.c, k_resample.c, k_mask.c, masked softmax)
+_FUZZ_ROWS = ("hardswish", "hardsigmoid", "prelu_per_channel", "elu", "amax_dims_keepdim",
+              "min_dim_keepdim", "adaptive_avg_not_dividing", "adaptive_max",
+              "interpolate_nearest_1d_scale", "interpolate_bilinear_align_corners",
+              "mha_batch_first_key_padding")
+
+
+def test_new_ops_with_absurd_attributes_give_status_codes_under_sanitizers(tmp_path):
+    rng = np.random.default_rng(1)
+    files = {}
+    rows = {r.name: r for r in ops_more.ROWS}
+    for name in _FUZZ_ROWS:
+        model, _ = ops_more.table.build(rows[name])
+        xs = ops_more.table._inputs(rows[name])
+        blob = _pack(linger.onnx.export(model, tuple(xs), None,
+                                        input_names=[f"x{i}" for i in range(len(xs))]))
+        files[f"{name}_ok"] = blob
+        for i, bad in enumerate(_absurd_attributes(blob, rng)[:40]):
+            files[f"{name}_attr{i}"] = bad
+    status = _check_under_sanitizers(files, tmp_path)
+    assert all(status[f"{n}_ok"] == 0 for n in _FUZZ_ROWS), status
+    assert sum(v != 0 for v in status.values()) > len(files) // 3
+
+
 def test_damaged_files_give_status_codes_under_sanitizers(tmp_path):
     rng = np.random.default_rng(0)
     files = {}
@@ -387,18 +458,7 @@ def test_damaged_files_give_status_codes_under_sanitizers(tmp_path):
             files[f"s{s}_crc{i}"] = packer_tests.refresh_crc(bytes(b))
         for i, bad in enumerate(_absurd_attributes(blob, rng)[:250]):
             files[f"s{s}_attr{i}"] = bad
-    for name, blob in files.items():
-        (tmp_path / name).write_bytes(blob)
-    exe = engine.build_cli(sanitize=True)
-    res = subprocess.run([exe, "--check", *[str(tmp_path / n) for n in files]],
-                         capture_output=True, text=True, errors="replace", timeout=600,
-                         env={"ASAN_OPTIONS": "detect_leaks=0", "PATH": "/usr/bin:/bin"})
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "Sanitizer" not in res.stderr and "runtime error" not in res.stderr, res.stderr[-3000:]
-    status = {Path(line.split(" ", 1)[1]).name: int(line.split(" ", 1)[0])
-              for line in res.stdout.splitlines()}
-    assert status.keys() == files.keys()
-    assert all(0 <= s <= 12 for s in status.values())
+    status = _check_under_sanitizers(files, tmp_path)
     assert all(status[n] != 0 for n in files if "_trunc" in n)
     assert all(status[n] != 0 for n in files if "_flip" in n)   # checksum, magic, version...
     refused = sum(status[n] != 0 for n in files if "_attr" in n)
