@@ -42,6 +42,7 @@ _LAZY = {
     "quant_tensor": "linger.quant.ops_tensor",
     "wb_analyse": "linger.analysis",
     "Dumper": "linger.analysis",
+    "check": "linger.modelcheck",
     # the original linger's names (docs/migration.md)
     **{n: "linger.quant.normalize" for n in (
         "NormalizeConv1d", "NormalizeConv2d", "NormalizeConvTranspose1d",

@@ -10,7 +10,7 @@ from .errors import ConfigError
 #: What happens when a quantized value reaches a torch op linger has no quantized version of.
 #: ``"dequant"``: the op runs in float on the dequantized value (export writes a Dequant node
 #: there); ``"error"``: raise :class:`~linger.errors.UnsupportedError` naming the op and layer.
-UNSUPPORTED_POLICIES = ("dequant", "error")
+UNSUPPORTED_POLICIES = ("dequant", "error", "float")
 
 
 @dataclass(frozen=True)

@@ -53,10 +53,16 @@ zoo = _tests("zoo")
 thinker = _tests("test_thinker_import")
 
 
-def _pack(graph) -> bytes:
+def _pack(graph, *example) -> bytes:
     """Pack for the most permissive target; rows that break a chip rule still pack (force):
-    the engine runs what the file holds."""
-    return packer.pack(graph, target="arcs", force=True).data
+    the engine runs what the file holds. ``example``: the inputs exported with; the symbolic
+    dimensions (the batch is one) are planned at their sizes, the shapes the engine then runs."""
+    dims = {}
+    for vi, x in zip(graph.graph.input, example):
+        for d, n in zip(vi.type.tensor_type.shape.dim, x.shape):
+            if d.dim_param:
+                dims[d.dim_param] = int(n)
+    return packer.pack(graph, target="arcs", force=True, dims=dims).data
 
 
 def _sanitized_run(data: bytes, feeds: dict, tmp_path) -> list:
@@ -104,7 +110,7 @@ def _eval(model, *args):
 def test_bitexact_table(name, factory, shape, kwargs, tmp_path):
     model = bitexact._calibrated(factory, shape, kwargs)
     x = torch.randn(*shape) * 2.0
-    data = _pack(linger.onnx.export(model, x, None, input_names=["input"]))
+    data = _pack(linger.onnx.export(model, x, None, input_names=["input"]), x)
     for batch in (x, x * 1000.0):
         check_engine(data, {"input": batch.numpy()}, _eval(model, batch), tmp_path)
 
@@ -116,7 +122,7 @@ def test_embedding_text_model(tmp_path):
         model(torch.randint(0, 50, (4, 12)))
     model.eval()
     idx = torch.randint(0, 50, (3, 12))
-    data = _pack(linger.onnx.export(model, idx, None))
+    data = _pack(linger.onnx.export(model, idx, None), idx)
     check_engine(data, {"input": idx.numpy()}, _eval(model, idx), tmp_path)
 
 
@@ -150,8 +156,25 @@ def test_indices_of_max_and_min_on_ties_and_saturation(tmp_path):
     model(torch.randn(3, 5, 7))
     model.eval()
     x = torch.randn(3, 5, 7)
-    data = _pack(linger.onnx.export(model, x, None, input_names=["x"]))
+    data = _pack(linger.onnx.export(model, x, None, input_names=["x"]), x)
     for k in (1.0, 8.0, 0.01):
+        check_engine(data, {"x": (x * k).numpy()}, _eval(model, x * k), tmp_path)
+
+
+dynamic = _tests("test_dynamic")
+
+
+def test_global_pooling_over_a_dynamic_axis(tmp_path):
+    """GlobalAvgPoolInt (a global pooling over a dynamic time axis): the file packed for one
+    length runs that length bit-exact."""
+    torch.manual_seed(0)
+    model = dynamic._qat(dynamic.GRUHead(), lambda: torch.randn(4, 50, 8))
+    x = torch.randn(2, 13, 8)
+    graph = linger.onnx.export(model, x, None, input_names=["x"],
+                               dynamic_axes={"x": {0: "N", 1: "T"}})
+    assert "GlobalAvgPoolInt" in [n.op_type for n in graph.graph.node]
+    data = _pack(graph, x)
+    for k in (1.0, 1000.0):
         check_engine(data, {"x": (x * k).numpy()}, _eval(model, x * k), tmp_path)
 
 
@@ -178,7 +201,7 @@ def test_resampling_geometries(kw, tmp_path):
     model(torch.randn(2, 3, 7, 9))
     model.eval()
     x = torch.randn(1, 2, 7, 9)
-    data = _pack(linger.onnx.export(model, x, None, input_names=["x"]))
+    data = _pack(linger.onnx.export(model, x, None, input_names=["x"]), x)
     for k in (1.0, 8.0):
         check_engine(data, {"x": (x * k).numpy()}, _eval(model, x * k), tmp_path)
 
@@ -187,7 +210,7 @@ def _ops_row(table, row, tmp_path):
     model, _ = table.build(row)
     xs = table._inputs(row)
     names = [f"x{i}" for i in range(len(xs))]
-    data = _pack(linger.onnx.export(model, tuple(xs), None, input_names=names))
+    data = _pack(linger.onnx.export(model, tuple(xs), None, input_names=names), *xs)
     if _refused_by_name(data):
         return
     for k in (1.0, 8.0):  # typical, saturating
@@ -205,7 +228,7 @@ def test_mixed_ops_model(tmp_path):
             model(x[16 * i:16 * i + 16])
     model.eval()
     x = x[:3]
-    data = _pack(linger.onnx.export(model, x, None, input_names=["x"]))
+    data = _pack(linger.onnx.export(model, x, None, input_names=["x"]), x)
     for batch in (x, x * 1000.0):
         check_engine(data, {"x": batch.numpy()}, _eval(model, batch), tmp_path)
 
@@ -217,7 +240,7 @@ def _rnn_case(model, tmp_path):
         for _ in range(3):
             model(*args)
     model.eval()
-    data = _pack(linger.onnx.export(model, args, None, input_names=names))
+    data = _pack(linger.onnx.export(model, args, None, input_names=names), *args)
     cases = [args, rnn._saturating(args, names)]
     if model.packed:  # other lengths, same file
         cases.append((args[0], torch.tensor([2, 6, 1, 5, 3, 3, 4, 1])) + tuple(args[2:]))
@@ -257,7 +280,7 @@ def test_model_zoo(name, tmp_path):
         graph = linger.onnx.export(model, args, None, input_names=names)
     except linger.errors.ExportError as e:
         pytest.skip(f"does not export on this branch: {str(e).splitlines()[0][:120]}")
-    data = _pack(graph)
+    data = _pack(graph, *args)
     for scale in (1.0, 1000.0):
         case = [a * scale if n == "x" else a for n, a in zip(names, args)]
         check_engine(data, {n: a.numpy() for n, a in zip(names, case)}, _eval(model, *case),
@@ -372,7 +395,7 @@ def _gru_packed() -> bytes:
     args, names, _, _ = rnn._data(model)
     with torch.no_grad():
         model(*args)
-    return _pack(linger.onnx.export(model.eval(), args, None, input_names=names))
+    return _pack(linger.onnx.export(model.eval(), args, None, input_names=names), *args)
 
 
 def _absurd_attributes(data: bytes, rng) -> list[bytes]:
@@ -430,7 +453,7 @@ def test_new_ops_with_absurd_attributes_give_status_codes_under_sanitizers(tmp_p
         model, _ = ops_more.table.build(rows[name])
         xs = ops_more.table._inputs(rows[name])
         blob = _pack(linger.onnx.export(model, tuple(xs), None,
-                                        input_names=[f"x{i}" for i in range(len(xs))]))
+                                        input_names=[f"x{i}" for i in range(len(xs))]), *xs)
         files[f"{name}_ok"] = blob
         for i, bad in enumerate(_absurd_attributes(blob, rng)[:40]):
             files[f"{name}_attr{i}"] = bad

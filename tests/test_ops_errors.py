@@ -82,7 +82,9 @@ class _Outer(nn.Module):
 def test_export_error_names_the_real_cause_and_module():
     """A copy of a parameter (``repeat``) is not quantized: the error says so, names the module
     path and the source line, and gives the fix (a view)."""
-    model = linger.init(_Outer()).train()
+    with pytest.raises(linger.UnsupportedError, match=r"blk: 'matmul'.*never quantized.*repeat"):
+        linger.init(_Outer()).train()(torch.randn(2, 3, 4))  # refused on the first forward
+    model = linger.init(_Outer(), on_unsupported="float").train()  # trained anyway: export
     model(torch.randn(2, 3, 4))
     model.eval()
     with pytest.raises(linger.ExportError) as info:

@@ -58,6 +58,10 @@ def pool_node(op, kernel=2, stride=2, pad=0, H=8, W=8, bx=8):
     return attrs, [(1, 4, H, W)], [_DT[bx]], [(1, 4, *out)], [_DT[bx]]
 
 
+def global_pool_node(op, bx=8):
+    return {"bits": bx, "exp": 0}, [(1, 4, 8, 8)], [_DT[bx]], [(1, 4, 1, 1)], [_DT[bx]]
+
+
 def transpose_node(op, shape=(1, 4, 8, 8), perm=(0, 1, 3, 2)):
     out = tuple(shape[p] for p in perm)
     return {"perm": list(perm)}, [shape], ["int8"], [out], ["int8"]
@@ -74,9 +78,9 @@ def eltwise_node(op, bdims=1):
 
 BUILDERS = {"Conv2dInt": conv_node, "Conv1dInt": conv_node, "ConvTranspose2dInt": conv_node,
             "ConvTranspose1dInt": conv_node, "LinearInt": linear_node, "MatMulInt": matmul_node,
-            "AvgPoolInt": pool_node, "MaxPool": pool_node, "Transpose": transpose_node,
-            "SoftmaxInt": softmax_node, "LogSoftmaxInt": softmax_node, "SoftmaxLuna": softmax_node,
-            "iqAdd": eltwise_node,
+            "AvgPoolInt": pool_node, "GlobalAvgPoolInt": global_pool_node, "MaxPool": pool_node,
+            "Transpose": transpose_node, "SoftmaxInt": softmax_node,
+            "LogSoftmaxInt": softmax_node, "SoftmaxLuna": softmax_node, "iqAdd": eltwise_node,
             "iqSub": eltwise_node}
 
 

@@ -243,7 +243,7 @@ def _only(base, keep, quantized, names, batches, quant_modules, init_kwargs):
     if quant_modules is not None:
         kwargs["quant_modules"] = quant_modules
     init(model, **kwargs)
-    qtensor.POLICY["on_unsupported"] = "dequant"  # float layers downstream take its QTensors
+    qtensor.POLICY["on_unsupported"] = "float"  # float layers downstream take its QTensors
     return calibrate(model, batches)
 
 
@@ -332,9 +332,10 @@ def _modes(model: nn.Module, train: bool):
 
 @contextmanager
 def _dequant_policy():
-    """Mixed float/quantized variants need the "dequant" policy; restore the user's after."""
+    """Mixed float/quantized variants need the "float" policy (float layers take quantized
+    values, on purpose and not for export); restore the user's after."""
     saved = qtensor.POLICY["on_unsupported"]
-    qtensor.POLICY["on_unsupported"] = "dequant"
+    qtensor.POLICY["on_unsupported"] = "float"
     try:
         yield
     finally:

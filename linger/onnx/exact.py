@@ -382,6 +382,26 @@ def _avgpool(ctx, n, a):
     ctx.finish(q, True, a["bits"], n.output[0], n.name)
 
 
+def _global_avgpool(ctx, n, a):
+    """``floor((2s + L) / (2L))`` over the whole spatial extent of the input it is given (a
+    dynamic axis): ``s`` a float64 ReduceSum (exact below 2**53), ``L`` the product of the actual
+    spatial sizes read with ``Shape``."""
+    shape = ctx.shapes.get(n.input[0])
+    if not shape or len(shape) < 3:
+        _refuse(n, "has an input whose rank is not in the graph")
+    x = ctx.cast(n.input[0], True, n.name)
+    axes = ctx.const(f"{n.name}.axes", np.arange(2, len(shape), dtype=np.int64))
+    s = ctx.add("ReduceSum", [x, axes], n.name, keepdims=1)                 # (N, C, 1...)
+    sizes = ctx.add("Cast", [ctx.add("Shape", [x], n.name, start=2)], n.name,
+                    to=TensorProto.DOUBLE)
+    length = ctx.add("ReduceProd", [sizes], n.name, keepdims=1)             # (1,) L
+    two = ctx.num(f"{n.name}.two", 2.0, True)
+    num = ctx.add("Add", [ctx.add("Mul", [s, two], n.name), length], n.name)
+    q = ctx.add("Floor", [ctx.add("Div", [num, ctx.add("Mul", [length, two], n.name)], n.name)],
+                n.name)
+    ctx.finish(q, True, a["bits"], n.output[0], n.name)
+
+
 # -- tensor arithmetic -------------------------------------------------------------------------
 
 def _operand(ctx, name: str, bits: int, node: str):
@@ -757,6 +777,7 @@ RULES = {
     "Conv1dInt": _conv, "Conv2dInt": _conv,
     "ConvTranspose1dInt": _conv_transpose, "ConvTranspose2dInt": _conv_transpose,
     "LinearInt": _linear, "BatchNormInt": _batchnorm, "AvgPoolInt": _avgpool,
+    "GlobalAvgPoolInt": _global_avgpool,
     "iqAdd": _add_sub("Add"), "iqSub": _add_sub("Sub"),
     "iqMul": _product("Mul"), "iqDiv": _product("Mul"), "MatMulInt": _product("MatMul"),
     "iqCat": _cat, "iqSum": _sum_mean(False), "iqMean": _sum_mean(True),

@@ -29,20 +29,25 @@ def export(model: torch.nn.Module, args, f, input_names=None, output_names=None,
     inside or outside ``torch.no_grad()``. A NaN or infinite parameter or buffer is refused with
     :class:`~linger.errors.NumericError` naming it.
 
+    Batch (axis 0 of every input) is dynamic unless the model cannot follow it; ``dynamic_axes``
+    (like torch.onnx.export, ``{input_name: {axis: dim_name}}`` or ``{input_name: [axes]}``)
+    makes other axes dynamic too. Every size that depends on them is computed in the graph, or
+    the export refuses naming the node and the axis (:mod:`linger.onnx.dynamic`).
+
     ``format="qdq"`` writes standard QuantizeLinear/DequantizeLinear + float ops instead, for
     onnxruntime and other standard tools (see :mod:`linger.onnx.qdq`). ``format="exact"`` writes
     standard ONNX (default domain only) that any ONNX runtime executes bit-identically to
-    linger's integers (see :mod:`linger.onnx.exact`; refuses the ops it cannot make exact). ``debug_dir``: also write
-    the intermediate graphs of each export step there. ``dynamic_axes``: like torch.onnx.export,
-    ``{value_name: {axis: dim_name}}``.
+    linger's integers (see :mod:`linger.onnx.exact`; refuses the ops it cannot make exact).
+    ``debug_dir``: also write the intermediate graphs of each export step there.
     """
     if format not in ("linger", "qdq", "exact"):
         raise ExportError(f"format={format!r} is unknown; use 'linger', 'qdq' or 'exact'")
     if opset_version < 13:
         raise ExportError(f"opset_version={opset_version} is too old; linger needs >= 13")
     inputs = args if isinstance(args, (tuple, list)) else (args,)
-    graph_model = trace_model(model, inputs, input_names, output_names, opset_version,
-                              dynamic_axes)
+    from .dynamic import trace_dynamic
+    graph_model, _, implicit = trace_dynamic(trace, model, inputs, input_names, output_names,
+                                             opset_version, dynamic_axes)
     if debug_dir:
         os.makedirs(debug_dir, exist_ok=True)
         onnx.save(graph_model, os.path.join(debug_dir, "1_linger_traced.onnx"))
@@ -53,7 +58,16 @@ def export(model: torch.nn.Module, args, f, input_names=None, output_names=None,
             from .qdq import to_qdq as rewrite
         else:
             from .exact import to_exact as rewrite
-        graph_model = rewrite(graph_model)
+        try:
+            graph_model = rewrite(graph_model)
+        except ExportError:
+            if not implicit:
+                raise
+            # the implicit batch axis may be what the rewrite cannot take (the time axis of a
+            # time-first RNN input): the example's batch, as asked when no axis was named
+            graph_model = trace_dynamic(trace, model, inputs, input_names, output_names,
+                                        opset_version, dynamic_axes, implicit_batch=False)[0]
+            graph_model = rewrite(graph_model)
         if debug_dir:
             onnx.save(graph_model, os.path.join(debug_dir, f"2_{format}.onnx"))
         if check:

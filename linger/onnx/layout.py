@@ -6,6 +6,8 @@ and the exponent of a quantized value passes through.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -79,9 +81,11 @@ def emit_layout(rec, func, args, kwargs, out) -> None:
         rec.emit("Relu", [xn], [out], name=rec.unique(base))
     elif func in _MAXPOOL:
         _maxpool(rec, xn, x, func, args, kwargs, out, base)
-    elif func in _EXPAND:
-        rec.emit("Expand", [xn, rec.constant(list(out.shape), np.int64)], [out],
-                 name=rec.unique(base))
+    elif func in _EXPAND:  # 1 keeps the input's size (it then follows a dynamic axis)
+        keep = [1] * (out.dim() - x.dim()) + [int(n == 1) for n in x.shape]
+        shape = [1 if not k and n == m else n for k, n, m in
+                 zip(keep, out.shape, [None] * (out.dim() - x.dim()) + list(x.shape))]
+        rec.emit("Expand", [xn, rec.constant(shape, np.int64)], [out], name=rec.unique(base))
     else:
         raise ExportError(f"'{_fname(func)}' in '{rec.module_path()}' has no ONNX export yet;"
                           f" rewrite it with view/permute/slicing or report it")
@@ -111,15 +115,14 @@ def _getitem(rec, xn, x, idx, out, base):
         elif i is None:
             new_axes.append(o)
             o += 1
-        elif isinstance(i, int):
-            i = i % x.shape[d]
-            starts.append(i), ends.append(i + 1), axes.append(d), steps.append(1)
-            int_axes.append(d)
+        elif isinstance(i, int):  # negative indices stay relative to the actual length
+            starts.append(i), ends.append(i + 1 if i != -1 else _BIG), axes.append(d)
+            steps.append(1), int_axes.append(d)
             d += 1
         elif isinstance(i, slice):
-            s0, s1, st = i.indices(x.shape[d])
-            if (s0, s1, st) != (0, x.shape[d], 1):
-                starts.append(s0), ends.append(s1), axes.append(d), steps.append(st)
+            if (i.start, i.stop, i.step) not in ((None, None, None), (None, None, 1)):
+                b = _bounds(i)
+                starts.append(b[0]), ends.append(b[1]), axes.append(d), steps.append(b[2])
             d, o = d + 1, o + 1
         else:
             raise ExportError(f"index {i!r} in '{rec.module_path()}' is not exportable")
@@ -135,7 +138,7 @@ def _getitem(rec, xn, x, idx, out, base):
         return
     shape = list(x.shape)  # traced shape after each stage, for the graph's value_info
     for a, b, ax, st in zip(starts, ends, axes, steps):
-        shape[ax] = len(range(a, b, st))
+        shape[ax] = len(range(*slice(a, b, st).indices(shape[ax])))
     after = {"Slice": tuple(shape),
              "Squeeze": tuple(n for k, n in enumerate(shape) if k not in int_axes)}
     cur = xn
@@ -147,6 +150,20 @@ def _getitem(rec, xn, x, idx, out, base):
             rec.emit(op, [cur] + extra, [f"{name}:out"], name=name)
             rec.value_info[f"{name}:out"] = (rec.value_info[cur][0], after[op])
             cur = f"{name}:out"
+
+
+_BIG = int(np.iinfo(np.int64).max)
+
+
+def _bounds(sl: slice) -> tuple:
+    """ONNX Slice (start, end, step) of a Python slice, as written (negative bounds and omitted
+    ends stay relative to the length the graph is given, as in Python)."""
+    step = 1 if sl.step is None else int(sl.step)
+    if step > 0:
+        return (0 if sl.start is None else int(sl.start),
+                _BIG if sl.stop is None else int(sl.stop), step)
+    return (_BIG if sl.start is None else int(sl.start),
+            -_BIG if sl.stop is None else int(sl.stop), step)
 
 
 def _split(rec, xn, x, func, args, kwargs, out, base):
@@ -210,6 +227,23 @@ def _maxpool(rec, xn, x, func, args, kwargs, out, base):
              pads=pad + pad, dilations=dil, ceil_mode=int(bool(p.get("ceil_mode", False))))
 
 
+#: ``COLLECT.problems = []`` (linger.check): refused float ops are listed there, not raised.
+COLLECT = threading.local()
+
+
+def exact_float_op(func, args, kwargs, out):
+    """The ONNX op (``"Add"``...) the exporter writes for ``func`` after a Dequant, exactly as
+    IEEE float computes it in PyTorch; ``None`` when there is none (the export refuses it)."""
+    if func not in _FLOAT_BINARY and func not in _FLOAT_UNARY:
+        return None
+    bad = [k for k in kwargs if k not in ("alpha",)] or (kwargs.get("alpha", 1) != 1)
+    if func is torch.div and kwargs.get("rounding_mode"):
+        bad = True
+    if bad or not isinstance(out, torch.Tensor) or not out.is_floating_point():
+        return None
+    return _FLOAT_BINARY.get(func) or _FLOAT_UNARY[func]
+
+
 def emit_float(rec, func, args, kwargs, out):
     """The dequant boundary: dequantize quantized inputs, then an exact IEEE float op (or a
     float32 tail op of a layer kept float after the last quantized one: :mod:`.float_tail`)."""
@@ -217,20 +251,21 @@ def emit_float(rec, func, args, kwargs, out):
     res = emit_tail(rec, func, args, kwargs, out)
     if res is not None:
         return res
-    if func in _FLOAT_BINARY or func in _FLOAT_UNARY:
-        bad = [k for k in kwargs if k not in ("alpha",)] or (kwargs.get("alpha", 1) != 1)
-        if func is torch.div and kwargs.get("rounding_mode"):
-            bad = True
-        if not bad and isinstance(out, torch.Tensor) and out.is_floating_point():
-            operands = list(args[:2]) if func in _FLOAT_BINARY else [args[0]]
-            if func in _REVERSED:
-                operands = operands[::-1]
-            names = [rec.float_name(a) if isinstance(a, torch.Tensor)
-                     else rec.constant(np.asarray(a, dtype=np.float32)) for a in operands]
-            op = _FLOAT_BINARY.get(func) or _FLOAT_UNARY[func]
-            res = QTensor.wrap(out, None, None)
-            rec.emit(op, names, [res], name=rec.unique(f"{rec.module_path()}.{op.lower()}"))
-            return res
+    op = exact_float_op(func, args, kwargs, out)
+    if op is not None:
+        operands = list(args[:2]) if func in _FLOAT_BINARY else [args[0]]
+        if func in _REVERSED:
+            operands = operands[::-1]
+        names = [rec.float_name(a) if isinstance(a, torch.Tensor)
+                 else rec.constant(np.asarray(a, dtype=np.float32)) for a in operands]
+        res = QTensor.wrap(out, None, None)
+        rec.emit(op, names, [res], name=rec.unique(f"{rec.module_path()}.{op.lower()}"))
+        return res
+    if getattr(COLLECT, "problems", None) is not None:  # linger.check: list it and go on
+        COLLECT.problems.append((rec.module_path(), _fname(func)))
+        res = QTensor.wrap(out if isinstance(out, torch.Tensor) else out[0], None, None)
+        rec.bind(res, rec.unique(f"{rec.module_path()}.{_fname(func)}.unexportable"))
+        return res if isinstance(out, torch.Tensor) else type(out)([res] + list(out[1:]))
     raise ExportError(f"'{_fname(func)}' in '{rec.module_path()}'{_source_line()} runs in"
                       f" float: {_float_cause(args, kwargs)}")
 

@@ -161,6 +161,12 @@ def _avgpool(ctx, n, a):
     ctx.q(y, a["exp"], a["bits"], n.output[0], n.name)
 
 
+def _global_avgpool(ctx, n, a):
+    x = ctx.dq(n.input[0], a["exp"], a["bits"], n.name)
+    y = ctx.add("GlobalAveragePool", [x], [ctx.fresh(n.name + ".f")], name=n.name + ".pool")
+    ctx.q(y, a["exp"], a["bits"], n.output[0], n.name)
+
+
 def _embedding(ctx, n, a):
     ctx.add("Gather", [n.input[1], n.input[0]], [n.output[0]], name=n.name, axis=0)
 
@@ -239,7 +245,7 @@ RULES = {
     "ConvTranspose1dInt": _weighted(_conv_transpose),
     "ConvTranspose2dInt": _weighted(_conv_transpose),
     "LinearInt": _weighted(_linear), "BatchNormInt": _weighted(_batchnorm),
-    "AvgPoolInt": _avgpool, "EmbeddingInt": _embedding,
+    "AvgPoolInt": _avgpool, "GlobalAvgPoolInt": _global_avgpool, "EmbeddingInt": _embedding,
     "iqAdd": _binary("Add"), "iqSub": _binary("Sub"), "iqMul": _binary("Mul"),
     "iqDiv": _binary("Mul"), "MatMulInt": _binary("MatMul"), "iqCat": _cat,
     "iqSum": _unary(_reduce("ReduceSum")), "iqMean": _unary(_reduce("ReduceMean")),

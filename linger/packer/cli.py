@@ -24,21 +24,28 @@ _TARGET_HELP = (f"target chip: {', '.join(available_targets())} or a profile fil
 
 
 def _dims(items) -> dict:
+    """``NAME=SIZE`` -> ``{NAME: SIZE}``; ``NAME=MIN:MAX`` -> ``{NAME: (MIN, MAX)}``."""
     dims = {}
     for item in items or ():
         name, sep, value = item.partition("=")
-        if not sep or not name or not value.isdigit() or int(value) < 1:
-            raise ConfigError(f"--dim takes NAME=SIZE with SIZE >= 1, got {item!r}")
-        dims[name] = int(value)
+        lo, colon, hi = value.partition(":")
+        ends = [lo, hi] if colon else [lo]
+        if not sep or not name or not all(e.isdigit() and int(e) >= 1 for e in ends) \
+                or int(ends[0]) > int(ends[-1]):
+            raise ConfigError(f"--dim takes NAME=SIZE or NAME=MIN:MAX with 1 <= MIN <= MAX,"
+                              f" got {item!r}")
+        dims[name] = (int(lo), int(hi)) if colon else int(lo)
     return dims
 
 
 def _common(p) -> None:
-    p.add_argument("model", help="the .onnx file written by linger.onnx.export")
+    p.add_argument("model", help="the .onnx file written by linger.onnx.export (check: or a"
+                                 " model.py[:ClassName])")
     p.add_argument("--target", default="venus", help=_TARGET_HELP)
     p.add_argument("--dim", action="append", metavar="NAME=SIZE",
-                   help="size to plan for a symbolic input dimension (repeatable); a symbolic"
-                        " batch axis defaults to 1")
+                   help="size to plan for a symbolic input dimension (repeatable), or a range"
+                        " MIN:MAX (layers checked at both ends, memory planned for MAX); a"
+                        " symbolic batch axis defaults to 1")
     p.add_argument("--params", choices=["flash", "psram"], default=None,
                    help="memory of the parameters (default: the target profile's)")
     p.add_argument("--no-lower", action="store_true",
@@ -76,13 +83,24 @@ def add_check_parser(subparsers) -> argparse.ArgumentParser:
         "check", help="list every violation of a target chip's limits in an ONNX model",
         description="Check every node of an exported model against the target's supported ops"
         " and limits, plan its memory and check capacities; list every violation (layer,"
-        " value, limit, fix), not only the first. Exit status 0 if the model fits, 1 if not,"
-        " 2 on a usage or file error.")
+        " value, limit, fix), not only the first. MODEL may also be a PyTorch model before any"
+        " training, as model.py:ClassName (built without arguments) or model.py (its"
+        " build_model()): then everything linger.init, the export and the target would refuse"
+        " is listed (linger.check). Exit status 0 if the model fits, 1 if not, 2 on a usage or"
+        " file error.")
     _common(p)
+    p.add_argument("--input-shape", action="append", metavar="D0,D1,...",
+                   help="for a model.py[:Class] MODEL: the shape of an example input"
+                        " (repeatable, one per input); default: the script's example_input()")
     p.add_argument("--no-memory", action="store_true", help="skip memory planning")
     p.add_argument("--report", action="store_true", help="print the memory report too")
     p.set_defaults(_run=run_check)
     return p
+
+
+def _is_script(model: str) -> bool:
+    path = model.rsplit(":", 1)[0] if ".py:" in model else model
+    return path.endswith(".py")
 
 
 def add_parser(subparsers) -> None:
@@ -93,6 +111,10 @@ def add_parser(subparsers) -> None:
 
 def run_check(args) -> int:
     from . import check
+
+    if _is_script(args.model):  # a PyTorch model: the dry run of linger.check
+        from ..modelcheck import check_script
+        return check_script(args.model, args.input_shape, args.target, _dims(args.dim))
 
     res = check(args.model, args.target, _dims(args.dim), args.params,
                 memory=not args.no_memory, lower=not args.no_lower)

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from .._files import refuse_overwrite, write_atomic
-from ..errors import ExportError
+from ..errors import ConfigError, ExportError
 from ..targets import Target, Violation, check_op, from_node, load_target, raise_if_errors
 from ..packfile import format as F
 from .graphinfo import PackGraph, load
@@ -144,21 +144,42 @@ def check(source, target="venus", dims=None, params=None, memory: bool = True,
     """List every violation of ``source`` (ONNX path, bytes or ModelProto) on ``target``:
     op support and limits of every node, then (``memory=True``) the memory plan's capacity.
 
+    ``dims``: symbolic dimension -> size, or ``(min, max)``: then layers are checked at both ends
+    and memory is planned for the largest sizes (every activation grows with its input).
     ``lower=True``: a node that breaks a limit is first rewritten into an exact equivalent the
     target runs where one exists (``.lowerings`` says how and at what cost; the plan and the
     packed file are those of the lowered graph); only what cannot be lowered is a violation.
     ``lower=False``: the graph as exported, every limit a violation."""
     target = load_target(target)
-    pg = load(source, dims)
+    lows, highs = split_ranges(dims)
+    pg = load(source, highs)
     violations = check_graph(pg, target)
     lowerings = []
     if lower:
         pg, violations, lowerings = lower_graph(pg, target, violations, pg.dims)
+    if lows != highs:  # a range: the graph must also run and conform at the smallest sizes
+        seen = {v.message for v in violations}
+        low = load(source, lows)
+        low_violations = check_graph(low, target)
+        if lower:
+            low_violations = lower_graph(low, target, low_violations, low.dims)[1]
+        violations += [v for v in low_violations if v.message not in seen]
     plan = None
     if memory:
         plan = _plan(pg, target, params)
         violations += memory_violations(pg, plan, target)
     return CheckResult(target, pg, violations, plan, lowerings)
+
+
+def split_ranges(dims) -> tuple[dict, dict]:
+    """``({dim: min}, {dim: max})`` of ``dims`` whose values are sizes or ``(min, max)``."""
+    lows, highs = {}, {}
+    for name, v in (dims or {}).items():
+        lo, hi = (v, v) if isinstance(v, int) else v
+        if not 1 <= int(lo) <= int(hi):
+            raise ConfigError(f"dimension '{name}': range {lo}:{hi} must have 1 <= min <= max")
+        lows[name], highs[name] = int(lo), int(hi)
+    return lows, highs
 
 
 def _plan(pg, target, params):
@@ -176,7 +197,8 @@ def pack(source, output=None, target="venus", dims=None, params=None, force: boo
     """Check, plan and write ``source`` as a packed model for ``target``.
 
     ``output``: path to write (``None``: only returned in ``.data``). ``dims``: sizes of symbolic
-    input dimensions (a symbolic batch axis defaults to 1). ``params``: memory of parameters
+    input dimensions, or ``(min, max)`` ranges (planned for max; see :func:`check`; a symbolic
+    batch axis defaults to 1). ``params``: memory of parameters
     (``"flash"``/``"psram"``; default: the profile's). ``force``: write even if there are
     violations (they stay listed in the result). ``lower``: rewrite layers that break a limit
     into exact equivalents the target runs (see :func:`check`). Raises

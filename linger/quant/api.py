@@ -7,7 +7,7 @@ import os
 import torch.nn as nn
 
 from ..config import QuantConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, UnsupportedError
 from . import qtensor, scope
 from .base import STATE_BUFFERS, QuantMixin
 from .layers import PASSTHROUGH_CLASSES, QUANT_CLASSES
@@ -33,7 +33,11 @@ def init(model: nn.Module, quant_modules=DEFAULT_QUANT_MODULES, data_bits: int =
 
     Bits: ``data_bits`` in {8, 16}, ``parameter_bits`` in {4, 8, 16}, ``out_bits`` in {8, 16, 32}.
     ``on_unsupported``: "dequant" (a torch op without a quantized version computes in float on the
-    dequantized value) or "error".
+    dequantized value when the export writes it exactly: add/sub/mul/div/neg/abs; any other is
+    refused, every one in a single :class:`~linger.errors.UnsupportedError`, here for layer
+    types linger cannot export and at the end of the first forward pass for ops), "error" (any
+    such op raises at once) or "float" (no early refusal: train in float where needed; the
+    export refuses). ``linger.check(model, example)`` lists everything without raising.
     ``target``: a chip (``"venus"``, ``"venusA"``, ``"arcs"`` or a profile path, see
     docs/packer.md): every layer is first checked against its limits, and a
     :class:`~linger.errors.TargetError` listing each violating layer is raised before anything
@@ -70,6 +74,11 @@ def init(model: nn.Module, quant_modules=DEFAULT_QUANT_MODULES, data_bits: int =
         from ..targets import check_layers
         check_layers(model, target, cfg, {t: QUANT_CLASSES[t] for t in types
                                           if t in QUANT_CLASSES}, _DISABLED)
+    if on_unsupported != "float":  # layers that cannot export: refused before any training
+        from .refusal import message, scan_modules
+        found = scan_modules(model, _DISABLED)
+        if found:
+            raise UnsupportedError(message(found, "found by linger.init from the layer types"))
     qtensor.POLICY["on_unsupported"] = on_unsupported
     model = _convert(model, types, cfg, "")
     _install_load_hook(model)
@@ -107,9 +116,13 @@ def disable_quant(module: nn.Module) -> nn.Module:
     re-assigning. Returns the module.
     """
     setattr(module, _DISABLED, True)
+    converted = False
     for m in module.modules():
         if isinstance(m, QuantMixin):
             _to_float_in_place(m)
+            converted = True
+    if converted:  # its forward is now known to run in float on purpose (refusal.py)
+        scope.install(module, QuantConfig())
     return module
 
 

@@ -150,6 +150,9 @@ def _unsupported(func, args, kwargs, out):
             f" on_unsupported='dequant' to linger.init.")
     if rec is not None:
         return rec.float_op(func, args, kwargs, out)
+    if quantized_args(args):  # refused when the outermost forward returns (refusal.py)
+        from .refusal import record
+        record(func, args, kwargs, out)
     return _strip(out)
 
 

@@ -118,6 +118,9 @@ def _post_hook(module, args, output):
     for i in range(len(st) - 1, -1, -1):  # also repairs the stack after an exception
         if st[i].module is module:
             del st[i:]
+            if not st:  # the outermost forward returned: refuse what will not export
+                from .refusal import flush
+                flush(module)
             return
 
 

@@ -24,7 +24,7 @@ FAMILIES = {
     "Conv1dInt": "conv", "Conv2dInt": "conv",
     "ConvTranspose1dInt": "conv_transpose", "ConvTranspose2dInt": "conv_transpose",
     "LinearInt": "linear", "MatMulInt": "matmul",
-    "AvgPoolInt": "pool", "MaxPool": "pool",
+    "AvgPoolInt": "pool", "GlobalAvgPoolInt": "pool", "MaxPool": "pool",
     "Transpose": "transpose",
     "SoftmaxInt": "softmax", "LogSoftmaxInt": "softmax", "SoftmaxLuna": "softmax",
     "iqAdd": "elementwise", "iqSub": "elementwise", "iqMul": "elementwise",
@@ -148,6 +148,8 @@ def from_node(op_type: str, attrs: dict, in_shapes, in_dtypes, out_shapes, out_d
                   "batch": math.prod(x[:-2])})
         _bits_names(q, y=attrs.get("bits_y"))
     elif fam == "pool":
+        if "kernel_shape" not in attrs:  # GlobalAvgPoolInt: the window is the whole input
+            attrs = dict(attrs, kernel_shape=list(x[2:]), strides=list(x[2:]))
         nd = len(attrs["kernel_shape"])
         pads = attrs.get("pads") or [0] * (2 * nd)
         q.update(_spatial(attrs["kernel_shape"], attrs.get("strides") or [1] * nd, pads, nd))

@@ -74,6 +74,24 @@ def avg_pool_int(inputs, *, kernel_shape, exp, bits, strides=None, pads=None,
     return [numerics.rounded_div(sums, counts).astype(numerics.int_dtype(bits))]
 
 
+S.schema("GlobalAvgPoolInt", inputs=(1, 1), memory=S.sum_memory(2), exp=S.Exp(), bits=S.Bits())
+
+
+@kernel("GlobalAvgPoolInt")
+def global_avg_pool_int(inputs, *, exp, bits):
+    """``AvgPoolInt`` over the whole spatial extent of the input it is given (written by export
+    for a global pooling over a dynamic axis): ``y = floor((2s + L) / (2L))``, ``s`` the int64 sum
+    of each channel, ``L`` the product of the actual spatial sizes; exponent unchanged."""
+    (x,) = inputs
+    check_dtype(x, bits, "input x")
+    if x.ndim < 3:
+        raise ModelFileError(f"GlobalAvgPoolInt input must be (N, C, *spatial), got"
+                             f" {list(x.shape)}")
+    axes = tuple(range(2, x.ndim))
+    sums = x.astype(np.int64).sum(axis=axes, keepdims=True)          # (N, C, 1...) int64
+    return [numerics.rounded_div(sums, math.prod(x.shape[2:])).astype(numerics.int_dtype(bits))]
+
+
 def _pool_geometry(shape, k, strides, dilations, pads, auto_pad, ceil_mode):
     """Per-axis ``(pad_begin, pad_end, out)`` of ONNX pooling, PyTorch's ceil_mode rule included.
 
