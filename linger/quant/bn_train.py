@@ -117,11 +117,16 @@ class _BNTrain(torch.autograd.Function):
                 g, x, gamma, None, None, t(mean), t(1.0 / s), True, ctx.eps, [True] + need[1:])
             gx.addcmul_(g, t(aq - a).view(shape))
             return (gx if need[0] else None), g_gamma, g_beta, None
-        one = torch.ones_like(aq_t)
-        gx, g_aq, g_cq = torch.ops.aten.native_batch_norm_backward(   # g * aq, sum g x, sum g
-            g, x, aq_t, torch.zeros_like(aq_t), one, None, None, False, 0.0, [need[0], True, True])
         if ctx.on_cpu:
+            one = torch.ones_like(aq_t)
+            gx, g_aq, g_cq = torch.ops.aten.native_batch_norm_backward(  # g*aq, sum g x, sum g
+                g, x, aq_t, torch.zeros_like(aq_t), one, None, None, False, 0.0,
+                [need[0], True, True])
             g_aq, g_cq = g_aq.numpy(), g_cq.numpy()
+        else:  # CUDA's eval-mode batch_norm_backward asserts on absent saved statistics
+            dims = [0] + list(range(2, x.dim()))
+            gx = g * aq_t.view(shape) if need[0] else None
+            g_aq, g_cq = (g * x).sum(dims), g.sum(dims)
         g_c = g_cq * inside_c
         if unclamped is not None:
             g_c = g_c * unclamped
