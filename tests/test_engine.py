@@ -45,6 +45,7 @@ def _tests(name):
 
 bitexact = _tests("test_bitexact")
 ops_table = _tests("test_ops_table")
+ops_more = _tests("test_ops_table_more")
 ops_model = _tests("test_ops_model")
 rnn = _tests("test_rnn")
 packer_tests = _tests("test_packer")
@@ -125,14 +126,95 @@ def test_embedding_text_model(tmp_path):
     check_engine(data, {"input": idx.numpy()}, _eval(model, idx), tmp_path)
 
 
+def _refused_by_name(data: bytes) -> bool:
+    """True when the engine refuses ``data`` for an op of :data:`NOT_IN_ENGINE` (named)."""
+    try:
+        engine.Engine(data)
+    except ModelFileError as e:
+        assert "unsupported op" in str(e) and any(f"'{op}'" in str(e) or op in str(e)
+                                                  for op in NOT_IN_ENGINE), str(e)
+        return True
+    return False
+
+
 @pytest.mark.parametrize("row", ops_table.ROWS, ids=lambda r: r.name)
 def test_ops_table(row, tmp_path):
-    model, _ = ops_table.build(row)
-    xs = ops_table._inputs(row)
+    _ops_row(ops_table, row, tmp_path)
+
+
+@pytest.mark.parametrize("row", ops_more.ROWS, ids=lambda r: r.name)
+def test_ops_table_more(row, tmp_path):
+    """The activations, reductions and pooling added for published networks (issue 13); a row
+    using an op of NOT_IN_ENGINE (upsampling, attention masks) is refused naming it."""
+    _ops_row(ops_more.table, row, tmp_path)
+
+
+def test_indices_of_max_and_min_on_ties_and_saturation(tmp_path):
+    """ArgMax/ArgMin/ReduceMax/ReduceMin with keepdims on and off, ties included (saturation)."""
+    torch.manual_seed(0)
+    model = linger.init(ops_more._ArgNet()).train()
+    model(torch.randn(3, 5, 7))
+    model.eval()
+    x = torch.randn(3, 5, 7)
+    data = _pack(linger.onnx.export(model, x, None, input_names=["x"]), x)
+    for k in (1.0, 8.0, 0.01):
+        check_engine(data, {"x": (x * k).numpy()}, _eval(model, x * k), tmp_path)
+
+
+dynamic = _tests("test_dynamic")
+
+
+def test_global_pooling_over_a_dynamic_axis(tmp_path):
+    """GlobalAvgPoolInt (a global pooling over a dynamic time axis): the file packed for one
+    length runs that length bit-exact."""
+    torch.manual_seed(0)
+    model = dynamic._qat(dynamic.GRUHead(), lambda: torch.randn(4, 50, 8))
+    x = torch.randn(2, 13, 8)
+    graph = linger.onnx.export(model, x, None, input_names=["x"],
+                               dynamic_axes={"x": {0: "N", 1: "T"}})
+    assert "GlobalAvgPoolInt" in [n.op_type for n in graph.graph.node]
+    data = _pack(graph, x)
+    for k in (1.0, 1000.0):
+        check_engine(data, {"x": (x * k).numpy()}, _eval(model, x * k), tmp_path)
+
+
+class _Resample(torch.nn.Module):
+    def __init__(self, **kw):
+        super().__init__()
+        self.kw = kw
+
+    def forward(self, x):
+        return torch.nn.functional.interpolate(linger.quant_tensor(self, x, name="x"), **self.kw)
+
+
+@pytest.mark.parametrize("kw", [dict(scale_factor=0.5), dict(scale_factor=1.3),
+                                dict(scale_factor=(3.0, 0.7)), dict(scale_factor=2.25e0),
+                                dict(size=(5, 11)),
+                                dict(scale_factor=1.5, mode="bilinear", align_corners=False),
+                                dict(size=(2, 13), mode="bilinear", align_corners=True)],
+                         ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
+def test_resampling_geometries(kw, tmp_path):
+    """Scale factors below and above 1, per axis, and sizes: the engine's nearest indices (the
+    float32 formula, decimal scales read exactly) and Q15 linear weights are PyTorch's."""
+    torch.manual_seed(0)
+    model = linger.init(_Resample(**kw)).train()
+    model(torch.randn(2, 3, 7, 9))
+    model.eval()
+    x = torch.randn(1, 2, 7, 9)
+    data = _pack(linger.onnx.export(model, x, None, input_names=["x"]), x)
+    for k in (1.0, 8.0):
+        check_engine(data, {"x": (x * k).numpy()}, _eval(model, x * k), tmp_path)
+
+
+def _ops_row(table, row, tmp_path):
+    model, _ = table.build(row)
+    xs = table._inputs(row)
     names = [f"x{i}" for i in range(len(xs))]
     data = _pack(linger.onnx.export(model, tuple(xs), None, input_names=names), *xs)
+    if _refused_by_name(data):
+        return
     for k in (1.0, 8.0):  # typical, saturating
-        xs = ops_table._inputs(row, k)
+        xs = table._inputs(row, k)
         check_engine(data, {n: x.numpy() for n, x in zip(names, xs)}, _eval(model, *xs),
                      tmp_path)
 
@@ -183,8 +265,8 @@ def test_rnn_variants(mode, init_kw, rnn_kw, tmp_path):
 
 @pytest.mark.parametrize("name", list(zoo.ZOO))
 def test_model_zoo(name, tmp_path):
-    """Every zoo model that exports runs bit-exact in the C engine, or the engine refuses it
-    naming an op it lacks (never a wrong answer)."""
+    """Every zoo model that exports runs bit-exact in the C engine (mobilenet_v3's hard-swish,
+    panns_cnn6's ReduceMax/ArgMax included): none is refused."""
     entry = zoo.ZOO[name]
     torch.manual_seed(0)
     model = linger.init(entry.make()).train()
@@ -199,11 +281,6 @@ def test_model_zoo(name, tmp_path):
     except linger.errors.ExportError as e:
         pytest.skip(f"does not export on this branch: {str(e).splitlines()[0][:120]}")
     data = _pack(graph, *args)
-    try:
-        engine.Engine(data)
-    except ModelFileError as e:
-        assert "unsupported op" in str(e) and "The C engine does not implement" in str(e)
-        return
     for scale in (1.0, 1000.0):
         case = [a * scale if n == "x" else a for n, a in zip(names, args)]
         check_engine(data, {n: a.numpy() for n, a in zip(names, case)}, _eval(model, *case),
@@ -222,20 +299,15 @@ def test_engine_sources_use_no_malloc_no_libc_and_no_float_in_integer_kernels():
         includes = set(re.findall(r"#include <([^>]+)>", text))
         assert includes <= {"stdint.h", "stddef.h", "string.h"}, (path, includes)
         assert not re.search(r"\b(malloc|calloc|realloc|free|printf|assert)\s*\(", text), path
-    for family in ("k_conv.c", "k_linear.c", "k_iqarith.c", "k_nonlinear.c", "k_rnn.c"):
+    for family in ("k_conv.c", "k_linear.c", "k_iqarith.c", "k_nonlinear.c", "k_rnn.c", "k_act.c",
+                   "k_reduce.c", "k_mask.c"):
         text = (Path(engine.CSRC) / family).read_text()
         assert not re.search(r"\b(float|double)\b", text), family
 
 
 #: Ops the packer accepts that the C engine does not implement yet: the original toolchain's
 #: algorithms for imported models (runtime/kernels/luna.py). le_open refuses them by name.
-NOT_IN_ENGINE = {"SoftmaxLuna", "LayerNormLuna", "LSTMLuna", "GRULuna",
-                 # ops added for published networks (issue 13): refused by name until written
-                 "iqHardSigmoid", "iqHardSwish", "iqPReLU", "iqELU", "UpsampleNearest",
-                 "UpsampleLinearInt", "AdaptiveAvgPoolInt", "AdaptiveMaxPool", "ReduceMax",
-                 "ReduceMin", "ArgMax", "ArgMin", "Or",
-                 # global pooling over a dynamic axis (issue 13, item 3)
-                 "GlobalAvgPoolInt"}
+NOT_IN_ENGINE = {"SoftmaxLuna", "LayerNormLuna", "LSTMLuna", "GRULuna"}
 
 
 def test_every_op_the_packer_accepts_is_implemented():
@@ -347,6 +419,49 @@ def _absurd_attributes(data: bytes, rng) -> list[bytes]:
     return out
 
 
+def _check_under_sanitizers(files: dict, tmp_path) -> dict:
+    """``{name: status}`` of ``linger-engine --check`` (open, run on zeros) on each file, built
+    with ASan/UBSan: no sanitizer report, every status a defined one."""
+    for name, blob in files.items():
+        (tmp_path / name).write_bytes(blob)
+    exe = engine.build_cli(sanitize=True)
+    res = subprocess.run([exe, "--check", *[str(tmp_path / n) for n in files]],
+                         capture_output=True, text=True, errors="replace", timeout=600,
+                         env={"ASAN_OPTIONS": "detect_leaks=0", "PATH": "/usr/bin:/bin"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Sanitizer" not in res.stderr and "runtime error" not in res.stderr, res.stderr[-3000:]
+    status = {Path(line.split(" ", 1)[1]).name: int(line.split(" ", 1)[0])
+              for line in res.stdout.splitlines()}
+    assert status.keys() == files.keys()
+    assert all(0 <= s <= 12 for s in status.values())
+    return status
+
+
+#: rows of test_ops_table_more whose files the attribute fuzzing below rewrites: every kernel
+#: added for published networks (k_act.c, k_reduce.c, k_resample.c, k_mask.c, masked softmax)
+_FUZZ_ROWS = ("hardswish", "hardsigmoid", "prelu_per_channel", "elu", "amax_dims_keepdim",
+              "min_dim_keepdim", "adaptive_avg_not_dividing", "adaptive_max",
+              "interpolate_nearest_1d_scale", "interpolate_bilinear_align_corners",
+              "mha_batch_first_key_padding")
+
+
+def test_new_ops_with_absurd_attributes_give_status_codes_under_sanitizers(tmp_path):
+    rng = np.random.default_rng(1)
+    files = {}
+    rows = {r.name: r for r in ops_more.ROWS}
+    for name in _FUZZ_ROWS:
+        model, _ = ops_more.table.build(rows[name])
+        xs = ops_more.table._inputs(rows[name])
+        blob = _pack(linger.onnx.export(model, tuple(xs), None,
+                                        input_names=[f"x{i}" for i in range(len(xs))]), *xs)
+        files[f"{name}_ok"] = blob
+        for i, bad in enumerate(_absurd_attributes(blob, rng)[:40]):
+            files[f"{name}_attr{i}"] = bad
+    status = _check_under_sanitizers(files, tmp_path)
+    assert all(status[f"{n}_ok"] == 0 for n in _FUZZ_ROWS), status
+    assert sum(v != 0 for v in status.values()) > len(files) // 3
+
+
 def test_damaged_files_give_status_codes_under_sanitizers(tmp_path):
     rng = np.random.default_rng(0)
     files = {}
@@ -366,18 +481,7 @@ def test_damaged_files_give_status_codes_under_sanitizers(tmp_path):
             files[f"s{s}_crc{i}"] = packer_tests.refresh_crc(bytes(b))
         for i, bad in enumerate(_absurd_attributes(blob, rng)[:250]):
             files[f"s{s}_attr{i}"] = bad
-    for name, blob in files.items():
-        (tmp_path / name).write_bytes(blob)
-    exe = engine.build_cli(sanitize=True)
-    res = subprocess.run([exe, "--check", *[str(tmp_path / n) for n in files]],
-                         capture_output=True, text=True, errors="replace", timeout=600,
-                         env={"ASAN_OPTIONS": "detect_leaks=0", "PATH": "/usr/bin:/bin"})
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "Sanitizer" not in res.stderr and "runtime error" not in res.stderr, res.stderr[-3000:]
-    status = {Path(line.split(" ", 1)[1]).name: int(line.split(" ", 1)[0])
-              for line in res.stdout.splitlines()}
-    assert status.keys() == files.keys()
-    assert all(0 <= s <= 12 for s in status.values())
+    status = _check_under_sanitizers(files, tmp_path)
     assert all(status[n] != 0 for n in files if "_trunc" in n)
     assert all(status[n] != 0 for n in files if "_flip" in n)   # checksum, magic, version...
     refused = sum(status[n] != 0 for n in files if "_attr" in n)

@@ -29,12 +29,16 @@ CPU = ("-mcpu=cortex-m4", "-mthumb")
 CFLAGS = CPU + ("-Os", "-std=c99", "-pedantic", "-Wall", "-Wextra", "-Werror",
                 "-ffunction-sections", "-fdata-sections")
 #: op sets: families left out of the registry (registry.c's LE_NO_* switches)
+_NEW = ("ACT", "REDUCE", "RESAMPLE", "MASK")  # the families added for published networks
 OP_SETS = {
     "all ops": (),
-    "CNN (conv, linear, pool, quant, layout, element-wise)": ("IQARITH", "NONLINEAR", "RNN"),
-    "CNN + iq arithmetic and non-linear tables": ("RNN",),
+    "CNN (conv, linear, pool, quant, layout, element-wise)": ("IQARITH", "NONLINEAR", "RNN",
+                                                              *_NEW),
+    "CNN + iq arithmetic and non-linear tables": ("RNN", *_NEW),
+    "CNN + activations, reductions, resampling (MobileNetV3, PANNs)": ("IQARITH", "NONLINEAR",
+                                                                       "RNN", "MASK"),
     "RNN (GRU/LSTM, linear, quant, layout, element-wise)": ("CONV", "POOL", "IQARITH",
-                                                             "NONLINEAR"),
+                                                             "NONLINEAR", *_NEW),
 }
 
 

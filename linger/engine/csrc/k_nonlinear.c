@@ -5,7 +5,7 @@
  *   iqGELU     sat_o(rs(x * phi_q15(x11), exp_x + 15 - exp_o))
  *   with x11 = sat16(rs(x, exp_x - 11)) and piecewise-linear tables on 1/16-wide segments;
  *   SoftmaxInt, LogSoftmaxInt: Q16 x - max, 2**f table to Q20, sum, rounded division / log2
- *   table; LayerNormInt: exact integer mean, variance and square root, normalized value in Q10.
+ *   table; SoftmaxInt's optional bool mask input excludes elements (attention masks); LayerNormInt: exact integer mean, variance and square root, normalized value in Q10.
  * The tables come from le_tables.h, generated from linger/iqtables.py. */
 #include "le_internal.h"
 #include "le_tables.h"
@@ -38,8 +38,8 @@ int64_t le_phi_q15(int64_t x) {
 static le_status unary_attrs(le_op *op, le_tensor *x, le_tensor *y, int64_t *ex, int64_t *eo,
                              int64_t *bo) {
     int64_t bx;
-    LE_REQUIRE(op->n_in == 1 && op->n_out == 1 && le_in(op, 0, x) && le_out(op, 0, y),
-               LE_ERR_SHAPE);
+    LE_REQUIRE((op->n_in == 1 || op->n_in == 2) && op->n_out == 1 && le_in(op, 0, x)
+               && le_out(op, 0, y), LE_ERR_SHAPE);
     LE_CHECK(le_exp(op, "exp_x", ex));
     LE_CHECK(le_bits(op, "bits_x", 32, &bx));
     LE_CHECK(le_exp(op, "exp_o", eo));
@@ -53,6 +53,7 @@ static le_status unary_attrs(le_op *op, le_tensor *x, le_tensor *y, int64_t *ex,
 static le_status gate(le_op *op, int kind) {
     le_tensor x, y;
     int64_t ex, eo, bo, i;
+    LE_REQUIRE(op->n_in == 1, LE_ERR_SHAPE);
     LE_CHECK(unary_attrs(op, &x, &y, &ex, &eo, &bo));
     if (!op->run) return LE_OK;
     for (i = 0; i < x.numel; i++) {
@@ -73,8 +74,9 @@ static le_status iq_tanh(le_op *op) { return gate(op, 1); }
 static le_status iq_silu(le_op *op) { return gate(op, 2); }
 static le_status iq_gelu(le_op *op) { return gate(op, 3); }
 
-/* iqmath._exp_q20 for one element: e = 2**20 exp(x - max), d16 = x - max in Q16 (>= -32) */
-static int64_t exp_q20(int64_t d, int64_t n, int64_t *d16_out) {
+/* iqmath._exp_q20 for one element: e = 2**20 exp(x - max), d16 = x - max in Q16 (>= -32);
+ * shared with iqELU (k_act.c), whose d is min(x, 0) */
+int64_t le_exp_q20(int64_t d, int64_t n, int64_t *d16_out) {
     int64_t d16 = le_requant(d, n - LE_SOFTMAX_Q, 32), t, ip, f, i, p;
     int64_t floor_ = -((int64_t)LE_SOFTMAX_FLOOR << LE_SOFTMAX_Q);
     if (d16 < floor_) d16 = floor_;
@@ -100,12 +102,46 @@ static int64_t log2_q16(int64_t s) {
     return (k - LE_EXP_Q) * ((int64_t)1 << LE_SOFTMAX_Q) + le_rshift(lg, 30 - LE_SOFTMAX_Q);
 }
 
+/* Strides that read a bool mask broadcast (numpy rules) against x; 0 when it does not fit. */
+static int mask_strides(const le_tensor *mk, const le_tensor *x, int64_t *st) {
+    int64_t stride = 1;
+    int d;
+    if (mk->dtype != LE_BOOL || mk->ndim > x->ndim) return 0;
+    for (d = x->ndim - 1; d >= 0; d--) {
+        int k = d - (x->ndim - mk->ndim);
+        st[d] = 0;
+        if (k < 0) continue;
+        if (mk->dims[k] != 1 && mk->dims[k] != x->dims[d]) return 0;
+        if (mk->dims[k] != 1) st[d] = stride;
+        stride *= mk->dims[k];
+    }
+    return 1;
+}
+
+/* mask value at x's element i (1: excluded), or 0 without a mask */
+static int masked(const le_tensor *mk, const le_tensor *x, const int64_t *st, int64_t i) {
+    int64_t off = 0;
+    int d;
+    if (!mk->data) return 0;
+    for (d = x->ndim - 1; d >= 0; d--) {
+        off += (i % x->dims[d]) * st[d];
+        i /= x->dims[d];
+    }
+    return mk->data[off] != 0;
+}
+
+/* iqmath.softmax / log_softmax; SoftmaxInt's optional bool mask (True = excluded) takes masked
+ * elements out of the max and the sum (p = 0; a row masked entirely is all 0) */
 static le_status softmax(le_op *op, int log) {
-    le_tensor x, y;
-    int64_t ex, eo, bo, axis, outer, len, inner, o, in;
+    le_tensor x, y, mk;
+    int64_t ex, eo, bo, axis, outer, len, inner, o, in, st[LE_MAX_DIMS];
+    int has_mask;
     LE_CHECK(unary_attrs(op, &x, &y, &ex, &eo, &bo));
     LE_CHECK(le_req_int(op, "axis", -LE_MAX_DIMS, LE_MAX_DIMS, &axis));
     LE_REQUIRE(x.ndim >= 1 && axis >= -x.ndim && axis < x.ndim, LE_ERR_ATTR);
+    has_mask = le_in(op, 1, &mk);
+    LE_REQUIRE(!has_mask || (!log && mask_strides(&mk, &x, st)), LE_ERR_SHAPE);
+    if (!has_mask) mk.data = NULL;
     if (axis < 0) axis += x.ndim;
     if (!op->run) return LE_OK;
     outer = le_numel_range(&x, 0, (int)axis);
@@ -114,14 +150,21 @@ static le_status softmax(le_op *op, int log) {
     for (o = 0; o < outer; o++)
         for (in = 0; in < inner; in++) {
             int64_t base = o * len * inner + in, mx = 0, s = 0, k, d16, ln16 = 0;
+            int any = 0;
             for (k = 0; k < len; k++) {
                 int64_t v = le_ld(&x, base + k * inner);
-                if (k == 0 || v > mx) mx = v;
+                if (masked(&mk, &x, st, base + k * inner)) continue;
+                if (!any || v > mx) mx = v;
+                any = 1;
             }
-            for (k = 0; k < len; k++) s += exp_q20(le_ld(&x, base + k * inner) - mx, ex, &d16);
+            for (k = 0; k < len; k++)
+                if (!masked(&mk, &x, st, base + k * inner))
+                    s += le_exp_q20(le_ld(&x, base + k * inner) - mx, ex, &d16);
+            if (s < 1) s = 1;                               /* a row masked entirely */
             if (log) ln16 = le_rshift(log2_q16(s) * LE_LN2_Q30, 30);
             for (k = 0; k < len; k++) {
-                int64_t e = exp_q20(le_ld(&x, base + k * inner) - mx, ex, &d16), r;
+                int64_t e = le_exp_q20(le_ld(&x, base + k * inner) - mx, ex, &d16), r;
+                if (masked(&mk, &x, st, base + k * inner)) e = 0;
                 if (log)
                     r = le_requant(d16 - ln16, LE_SOFTMAX_Q - eo, bo);
                 else

@@ -3,6 +3,8 @@
  *               size k (count_include_pad=0 with padding: the real elements in the window)
  *   MaxPool     ONNX MaxPool: padding never wins (it holds the dtype's minimum / -inf);
  *               ceil_mode, dilations and auto_pad as PyTorch/ONNX define them.
+ *   GlobalAvgPoolInt  floor((2 s + L) / (2 L)) over all spatial axes of (N, C, *spatial): the
+ *               global pooling export writes over a dynamic axis (L: the packed spatial size)
  * 1-d and 2-d windows (a 1-d window is a 2-d one of height 1). */
 #include "le_internal.h"
 
@@ -221,7 +223,34 @@ static const char *const a_avg[] = {"kernel_shape", "exp", "bits", "strides", "p
 static const char *const a_max[] = {"kernel_shape", "auto_pad", "ceil_mode", "dilations", "pads",
                                     "storage_order", "strides", NULL};
 
+static le_status global_avg_pool(le_op *op) {
+    le_tensor x, y;
+    int64_t bits, e, l, r, i;
+    int d;
+    LE_REQUIRE(op->n_in == 1 && op->n_out == 1 && le_in(op, 0, &x) && le_out(op, 0, &y),
+               LE_ERR_SHAPE);
+    LE_CHECK(le_bits(op, "bits", 32, &bits));
+    LE_CHECK(le_exp(op, "exp", &e));
+    LE_REQUIRE(x.dtype == le_int_dtype(bits) && y.dtype == x.dtype && x.ndim >= 3
+               && y.ndim == x.ndim && y.dims[0] == x.dims[0] && y.dims[1] == x.dims[1],
+               LE_ERR_SHAPE);
+    for (d = 2; d < x.ndim; d++) LE_REQUIRE(y.dims[d] == 1, LE_ERR_SHAPE);
+    l = le_numel_range(&x, 2, x.ndim);
+    /* 2 s + L exact: |s| < 2**(bits - 1) L */
+    LE_REQUIRE(l >= 1 && le_bit_length((uint64_t)l) + bits < 61, LE_ERR_SHAPE);
+    if (!op->run) return LE_OK;
+    for (r = 0; r < y.numel; r++) {
+        int64_t sum = 0;
+        for (i = 0; i < l; i++) sum += le_ld(&x, r * l + i);
+        le_st(&y, r, le_rounded_div(sum, l));
+    }
+    return LE_OK;
+}
+
+static const char *const a_global[] = {"exp", "bits", NULL};
+
 const le_op_entry le_ops_pool[] = {
+    {LE_LINGER_DOMAIN, "GlobalAvgPoolInt", global_avg_pool, a_global},
     {LE_LINGER_DOMAIN, "AvgPoolInt", avg_pool, a_avg},
     {"", "MaxPool", max_pool, a_max},
 };

@@ -86,6 +86,9 @@ int le_out(const le_op *op, uint32_t k, le_tensor *t);
 int le_attr_int(const le_op *op, const char *name, int64_t *v);
 int le_attr_ints(const le_op *op, const char *name, const uint8_t **p, uint32_t *count);
 int le_attr_str(const le_op *op, const char *name, const char **s, uint32_t *len);
+/* string k of a strings attribute (count: how many it holds) */
+int le_attr_strs(const le_op *op, const char *name, uint32_t k, const char **s, uint32_t *len,
+                 uint32_t *count);
 int le_attr_floats(const le_op *op, const char *name, const uint8_t **p, uint32_t *count,
                    int *single);
 /* Tensor attribute: dtype, ndim, dims, data (8-byte aligned in a valid file), nbytes. */
@@ -180,6 +183,8 @@ int32_t le_dot_i8(const int8_t *a, const int8_t *b, int64_t n);
 int64_t le_sigmoid_q15(int64_t x11);
 int64_t le_tanh_q15(int64_t x11);
 int64_t le_phi_q15(int64_t x11);
+/* 2**20 exp(d 2**-n) for d <= 0 (iqmath._exp_q20, k_nonlinear.c); *d16 gets d in Q16, >= -32 */
+int64_t le_exp_q20(int64_t d, int64_t n, int64_t *d16);
 
 #define LE_CHECK(expr) do { le_status s_ = (expr); if (s_ != LE_OK) return s_; } while (0)
 #define LE_REQUIRE(cond, status) do { if (!(cond)) return (status); } while (0)

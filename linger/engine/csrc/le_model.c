@@ -634,6 +634,18 @@ int le_attr_str(const le_op *op, const char *name, const char **s, uint32_t *len
     return 1;
 }
 
+int le_attr_strs(const le_op *op, const char *name, uint32_t k, const char **s, uint32_t *len,
+                 uint32_t *count) {
+    const uint8_t *a = find_attr(op, name);
+    if (a == NULL) return 0;
+    if (a[8] != LE_A_STRINGS && a[8] != LE_A_STRING) return -1;
+    *count = le_rd32(a + 12);
+    if (k >= *count) return -1;
+    *s = (const char *)(op->m->file + op->m->strs_off + le_rd32(a + ATTR_HEAD_SIZE + 8 * k));
+    *len = le_rd32(a + ATTR_HEAD_SIZE + 8 * k + 4);
+    return 1;
+}
+
 int le_attr_floats(const le_op *op, const char *name, const uint8_t **p, uint32_t *count,
                    int *single) {
     const uint8_t *a = find_attr(op, name);

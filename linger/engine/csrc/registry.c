@@ -15,6 +15,10 @@ FAMILY(nonlinear)
 FAMILY(rnn)
 FAMILY(elementwise)
 FAMILY(layout)
+FAMILY(act)
+FAMILY(reduce)
+FAMILY(resample)
+FAMILY(mask)
 #undef FAMILY
 
 #define ENTRY(name) {#name, le_ops_##name, &le_ops_##name##_count}
@@ -40,6 +44,18 @@ const le_family le_families[] = {
 #endif
 #ifndef LE_NO_RNN
     ENTRY(rnn),
+#endif
+#ifndef LE_NO_ACT
+    ENTRY(act),
+#endif
+#ifndef LE_NO_REDUCE
+    ENTRY(reduce),
+#endif
+#ifndef LE_NO_RESAMPLE
+    ENTRY(resample),
+#endif
+#ifndef LE_NO_MASK
+    ENTRY(mask),
 #endif
 };
 const uint32_t le_num_families = sizeof le_families / sizeof le_families[0];
