@@ -4,29 +4,7 @@
  * double and rounded once to float32: the same result for +, -, *, /). */
 #include "le_internal.h"
 
-static int is_float(int32_t dt) { return dt == LE_FLOAT32 || dt == LE_FLOAT64; }
 static int is_num(int32_t dt) { return dt != LE_FLOAT16 && dt != LE_BOOL && le_dtype_size(dt); }
-
-static double ldf(const le_tensor *t, int64_t i) {
-    if (t->dtype == LE_FLOAT32) {
-        float f;
-        memcpy(&f, t->data + 4 * i, 4);
-        return f;
-    } else {
-        double v;
-        memcpy(&v, t->data + 8 * i, 8);
-        return v;
-    }
-}
-
-static void stf(const le_tensor *t, int64_t i, double v) {
-    if (t->dtype == LE_FLOAT32) {
-        float f = (float)v;
-        memcpy(t->data + 4 * i, &f, 4);
-    } else {
-        memcpy(t->data + 8 * i, &v, 8);
-    }
-}
 
 static le_status unary(le_op *op, le_tensor *x, le_tensor *y) {
     LE_REQUIRE(op->n_in >= 1 && op->n_out == 1 && le_in(op, 0, x) && le_out(op, 0, y),
@@ -48,9 +26,9 @@ static le_status relu(le_op *op) {
         return LE_OK;
     }
     for (i = 0; i < x.numel; i++) {
-        if (is_float(x.dtype)) {
-            double v = ldf(&x, i);
-            stf(&y, i, (v > 0.0 || v != v) ? v : 0.0);   /* as numpy: max(-0.0, 0) is 0.0 */
+        if (le_is_float(x.dtype)) {
+            double v = le_ldf(&x, i);
+            le_stf(&y, i, (v > 0.0 || v != v) ? v : 0.0);   /* as numpy: max(-0.0, 0) is 0.0 */
         } else {
             int64_t v = le_ld(&x, i);
             le_st(&y, i, v > 0 ? v : 0);
@@ -71,18 +49,18 @@ static le_status clip(le_op *op) {
     LE_REQUIRE(!has_hi || (hi.dtype == x.dtype && hi.numel == 1), LE_ERR_SHAPE);
     if (!op->run) return LE_OK;
     for (i = 0; i < x.numel; i++) {
-        if (is_float(x.dtype)) {   /* np.maximum / np.minimum: NaN propagates; on a tie (+-0)
+        if (le_is_float(x.dtype)) {   /* np.maximum / np.minimum: NaN propagates; on a tie (+-0)
                                     * the bound is the result, as numpy's vector loops give */
-            double v = ldf(&x, i);
+            double v = le_ldf(&x, i);
             if (has_lo) {
-                double l = ldf(&lo, 0);
+                double l = le_ldf(&lo, 0);
                 v = (v != v || l != l) ? (v != v ? v : l) : (v > l ? v : l);
             }
             if (has_hi) {
-                double h = ldf(&hi, 0);
+                double h = le_ldf(&hi, 0);
                 v = (v != v || h != h) ? (v != v ? v : h) : (v < h ? v : h);
             }
-            stf(&y, i, v);
+            le_stf(&y, i, v);
         } else {
             int64_t v = le_ld(&x, i);
             if (has_lo && v < le_ld(&lo, 0)) v = le_ld(&lo, 0);
@@ -100,16 +78,16 @@ static le_status neg_abs(le_op *op, int absolute) {
     LE_CHECK(unary(op, &x, &y));
     if (!op->run) return LE_OK;
     for (i = 0; i < x.numel; i++) {
-        if (is_float(x.dtype)) {
-            double v = ldf(&x, i);
+        if (le_is_float(x.dtype)) {
+            double v = le_ldf(&x, i);
             if (absolute) {   /* clear the sign bit (abs(-0.0) = 0.0, NaN keeps its payload) */
                 uint64_t u;
                 memcpy(&u, &v, 8);
                 u &= ~((uint64_t)1 << 63);
                 memcpy(&v, &u, 8);
-                stf(&y, i, v);
+                le_stf(&y, i, v);
             } else {
-                stf(&y, i, -v);
+                le_stf(&y, i, -v);
             }
         } else {
             int64_t v = le_ld(&x, i);
@@ -133,9 +111,9 @@ static le_status binary(le_op *op, int kind) {
     LE_CHECK(le_bcast(&it, &y, &a, &b));
     if (!op->run) return LE_OK;
     for (i = 0; i < y.numel; i++, le_iter_next(&it)) {
-        if (is_float(a.dtype)) {
-            double u = ldf(&a, it.off[1]), v = ldf(&b, it.off[2]);
-            stf(&y, i, kind == 0 ? u + v : kind == 1 ? u - v : kind == 2 ? u * v : u / v);
+        if (le_is_float(a.dtype)) {
+            double u = le_ldf(&a, it.off[1]), v = le_ldf(&b, it.off[2]);
+            le_stf(&y, i, kind == 0 ? u + v : kind == 1 ? u - v : kind == 2 ? u * v : u / v);
         } else {
             uint64_t u = (uint64_t)le_ld(&a, it.off[1]), v = (uint64_t)le_ld(&b, it.off[2]);
             int64_t r;

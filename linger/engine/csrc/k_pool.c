@@ -96,20 +96,6 @@ static le_status avg_pool(le_op *op) {
     return LE_OK;
 }
 
-static int is_float(int32_t dt) { return dt == LE_FLOAT32 || dt == LE_FLOAT64; }
-
-static double ldf(const le_tensor *t, int64_t i) {
-    if (t->dtype == LE_FLOAT32) {
-        float f;
-        memcpy(&f, t->data + 4 * i, 4);
-        return f;
-    } else {
-        double v;
-        memcpy(&v, t->data + 8 * i, 8);
-        return v;
-    }
-}
-
 static le_status max_pool(le_op *op) {
     le_tensor x, y;
     int64_t nd, k[2], s[2], d[2], p[4], ceil_mode, pb[2], pe[2], o[2];
@@ -134,7 +120,7 @@ static le_status max_pool(le_op *op) {
     }
     LE_REQUIRE(x.ndim == nd + 2 && y.ndim == x.ndim && y.dtype == x.dtype, LE_ERR_SHAPE);
     LE_REQUIRE(x.dtype == LE_INT8 || x.dtype == LE_INT16 || x.dtype == LE_INT32
-               || x.dtype == LE_INT64 || is_float(x.dtype), LE_ERR_SHAPE);
+               || x.dtype == LE_INT64 || le_is_float(x.dtype), LE_ERR_SHAPE);
     for (i = 0; i < nd; i++) {
         int64_t n = x.dims[2 + i], span = d[i] * (k[i] - 1) + 1, room, out;
         if (aplen == 6 && memcmp(ap, "NOTSET", 6) == 0) {
@@ -177,8 +163,8 @@ static le_status max_pool(le_op *op) {
                             int64_t ix = ox * g.sw - g.pl + kx * g.dw, at;
                             if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) continue;
                             at = (b * g.h + iy) * g.w + ix;
-                            if (is_float(x.dtype)) {
-                                double v = ldf(&x, at);
+                            if (le_is_float(x.dtype)) {
+                                double v = le_ldf(&x, at);
                                 /* numpy's max: NaN wins */
                                 if (!any || v > fbest || v != v) {
                                     if (!(any && fbest != fbest)) fbest = v;
@@ -190,7 +176,7 @@ static le_status max_pool(le_op *op) {
                             any = 1;
                         }
                     }
-                    if (is_float(x.dtype)) {
+                    if (le_is_float(x.dtype)) {
                         if (!any) {  /* only padding: -inf */
                             uint64_t u = 0xFFF0000000000000ull;
                             memcpy(&fbest, &u, 8);

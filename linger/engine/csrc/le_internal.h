@@ -115,6 +115,11 @@ int64_t le_numel_range(const le_tensor *t, int from, int to);
 /* Loads/stores of integer tensors as int64. */
 int64_t le_ld(const le_tensor *t, int64_t i);
 void le_st(const le_tensor *t, int64_t i, int64_t v);
+/* Float tensors (float32/float64) for the standard ops that also take floats; the integer
+   kernels never call these. */
+int le_is_float(int32_t dtype);
+double le_ldf(const le_tensor *t, int64_t i);
+void le_stf(const le_tensor *t, int64_t i, double v);
 
 /* ---- integer arithmetic (numerics.py / iqmath.py) ------------------------------------------ */
 /* floor(x / 2**s) for 0 <= s <= 63, without relying on >> of negative values */

@@ -727,6 +727,30 @@ int64_t le_numel_range(const le_tensor *t, int from, int to) {
     return n;
 }
 
+int le_is_float(int32_t dtype) { return dtype == LE_FLOAT32 || dtype == LE_FLOAT64; }
+
+double le_ldf(const le_tensor *t, int64_t i) {
+    if (t->dtype == LE_FLOAT32) {
+        float f;
+        memcpy(&f, t->data + 4 * i, 4);
+        return f;
+    }
+    {
+        double v;
+        memcpy(&v, t->data + 8 * i, 8);
+        return v;
+    }
+}
+
+void le_stf(const le_tensor *t, int64_t i, double v) {
+    if (t->dtype == LE_FLOAT32) {
+        float f = (float)v;
+        memcpy(t->data + 4 * i, &f, 4);
+    } else {
+        memcpy(t->data + 8 * i, &v, 8);
+    }
+}
+
 int64_t le_ld(const le_tensor *t, int64_t i) {
     const uint8_t *p = t->data + (size_t)i * t->elsize;
     switch (t->dtype) {
