@@ -45,15 +45,7 @@ def param_like(v) -> bool:
     activation is a QTensor, a model input never shares a parameter's storage)."""
     if isinstance(v, QTensor) or not isinstance(v, torch.Tensor) or not v.is_floating_point():
         return False
-    if isinstance(v, torch.nn.Parameter):
-        return True
-    st = scope._stack()
-    if not st:
-        return False
-    ptr = v.untyped_storage().data_ptr()
-    root = st[0].module
-    return any(t.untyped_storage().data_ptr() == ptr
-               for t in itertools.chain(root.parameters(), root.buffers()))
+    return isinstance(v, torch.nn.Parameter) or _storage_owner(v) is not None
 
 
 def param_base(v):
@@ -61,13 +53,20 @@ def param_base(v):
     (``v`` itself when it is an ``nn.Parameter`` or when none is found)."""
     if isinstance(v, torch.nn.Parameter) or not isinstance(v, torch.Tensor):
         return v
+    owner = _storage_owner(v)
+    return v if owner is None else owner
+
+
+def _storage_owner(v):
+    """The floating-point parameter or buffer of the running model whose storage ``v`` shares,
+    or None (also outside a model's forward)."""
     st = scope._stack()
     if not st:
-        return v
+        return None
     ptr = v.untyped_storage().data_ptr()
     root = st[0].module
     return next((t for t in itertools.chain(root.parameters(), root.buffers())
-                 if t.untyped_storage().data_ptr() == ptr and t.is_floating_point()), v)
+                 if t.untyped_storage().data_ptr() == ptr and t.is_floating_point()), None)
 
 
 def view_slices(v, base) -> list | None:
