@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 
 import numpy as np
 import onnx
@@ -19,6 +20,10 @@ from linger import cli
 from linger.config import SWITCHES
 from linger.errors import ConfigError, ExportError, UnsupportedError
 from linger.quant import two_stage
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_two_stage import TutorialNet  # noqa: E402  (the tutorial's model, shared)
+from zoo import ZOO  # noqa: E402
 
 DOC = os.path.join(os.path.dirname(__file__), "..", "docs", "migration.md")
 
@@ -254,24 +259,7 @@ def test_dequant_repair_tools_are_not_needed(model, x):
         linger.fix_dequant("m.onnx", False)
 
 
-# -- the two-stage tutorial with a float last layer --------------------------------------------
-class TutorialNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(1, 8, 3, padding=1)
-        self.bn = nn.BatchNorm2d(8)
-        self.relu = nn.ReLU()
-        self.mid_conv = nn.Conv2d(8, 8, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(8)
-        self.relu1 = nn.ReLU()
-        self.last_fc = nn.Linear(8 * 4 * 4, 10)
-
-    def forward(self, x):
-        x = self.relu(self.bn(self.conv(x)))
-        x = F.max_pool2d(self.relu1(self.bn1(self.mid_conv(x))), 2)
-        return self.last_fc(x.flatten(1))
-
-
+# -- the two-stage tutorial with a float last layer (TutorialNet of test_two_stage.py) ---------
 def _stage(quantize):
     model = TutorialNet()
     dummy_input = torch.randn(1, 1, 8, 8)
@@ -632,16 +620,9 @@ def test_calibration_without_training():
 
 
 # -- opset 11 over the model zoo ----------------------------------------------------------------
-def _zoo():
-    import sys
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from zoo import ZOO
-    return ZOO
-
-
-@pytest.mark.parametrize("name", sorted(_zoo()))
+@pytest.mark.parametrize("name", sorted(ZOO))
 def test_zoo_model_exports_at_opset_11_bit_exact(name):
-    entry = _zoo()[name]
+    entry = ZOO[name]
     torch.manual_seed(0)
     model = linger.init(entry.make())
     g = torch.Generator().manual_seed(0)
