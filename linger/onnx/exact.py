@@ -425,19 +425,18 @@ def _rs(ctx, name, wide, bound, shift, node):
 def _add_sub(op):
     def rule(ctx, n, a):
         """``sat_o(sat32(rs(x, exp_x - exp_o)) +- sat32(rs(y, exp_y - exp_o)))``."""
-        parts = []
+        parts, sums = [], 0
         for i, e, b in ((0, a["exp_x"], a["bits_x"]), (1, a["exp_y"], a["bits_y"])):
             v, wide, bound = _operand(ctx, n.input[i], b, n.name)
             v, wide = _rs(ctx, v, wide, bound, e - a["exp_o"], n.name)
-            if bound * 2 ** max(0, a["exp_o"] - e) >= 2 ** 31:          # sat32 can act
+            moved = bound * 2 ** max(0, a["exp_o"] - e)                   # |rs(v)| bound
+            if moved >= 2 ** 31:                                          # sat32 can act
                 if not wide:
                     v = ctx.add("Cast", [v], n.name, to=TensorProto.DOUBLE)
                     wide = True
                 v = ctx.rs_sat(v, 0, 32, True, n.name)
             parts.append((v, wide))
-        sums = sum(min(b * 2 ** max(0, a["exp_o"] - e), 2 ** 31) for b, e in
-                   ((_operand_bound(ctx, n.input[0], a["bits_x"]), a["exp_x"]),
-                    (_operand_bound(ctx, n.input[1], a["bits_y"]), a["exp_y"])))
+            sums += min(moved, 2 ** 31)
         wide = any(w for _, w in parts) or a["bits_o"] > 24 or sums > F32_EXACT
         xs = [ctx.add("Cast", [v], n.name, to=TensorProto.DOUBLE) if wide and not w else v
               for v, w in parts]
@@ -445,12 +444,6 @@ def _add_sub(op):
         ctx.finish(ctx.rs_sat(y, 0, a["bits_o"], wide, n.name), wide, a["bits_o"], n.output[0],
                    n.name)
     return rule
-
-
-def _operand_bound(ctx, name, bits):
-    if name in ctx.inits and name not in ctx.bits:
-        return int(np.abs(ctx.inits[name].astype(np.int64)).max(initial=0))
-    return _max_abs(bits)
 
 
 def _product(op):
