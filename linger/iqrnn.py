@@ -55,15 +55,19 @@ def hidden_exp(bits: int) -> int:
     return int(bits) - 1
 
 
+def _exact_float(bound: int):
+    """The float dtype whose BLAS sums integers exactly in any order when every partial sum is at
+    most ``bound`` in magnitude: float32 up to 2**24, float64 up to 2**53, else None (int64)."""
+    return np.float32 if bound <= 1 << 24 else np.float64 if bound <= 1 << 53 else None
+
+
 def _matmul_t(a: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Exact ``a @ w.T`` of int64 arrays: float32 BLAS while every partial sum stays within
-    2**24, float64 within 2**53 (exact integers in any summation order), int64 otherwise."""
-    k = a.shape[-1]
-    bound = k * int(np.abs(a).max(initial=0)) * int(np.abs(w).max(initial=0))
-    for dtype, limit in ((np.float32, 1 << 24), (np.float64, 1 << 53)):
-        if bound <= limit:
-            return (a.astype(dtype) @ w.T.astype(dtype)).astype(I64)
-    return a @ w.T
+    """Exact ``a @ w.T`` of int64 arrays, in the float dtype :func:`_exact_float` allows."""
+    dtype = _exact_float(a.shape[-1] * int(np.abs(a).max(initial=0)) *
+                         int(np.abs(w).max(initial=0)))
+    if dtype is None:
+        return a @ w.T
+    return (a.astype(dtype) @ w.T.astype(dtype)).astype(I64)
 
 
 def gate_q11(a: np.ndarray, w: np.ndarray, b, exp_a: int, exp_w: int) -> np.ndarray:
@@ -114,8 +118,8 @@ class _Recurrent:
     exp_whh)``."""
 
     def __init__(self, w_hh, b_hh, exp_whh: int, exp_h: int, bits_h: int):
-        bound = w_hh.shape[1] * (1 << (bits_h - 1)) * int(np.abs(w_hh).max(initial=0))
-        self.dtype = np.float32 if bound <= 1 << 24 else np.float64 if bound <= 1 << 53 else None
+        self.dtype = _exact_float(w_hh.shape[1] * (1 << (bits_h - 1)) *
+                                  int(np.abs(w_hh).max(initial=0)))
         self.w = np.ascontiguousarray(w_hh.T if self.dtype is None else w_hh.T.astype(self.dtype))
         self.b = b_hh
         self.shift = int(exp_h) + int(exp_whh) - GATE_Q
