@@ -38,6 +38,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ._names import unique_name
 from .errors import ExportError, ModelFileError
 
 #: The opset whose standard-op forms the runtime kernels and the exporter use.
@@ -146,7 +147,7 @@ def upgrade(model: onnx.ModelProto, where: str = "<model>") -> onnx.ModelProto:
         moved = _AXES_INPUT_13.get(n.op_type)
         attr = next((a for a in n.attribute if a.name == moved), None) if moved else None
         if attr is not None:
-            name = _fresh(taken, f"{n.name or n.output[0]}.{moved}")
+            name = unique_name(taken, f"{n.name or n.output[0]}.{moved}")
             g.initializer.append(numpy_helper.from_array(np.array(list(attr.ints), np.int64),
                                                          name))
             nodes.append(_with_attr(n, [n.input[0], name] + list(n.input[1:]), moved, None))
@@ -231,21 +232,12 @@ def _same_doc(n, nodes):
 def _softmax_up(n, taken, g):
     axis = _attr_int(n, "axis", 1)
     base = n.name or n.output[0]
-    shape, flat, soft = (_fresh(taken, f"{base}.{s}") for s in ("shape", "flat", "soft"))
+    shape, flat, soft = (unique_name(taken, f"{base}.{s}") for s in ("shape", "flat", "soft"))
     return _same_doc(n, [
         helper.make_node("Shape", [n.input[0]], [shape], name=shape),
         helper.make_node("Flatten", [n.input[0]], [flat], name=flat, axis=axis),
         helper.make_node(n.op_type, [flat], [soft], name=soft, axis=-1),
         helper.make_node("Reshape", [soft, shape], [n.output[0]], name=n.name or base)])
-
-
-def _fresh(taken: set, base: str) -> str:
-    name, k = base, 1
-    while name in taken:
-        k += 1
-        name = f"{base}_{k}"
-    taken.add(name)
-    return name
 
 
 def _require_schema(n, opset):

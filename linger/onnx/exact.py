@@ -41,7 +41,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .. import iqmath, numerics
 from ..errors import ExportError
-from .names import unique_name
+from .._names import unique_name
 
 DOMAIN = "ai.linger"
 F32_EXACT = 1 << 24

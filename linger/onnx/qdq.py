@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .. import numerics
 from ..errors import ExportError
-from .names import unique_name
+from .._names import unique_name
 
 DOMAIN = "ai.linger"
 QDQ_OPSET = 21  # int16/int32 QuantizeLinear need opset 21

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from .. import numerics
 from ..errors import ExportError
 from ..quant.qtensor import QTensor
-from .names import unique_name
+from .._names import unique_name
 
 #: The custom domain of linger's quantized operators.
 DOMAIN = "ai.linger"
