@@ -315,6 +315,32 @@ def _rnn_case(model, tmp_path):
                      tmp_path)
 
 
+class _WideRNN(nn.Module):
+    """Rows longer than the engine's 256-product int32 blocks (k_rnn.c dot_row): 300 input
+    features into a GRU, then an LSTM with 260 hidden units."""
+
+    def __init__(self):
+        super().__init__()
+        self.gru = nn.GRU(300, 6, batch_first=True)
+        self.lstm = nn.LSTM(6, 260, batch_first=True)
+
+    def forward(self, x):
+        return self.lstm(self.gru(x)[0])[0]
+
+
+def test_rnn_rows_longer_than_an_int32_block(tmp_path):
+    torch.manual_seed(0)
+    model = linger.init(_WideRNN()).train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(2, 3, 300))
+    model.eval()
+    x = torch.randn(2, 3, 300)
+    data = _pack(linger.onnx.export(model, x, None, input_names=["x"]), x)
+    for batch in (x, x * 1000.0):
+        check_engine(data, {"x": batch.numpy()}, _eval(model, batch), tmp_path)
+
+
 @pytest.mark.parametrize("combo", rnn.COMBOS, ids=[rnn._id(c) for c in rnn.COMBOS])
 def test_rnn_table(combo, tmp_path):
     rnn.set_seed(0)

@@ -120,12 +120,12 @@ static __m256i widen16(const int8_t *s) {
 /* the tile's taps as interleaved int16 pairs: block m (16 positions), pair q at
  * b[(m * k2 + q) * 2 + {0, 1}] (positions 0-3 8-11, then 4-7 12-15: unpack works per lane) */
 static void fill_tile(const plan *p, const int8_t *planes, const int64_t *offs, int64_t v0,
-                      __m256i *b) {
+                      int64_t nb, __m256i *b) {
     int64_t q, m;
     for (q = 0; q < p->k2; q++) {
         const int8_t *s0 = planes + offs[2 * q] + v0;
         const int8_t *s1 = offs[2 * q + 1] >= 0 ? planes + offs[2 * q + 1] + v0 : NULL;
-        for (m = 0; m < TP / 16; m++) {
+        for (m = 0; m < nb; m++) {
             __m256i lo = widen16(s0 + 16 * m);
             __m256i hi = s1 ? widen16(s1 + 16 * m) : _mm256_setzero_si256();
             _mm256_storeu_si256(b + (m * p->k2 + q) * 2, _mm256_unpacklo_epi16(lo, hi));
@@ -148,11 +148,11 @@ static void fill_tile(const plan *p, const int8_t *planes, const int64_t *offs, 
         _mm256_storeu_si256(o_ + 1, _mm256_permute2x128_si256(a##J##0, a##J##1, 0x31));       \
     }
 
-/* int32 sums of four weight rows (w, stride k2) with the tile: out[j][position] */
-static void gemm4(const int32_t *w, int64_t k2, const __m256i *b, int32_t *out) {
+/* int32 sums of four weight rows (w, stride k2) with the tile's nb blocks: out[j][position] */
+static void gemm4(const int32_t *w, int64_t k2, const __m256i *b, int64_t nb, int32_t *out) {
     const int32_t *w1 = w + k2, *w2 = w1 + k2, *w3 = w2 + k2;
     int64_t m, q;
-    for (m = 0; m < TP / 16; m++) {
+    for (m = 0; m < nb; m++) {
         const __m256i *bm = b + m * k2 * 2;
         __m256i a00 = _mm256_setzero_si256(), a01 = a00, a10 = a00, a11 = a00, a20 = a00,
                 a21 = a00, a30 = a00, a31 = a00;
@@ -173,14 +173,14 @@ static void gemm4(const int32_t *w, int64_t k2, const __m256i *b, int32_t *out) 
 /* q[i] = sat(rs(acc[i] + bias, s)) for one tile, in int32: r = acc + bias + 2**(s-1) + 2**30
  * lies in [0, 2**31) (the caller's bound), so rs = (r >> s) - 2**(30-s) with a logical shift of
  * a non-negative value, the floor of the division */
-static void requant_tile(const int32_t *acc, int64_t bias, int s, int32_t lo, int32_t hi,
-                         int8_t *q) {
+static void requant_tile(const int32_t *acc, int64_t n, int64_t bias, int s, int32_t lo,
+                         int32_t hi, int8_t *q) {
     const __m256i add = _mm256_set1_epi32((int32_t)(bias + ((int64_t)1 << (s - 1)) + (1 << 30)));
     const __m256i sub = _mm256_set1_epi32(1 << (30 - s)), vlo = _mm256_set1_epi32(lo),
                   vhi = _mm256_set1_epi32(hi);
     const __m128i cnt = _mm_cvtsi32_si128(s);
-    int i;
-    for (i = 0; i < TP; i += 16) {
+    int64_t i;
+    for (i = 0; i < n; i += 16) {
         __m256i v0 = _mm256_loadu_si256((const __m256i *)(const void *)(acc + i));
         __m256i v1 = _mm256_loadu_si256((const __m256i *)(const void *)(acc + i + 8));
         v0 = _mm256_sub_epi32(_mm256_srl_epi32(_mm256_add_epi32(v0, add), cnt), sub);
@@ -203,12 +203,13 @@ static int int32_route(const le_conv_geom *g, const plan *p, int int8_out, int64
 
 /* tile t's outputs of one channel (plane at yc) into y: the valid columns of each row, from
  * q8 (already requantized) or requantized here from acc */
-static void store_tile(const le_conv_geom *g, const plan *p, int64_t t, const int32_t *acc,
-                       const int8_t *q8, int64_t bias, const le_tensor *y, int64_t yc) {
+static void store_tile(const le_conv_geom *g, const plan *p, int64_t t, int64_t n,
+                       const int32_t *acc, const int8_t *q8, int64_t bias, const le_tensor *y,
+                       int64_t yc) {
     int64_t v = t * TP, oy = v / p->ws, ox = v % p->ws, i = 0;
-    while (i < TP && oy < g->oh) {
+    while (i < n && oy < g->oh) {
         int64_t len = ox < g->ow ? g->ow - ox : 0, k;
-        if (len > TP - i) len = TP - i;
+        if (len > n - i) len = n - i;
         if (q8)
             memcpy((int8_t *)(void *)y->data + yc + oy * g->ow + ox, q8 + i, (size_t)len);
         else
@@ -243,17 +244,20 @@ void le_conv_i8_simd(const le_conv_geom *g, const int8_t *x, const int8_t *w,
             fill_planes(g, &p, x + (n * g->c + grp * g->cg) * g->h * g->w, planes);
             fill_weights(g, &p, w + grp * g->coutg * p.k, wp);
             for (t = 0; t < p.tiles; t++) {
-                fill_tile(&p, planes, offs, t * TP, b);
+                /* 16-position blocks in this tile: the last one stops at the grid's end */
+                int64_t nb = (p.pv - t * TP + 15) / 16 < TP / 16 ? (p.pv - t * TP + 15) / 16
+                                                                 : TP / 16;
+                fill_tile(&p, planes, offs, t * TP, nb, b);
                 for (ob = 0; ob < g->coutg; ob += 4) {
-                    gemm4(wp + ob * p.k2, p.k2, b, out);
+                    gemm4(wp + ob * p.k2, p.k2, b, nb, out);
                     for (j = 0; j < 4 && ob + j < g->coutg; j++) {
                         int64_t oc = grp * g->coutg + ob + j, bc = bias ? bias[oc] : 0;
                         int fast = int32_route(g, &p, int8_out, bc);
                         if (fast)
-                            requant_tile(out + j * TP, bc, (int)g->shift,
+                            requant_tile(out + j * TP, 16 * nb, bc, (int)g->shift,
                                          (int32_t)le_qmin(g->bits_o), (int32_t)le_qmax(g->bits_o),
                                          q8);
-                        store_tile(g, &p, t, out + j * TP, fast ? q8 : NULL, bc, y,
+                        store_tile(g, &p, t, 16 * nb, out + j * TP, fast ? q8 : NULL, bc, y,
                                    (n * g->cout + oc) * g->oh * g->ow);
                     }
                 }
