@@ -25,7 +25,7 @@ _FORMATS = (("GATE_Q", iqmath.GATE_Q), ("PROB_Q", iqmath.PROB_Q),
             ("CELL_BITS", iqrnn.CELL_BITS))
 
 #: luna.py's segment tables (sigmoid/tanh bands, slopes, biases, shifts), softmax polynomial and
-#: 1/sqrt table, rendered as LE_LUNA_<NAME> / le_tab_luna_<name>
+#: 1/sqrt table, rendered as LE_LUNA_<NAME> / le_tab_luna_<name> (uint16 where the values fit)
 _LUNA_TABLES = ("SIGMOID_BANDS", "SIGMOID_SLOPES", "SIGMOID_BIAS_POS", "SIGMOID_SHIFTS",
                 "TANH_BANDS", "TANH_SLOPES", "TANH_BIAS", "TANH_SHIFTS", "SOFTMAX_P23",
                 "RSQRT_Q15")
@@ -41,13 +41,14 @@ def _luna_scalars() -> list[str]:
             f"#define LE_LUNA_EPS_LOG2_DEN {den.bit_length() - 1}"]
 
 
-def _array(name: str, values) -> str:
-    if min(values) < 0 or max(values) >= 1 << 32:
-        raise ValueError(f"{name}: values outside uint32")
+def _array(name: str, values, bits: int = 32) -> str:
+    """A ``static const uint<bits>_t`` table (values checked to fit)."""
+    if min(values) < 0 or max(values) >= 1 << bits:
+        raise ValueError(f"{name}: values outside uint{bits}")
     rows = [", ".join(f"{v}u" for v in values[i:i + 8]) for i in range(0, len(values), 8)]
     body = ",\n    ".join(rows)
     return (f"#define LE_{name}_LEN {len(values)}\n"
-            f"static const uint32_t le_tab_{name.lower()}[{len(values)}] = {{\n    {body}\n}};\n")
+            f"static const uint{bits}_t le_tab_{name.lower()}[{len(values)}] = {{\n    {body}\n}};\n")
 
 
 def render() -> str:
@@ -62,8 +63,9 @@ def render() -> str:
     out += [_array(name, getattr(iqtables, name)) for name in _TABLES]
     out += ["/* linger/runtime/kernels/luna.py: the original toolchain's algorithms (k_luna.c) */"]
     out += _luna_scalars() + [""]
-    out += [_array(f"LUNA_{name}", [int(v) for v in getattr(luna, name)])
-            for name in _LUNA_TABLES]
+    for name in _LUNA_TABLES:
+        values = [int(v) for v in getattr(luna, name)]
+        out.append(_array(f"LUNA_{name}", values, 16 if max(values) < 1 << 16 else 32))
     out.append("#endif")
     return "\n".join(out) + "\n"
 

@@ -4,11 +4,11 @@
  *   SoftmaxLuna    sat_o(rs(clip(softmax_q15(to_q25(x)), 0, 32767), 15 - exp_o)) along axis
  *   LayerNormLuna  sat_o(rs(layernorm_q10(x) W + B, 10 + exp_w - exp_o)) over W.size values
  *   LSTMLuna, GRULuna  one direction of one layer, gates through 16-segment Q11 -> Q7 tables
- * The original computed parts of its softmax in IEEE double (shift_rasym); they are reproduced
- * here in integers: rasym() below rounds to 53 bits as the conversion to double does, and the
- * layer norm's epsilon term (a float64 expression of exp_x and the row length) is evaluated
+ * The original computed parts of its softmax in IEEE binary64 (shift_rasym); they are reproduced
+ * here in integers: rasym() below rounds to 53 bits as the conversion to binary64 does, and the
+ * layer norm's epsilon term (a binary64 expression of exp_x and the row length) is evaluated
  * with the same roundings by eps_term(). The tables and constants come from le_tables.h,
- * generated from luna.py. Float32 outputs (the recurrent states, a float Y) are IEEE bits built
+ * generated from luna.py. Binary32 outputs (the recurrent states, a float32 Y) are IEEE bits built
  * from exact integers: no floating point here. */
 #include "le_internal.h"
 #include "le_tables.h"
@@ -21,7 +21,7 @@ static int64_t clip32(int64_t v) { return v < I32_MIN ? I32_MIN : (v > I32_MAX ?
 /* |v| as uint64 (INT64_MIN included) */
 static uint64_t mag(int64_t v) { return v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v; }
 
-/* a rounded to 53 significant bits, half to even: the value (double)a holds (a < 2**63) */
+/* a rounded to 53 significant bits, half to even: the value a holds as a binary64 (a < 2**63) */
 static uint64_t rn53(uint64_t a) {
     int drop = le_bit_length(a) - 53;
     uint64_t q, rem, half;
@@ -33,8 +33,8 @@ static uint64_t rn53(uint64_t a) {
     return q << drop;
 }
 
-/* luna._rasym(v, n) = floor(double(v) 2**-n + 0.5) for 12 <= n <= 62. The double sum w + 0.5
- * (w = double(v) 2**-n, |w| < 2**51) has the floor of the exact sum: 0.5 is a multiple of w's
+/* luna._rasym(v, n) = floor(f64(v) 2**-n + 0.5) for 12 <= n <= 62. The binary64 sum w + 0.5
+ * (w = f64(v) 2**-n, |w| < 2**51) has the floor of the exact sum: 0.5 is a multiple of w's
  * unit in the last place, a negative w's sum is exact or within (0, 0.5], and a positive sum that
  * rounds into the next binade stays below the next integer. */
 static int64_t rasym(int64_t v, int n) {
@@ -147,7 +147,7 @@ static uint64_t mul_rn53(uint64_t a, uint64_t k, int *e) {
     return m;
 }
 
-/* q_eps = floor(EPS * 2.0**(2 exp_x) * k * k + 0.5) as Python evaluates it in float64 (left to
+/* q_eps = floor(EPS * 2.0**(2 exp_x) * k * k + 0.5) as Python evaluates it in binary64 (left to
  * right, each product rounded); LE_ERR_ATTR where it exceeds int32 (luna.py raises there). */
 static le_status eps_term(int64_t exp_x, int64_t k, int64_t *q) {
     int64_t p = 2 * exp_x, ex;
@@ -164,7 +164,7 @@ static le_status eps_term(int64_t exp_x, int64_t k, int64_t *q) {
     } else if (ex < -62) {
         *q = 0;                                            /* m 2**ex < 2**-9 */
     } else {
-        *q = (int64_t)(rn53(m + ((uint64_t)1 << (-ex - 1))) >> -ex);   /* the double sum */
+        *q = (int64_t)(rn53(m + ((uint64_t)1 << (-ex - 1))) >> -ex);   /* the binary64 sum */
     }
     LE_REQUIRE(*q <= I32_MAX, LE_ERR_ATTR);
     return LE_OK;
@@ -224,7 +224,7 @@ static le_status layernorm_luna(le_op *op) {
 
 /* ---- LSTMLuna, GRULuna --------------------------------------------------------------------- */
 /* index of the first segment j with a <= bands[j + 1] (16: none) */
-static int segment(const uint32_t *bands, int64_t a) {
+static int segment(const uint16_t *bands, int64_t a) {
     int j;
     for (j = 0; j < 16; j++)
         if (a <= (int64_t)bands[j + 1]) return j;
@@ -257,7 +257,7 @@ static int64_t sig7(int64_t x) {
 }
 static int64_t tanh7(int64_t x) { return le_requant(tanh15(x), 8, 8); }
 
-/* IEEE float32 bits of v 2**-14 (rounded half to even; exact for the states here) */
+/* IEEE binary32 bits of v 2**-14 (rounded half to even; exact for the states here) */
 static uint32_t f32_q14(int64_t v) {
     uint64_t a = mag(v), half;
     int64_t e = -14;
@@ -289,7 +289,7 @@ typedef struct {
 } lrnn;
 
 /* |acc| bound of a gate row moved to Q11 (to_q11 by `shift` = 11 - exp): below 2**52 so that
- * numpy's int64 and the float64 products of luna.py stay exact and nothing wraps */
+ * numpy's int64 and the binary64 products of luna.py stay exact and nothing wraps */
 static le_status gate_bound(int64_t fin, int64_t bits_in, int has_bias, int64_t exp) {
     uint64_t bound;
     int64_t s = 11 - exp;

@@ -105,51 +105,51 @@ static const uint32_t le_tab_log2_q30[65] = {
 #define LE_LUNA_EPS_LOG2_DEN 69
 
 #define LE_LUNA_SIGMOID_BANDS_LEN 17
-static const uint32_t le_tab_luna_sigmoid_bands[17] = {
+static const uint16_t le_tab_luna_sigmoid_bands[17] = {
     0u, 971u, 1699u, 2347u, 2974u, 3614u, 4291u, 5026u,
     5861u, 6831u, 7864u, 8987u, 10375u, 11594u, 13168u, 14730u,
     32768u
 };
 
 #define LE_LUNA_SIGMOID_SLOPES_LEN 16
-static const uint32_t le_tab_luna_sigmoid_slopes[16] = {
+static const uint16_t le_tab_luna_sigmoid_slopes[16] = {
     32316u, 29471u, 25891u, 22068u, 18225u, 29057u, 22206u, 16113u,
     10881u, 27353u, 16611u, 9242u, 4618u, 20670u, 8610u, 693u
 };
 
 #define LE_LUNA_SIGMOID_BIAS_POS_LEN 16
-static const uint32_t le_tab_luna_sigmoid_bias_pos[16] = {
+static const uint16_t le_tab_luna_sigmoid_bias_pos[16] = {
     16384u, 16721u, 17464u, 18559u, 19954u, 21585u, 23380u, 25249u,
     27121u, 28807u, 30096u, 31107u, 31839u, 32199u, 32502u, 32724u
 };
 
 #define LE_LUNA_SIGMOID_SHIFTS_LEN 16
-static const uint32_t le_tab_luna_sigmoid_shifts[16] = {
+static const uint16_t le_tab_luna_sigmoid_shifts[16] = {
     13u, 13u, 13u, 13u, 13u, 14u, 14u, 14u,
     14u, 16u, 16u, 16u, 16u, 19u, 19u, 19u
 };
 
 #define LE_LUNA_TANH_BANDS_LEN 17
-static const uint32_t le_tab_luna_tanh_bands[17] = {
+static const uint16_t le_tab_luna_tanh_bands[17] = {
     0u, 512u, 888u, 1226u, 1558u, 1899u, 2264u, 2670u,
     3146u, 3734u, 4297u, 4761u, 5466u, 6151u, 7193u, 8093u,
     32768u
 };
 
 #define LE_LUNA_TANH_SLOPES_LEN 16
-static const uint32_t le_tab_luna_tanh_slopes[16] = {
+static const uint16_t le_tab_luna_tanh_slopes[16] = {
     32266u, 29154u, 25374u, 21309u, 17272u, 26886u, 19904u, 13765u,
     8599u, 19497u, 12047u, 7324u, 3373u, 26820u, 5531u, 337u
 };
 
 #define LE_LUNA_TANH_BIAS_LEN 16
-static const uint32_t le_tab_luna_tanh_bias[16] = {
+static const uint16_t le_tab_luna_tanh_bias[16] = {
     0u, 778u, 2417u, 4851u, 7922u, 11474u, 15334u, 19335u,
     23303u, 26699u, 28653u, 30026u, 31344u, 31981u, 32565u, 32725u
 };
 
 #define LE_LUNA_TANH_SHIFTS_LEN 16
-static const uint32_t le_tab_luna_tanh_shifts[16] = {
+static const uint16_t le_tab_luna_tanh_shifts[16] = {
     11u, 11u, 11u, 11u, 11u, 12u, 12u, 12u,
     12u, 14u, 14u, 14u, 14u, 18u, 18u, 18u
 };
@@ -160,7 +160,7 @@ static const uint32_t le_tab_luna_softmax_p23[5] = {
 };
 
 #define LE_LUNA_RSQRT_Q15_LEN 768
-static const uint32_t le_tab_luna_rsqrt_q15[768] = {
+static const uint16_t le_tab_luna_rsqrt_q15[768] = {
     32767u, 32704u, 32640u, 32577u, 32514u, 32452u, 32390u, 32328u,
     32267u, 32206u, 32146u, 32085u, 32025u, 31966u, 31907u, 31848u,
     31789u, 31731u, 31673u, 31615u, 31558u, 31501u, 31444u, 31388u,
