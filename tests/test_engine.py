@@ -475,7 +475,8 @@ _RNN_OPS = {("lstm", ()): "LSTMInt", ("lstm", ("len",)): "LSTMInt",
             ("gru", ("len", "h0")): "GRUInt_Is8_Is64_If32"}
 
 
-def _rnn_case(kind, middle, forward, batch_first, bias, float_y, sat, h=3, exps=(6, 8, 7, 7)):
+def _luna_rnn_case(kind, middle, forward, batch_first, bias, float_y, sat, h=3,
+                    exps=(6, 8, 7, 7)):
     """One original LSTMInt/GRUInt node; ``sat``: saturating inputs, biases and states (h0
     beyond int8, c0 beyond int16 in Q7, gates beyond the segment tables)."""
     t_len, n, f, g = 5, 3, 4, 4 if kind == "lstm" else 3
@@ -511,7 +512,7 @@ def _rnn_case(kind, middle, forward, batch_first, bias, float_y, sat, h=3, exps=
                                                           else "GRULuna",)
 
 
-def _rnn_cases():
+def _luna_rnn_cases():
     """Every go_forward x batch_first x bias combination per kind, the optional inputs, float
     and int8 Y, saturation, hidden sizes and both Q11 conversions (right and left shift)
     spread over them."""
@@ -521,8 +522,9 @@ def _rnn_cases():
         for i, (fwd, bf, bias) in enumerate(itertools.product((1, 0), (0, 1), (1, 0))):
             kw = dict(float_y=i % 3 == 2, sat=i % 2 == 1, h=(3, 16, 5, 40)[i % 4],
                       exps=(6, 8, 7, 7) if i % 4 < 2 else (3, 9, 8, 6))
-            out.append(pytest.param(functools.partial(_rnn_case, kind, middles[i % len(middles)],
-                                                      fwd, bf, bias, **kw),
+            case = functools.partial(_luna_rnn_case, kind, middles[i % len(middles)], fwd, bf,
+                                     bias, **kw)
+            out.append(pytest.param(case,
                                     id=f"{kind}-fwd{fwd}-bf{bf}-bias{bias}-{i}"))
     return out
 
@@ -532,16 +534,17 @@ _LUNA_CASES = [
     pytest.param(functools.partial(_lut_case, "iqTanh"), id="lut-tanh"),
     *[pytest.param(functools.partial(_softmax_case, shape, dim, ex, eo, dt),
                    id=f"softmax-{'x'.join(map(str, shape))}-dim{dim}-{ex}-{eo}")
-      for shape, dim, ex, eo, dt in (((4, 7), 1, 4, 7, np.int8), ((4, 300), 1, 2, 5, np.int8),
-                                     ((4, 1), 1, 28, 7, np.int8), ((4, 7), 1, 4, None, np.int8),
-                                     ((3, 5, 6), 1, 4, 6, np.int8), ((3, 5, 6), -1, 12, 7, np.int16),
-                                     ((6, 3), 0, 25, 7, np.int16))],
+      for shape, dim, ex, eo, dt in (
+          ((4, 7), 1, 4, 7, np.int8), ((4, 300), 1, 2, 5, np.int8), ((4, 1), 1, 28, 7, np.int8),
+          ((4, 7), 1, 4, None, np.int8), ((3, 5, 6), 1, 4, 6, np.int8),
+          ((3, 5, 6), -1, 12, 7, np.int16), ((6, 3), 0, 25, 7, np.int16))],
     *[pytest.param(functools.partial(_layernorm_case, shape, wshape, ex, ew, eo),
                    id=f"layernorm-{'x'.join(map(str, shape))}-{ex}-{ew}-{eo}")
-      for shape, wshape, ex, ew, eo in (((2, 3, 16), (16,), 0, 14, 5), ((2, 3, 16), (16,), 5, 12, 4),
-                                        ((2, 3, 16), (16,), 14, 14, 5), ((4, 3, 8), (3, 8), 3, 15, 6),
-                                        ((2, 1), (1,), 10, 14, 5))],
-    *_rnn_cases(),
+      for shape, wshape, ex, ew, eo in (
+          ((2, 3, 16), (16,), 0, 14, 5), ((2, 3, 16), (16,), 5, 12, 4),
+          ((2, 3, 16), (16,), 14, 14, 5), ((4, 3, 8), (3, 8), 3, 15, 6),
+          ((2, 1), (1,), 10, 14, 5))],
+    *_luna_rnn_cases(),
 ]
 
 
@@ -614,8 +617,8 @@ def test_luna_ops_with_absurd_attributes_give_status_codes_under_sanitizers(tmp_
     files = {}
     cases = {"softmax": _softmax_case((3, 5, 6), 1, 4, 6), "layernorm":
              _layernorm_case((4, 3, 8), (3, 8), 3, 15, 6),
-             "lstm": _rnn_case("lstm", ("len", "h0", "c0"), 0, 1, 1, False, False),
-             "gru": _rnn_case("gru", ("len", "h0"), 1, 0, 1, True, False)}
+             "lstm": _luna_rnn_case("lstm", ("len", "h0", "c0"), 0, 1, 1, False, False),
+             "gru": _luna_rnn_case("gru", ("len", "h0"), 1, 0, 1, True, False)}
     for name, (m, _, _) in cases.items():
         blob = _pack(m)
         files[f"{name}_ok"] = blob

@@ -48,7 +48,7 @@ static int64_t rasym(int64_t v, int n) {
 static int64_t shift_sat(int64_t v, int64_t n) {
     if (n > 0 && mag(v) >= (n >= 31 ? (uint64_t)1 : (uint64_t)1 << (31 - n)))
         return v > 0 ? I32_MAX : I32_MIN;
-    if (n >= 0) return clip32(le_shl(v, (int)n));
+    if (n >= 0) return clip32(le_shl(v, (int)(n < 62 ? n : 62)));   /* numpy: clip(n, 0, 62) */
     return clip32(le_asr(v, -n > 63 ? 63 : (int)-n));
 }
 
@@ -242,12 +242,13 @@ static int64_t sigmoid15(int64_t x) {
 }
 
 static int64_t tanh15(int64_t x) {
-    int64_t a = x == -32768 ? 32767 : (x < 0 ? -x : x), p;
-    int j = segment(le_tab_luna_tanh_bands, a);
+    int64_t a = x == -32768 ? 32767 : (x < 0 ? -x : x), p, bias;
+    int j = segment(le_tab_luna_tanh_bands, a), sh;
     if (j == 16) return 0;
+    sh = (int)le_tab_luna_tanh_shifts[j];
     p = (int64_t)le_tab_luna_tanh_slopes[j] * a;
-    if (x < 0) return le_asr(-p, (int)le_tab_luna_tanh_shifts[j]) - (int64_t)le_tab_luna_tanh_bias[j];
-    return le_asr(p, (int)le_tab_luna_tanh_shifts[j]) + (int64_t)le_tab_luna_tanh_bias[j];
+    bias = (int64_t)le_tab_luna_tanh_bias[j];
+    return x < 0 ? le_asr(-p, sh) - bias : le_asr(p, sh) + bias;
 }
 
 /* gate inputs are below 2**53 (checked bounds); |x| > 32768 never reaches the products */
@@ -272,7 +273,8 @@ static uint32_t f32_q14(int64_t v) {
         if (a >> 24) { a >>= 1; e++; }
     }
     while (a < ((uint64_t)1 << 23)) { a <<= 1; e--; }      /* a 2**e, 2**23 <= a < 2**24 */
-    return (v < 0 ? 0x80000000u : 0u) | (uint32_t)((e + 23 + 127) << 23) | (uint32_t)(a & 0x7FFFFFu);
+    return (v < 0 ? 0x80000000u : 0u) | (uint32_t)((e + 23 + 127) << 23)
+           | (uint32_t)(a & 0x7FFFFFu);
 }
 
 static void st_f32(const le_tensor *t, int64_t i, int64_t q14) {
