@@ -63,7 +63,8 @@ def _case(mode, bias, scale, seed):
     def grid(t, exp):
         return torch.floor(t * 2.0 ** exp + 0.5) / 2.0 ** exp
 
-    gi = grid(scale * torch.randn(steps, n, gates, generator=g), GATE_Q).clamp(-16, 15.99)
+    # the node's contract: gi on the Q11 grid, in int16 range (the layer fake-quantizes it)
+    gi = grid(scale * torch.randn(steps, n, gates, generator=g), GATE_Q).clamp(-16, 32767 / 2048)
     h0 = grid(0.5 * torch.randn(n, hs, generator=g), 7).clamp(-1, 127 / 128)
     c0 = grid(torch.randn(n, hs, generator=g), iqrnn.CELL_Q)
     w = grid(scale * 0.4 * torch.randn(gates, hs, generator=g), 6)

@@ -1,21 +1,31 @@
 """The GRU/LSTM recurrence in training: one autograd node per direction.
 
 Forward computes, step by step, the float twin of :func:`linger.iqrnn.gru_step` /
-:func:`linger.iqrnn.lstm_step` with fake quantization at every integer point (the same float
-operations, in the same order, as composing :func:`linger.quant.functions.fake_quant` calls, so the
-values are identical); backward is written out by hand with the straight-through estimator (the
-gradient of a fake quantization is 1 where it did not saturate, 0 where it did).
+:func:`linger.iqrnn.lstm_step` with fake quantization at every integer point. The values are
+identical to composing :func:`linger.quant.functions.fake_quant` calls (tests/test_rnn_train.py
+checks it with ``torch.equal``); backward is written out by hand with the straight-through
+estimator (the gradient of a fake quantization is 1 where it did not saturate, 0 where it did).
 
-Why not let autograd record the steps: about 20 small autograd nodes per time step made a QAT step
-of a keyword-spotting GRU 3x a float step, and indexing ``gi[t]`` in a loop made autograd add a
-full-size zero tensor per step in backward (O(T^2) memory traffic). Here the backward keeps one
-``(T, N, G)`` gradient buffer, recomputes the cheap element-wise activations from the saved
-pre-activations instead of storing them, and computes ``dW_hh`` and ``db_hh`` for all steps as one
-matrix product.
+Why it looks the way it does (a keyword-spotting GRU, 49 steps of batch 32, spends its time in
+per-op overhead: an element-wise op on a (32, 384) tensor costs 2-3 us, most of it dispatch):
 
-Fake quantizations that cannot saturate need no mask: the Q15 gate outputs use 17 bits (sigmoid
-and tanh lie in [-1, 1], i.e. [-2**15, 2**15]) and the GRU's ``r * gh_n`` uses 32 bits
-(``|r * gh_n| <= 16`` at Q11).
+- The loop works in *integer units* where that saves ops: ``W_hh`` and ``b_hh`` are scaled by
+  ``2**11`` once, so the matmul gives the Q11 gate values times ``2**11`` (scaling by a power of two
+  commutes with every float rounding, so the products and sums are those of the real-valued matmul
+  times ``2**11``, exactly); sums of values on the same grid are exact integers and need no
+  rounding; ``round(x * 2**e)`` is one ``add(0.5, x, alpha=2**e)`` and one ``floor_``.
+- Constants are 0-dim tensors: an op with a Python float scalar converts it to a tensor first,
+  a third of the op's cost.
+- Nothing per step computes a saturation mask (a bool op costs 4x a float op). The forward keeps
+  the *unclamped* integer values of the four (LSTM: five) quantization points in ``(T, N, G)``
+  buffers; backward recomputes, for all steps at once, the clamped values, the masks (as float
+  0/1), the activations, and from them the per-step factors that turn the gradient reaching
+  ``h'`` into the gate gradients. What is left in the backward loop is about five ops and the
+  ``dgh @ W_hh`` product per step; ``dgi``, ``dW_hh`` and ``db_hh`` are computed after the loop
+  for all steps at once.
+
+With lengths (``active`` given) the factors are multiplied by the 0/1 "step counts" mask, so the
+loop stays the same; the carried states are kept, as they are not the step outputs.
 """
 
 from __future__ import annotations
@@ -24,94 +34,204 @@ import torch
 
 from .. import iqrnn, numerics
 from ..iqmath import GATE_Q, PROB_Q
+from ..iqrnn import CELL_BITS, CELL_Q
 
-_GATE_OUT_BITS = 17  # Q15 gate outputs: 1.0 = 2**15 must fit
-
-
-def _fq(x: torch.Tensor, exp: int, bits: int):
-    """``(clamp(floor(x * 2**exp + 0.5)) * 2**-exp, not-saturated mask)``: the forward of
-    :class:`linger.quant.functions._FakeQuant` with its straight-through mask."""
-    v = (x * 2.0 ** exp).add_(0.5).floor_()          # x * 2**exp is exact: one rounding
-    q = v.clamp(numerics.qmin(bits), numerics.qmax(bits))
-    inside = q == v                                  # before q is scaled in place
-    return q.mul_(2.0 ** -exp), inside
+_I16 = (numerics.qmin(16), numerics.qmax(16))  # the Q11 gate pre-activations are int16
 
 
-def _round(x: torch.Tensor, exp: int) -> torch.Tensor:
-    """Rounding onto the grid ``2**-exp`` where nothing can saturate (gradient 1)."""
-    return (x * 2.0 ** exp).add_(0.5).floor_().mul_(2.0 ** -exp)
+class _Consts:
+    """The 0-dim constants of one call, in the data's dtype and device."""
+
+    def __init__(self, like: torch.Tensor, exp_h: int):
+        def c(v):
+            return torch.tensor(v, dtype=like.dtype, device=like.device)
+        self.half, self.gate, self.prob = c(0.5), c(2.0 ** -GATE_Q), c(2.0 ** -PROB_Q)
+        self.cell, self.h = c(2.0 ** -CELL_Q), c(2.0 ** -exp_h)
 
 
-def _gru_cell(gi, h, w_hh, b_hh, exp_h, bits_h):
-    """One GRU step; returns ``h'`` and what backward needs (gh_n, a_rz, a_n and the masks)."""
-    hs = h.shape[1]
-    gh, m_gh = _fq(torch.nn.functional.linear(h, w_hh, b_hh), GATE_Q, 16)      # (N, 3H) Q11
-    a_rz, m_rz = _fq(gi[:, :2 * hs] + gh[:, :2 * hs], GATE_Q, 16)
-    rz = _round(torch.sigmoid(a_rz), PROB_Q)                                   # Q15
-    r, z = rz[:, :hs], rz[:, hs:]
-    a_n, m_n = _fq(gi[:, 2 * hs:] + _round(r * gh[:, 2 * hs:], GATE_Q), GATE_Q, 16)
-    n = _round(torch.tanh(a_n), PROB_Q)
-    h_new, m_h = _fq(torch.lerp(n, h, z), exp_h, bits_h)      # (1 - z) * n + z * h
-    return h_new, (gh[:, 2 * hs:].clone(), a_rz, a_n, m_gh, m_rz, m_n, m_h)  # keep gh_n only
+def _round(x: torch.Tensor, scale: float, k: _Consts, out=None) -> torch.Tensor:
+    """``floor(x * scale + 0.5)`` (``scale`` a power of two, so ``x * scale`` is exact and the sum
+    is rounded once, as in :func:`linger.numerics.round_half_up`)."""
+    return torch.add(k.half, x, alpha=scale, out=out).floor_()
 
 
-def _gru_cell_backward(dh_new, h, saved):
-    """Gradients of one GRU step: ``(dgi (N, 3H), dgh (N, 3H) masked, dh from the gates)``."""
-    gh_n, a_rz, a_n, m_gh, m_rz, m_n, m_h = saved
-    hs = h.shape[1]
-    s = torch.sigmoid(a_rz)
-    rz = _round(s, PROB_Q)
-    r, z = rz[:, :hs], rz[:, hs:]
-    t = torch.tanh(a_n)
-    n = _round(t, PROB_Q)
-    d = dh_new * m_h                                         # through the hidden-grid quantizer
-    dn = d * (1.0 - z)
-    dz = d * (h - n)
-    dh = d * z
-    da_n = dn * (1.0 - t * t) * m_n                          # (N, H)
-    dr = da_n * gh_n
-    dgh_n = da_n * r
-    ds = torch.cat([dr, dz], 1)
-    da_rz = ds * s * (1.0 - s) * m_rz                        # (N, 2H)
-    dgi = torch.cat([da_rz, da_n], 1)
-    dgh = torch.cat([da_rz, dgh_n], 1) * m_gh
-    return dgi, dgh, dh
+def _clamp_mask(raw: torch.Tensor, lo: int, hi: int):
+    """``(clamp(raw, lo, hi), 1.0 where raw was inside else 0.0)``: a fake quantization's value
+    (in integer units) and its straight-through mask."""
+    q = raw.clamp(lo, hi)
+    return q, torch.eq(raw, q, out=torch.empty_like(raw))
 
 
-def _lstm_cell(gi, h, c, w_hh, b_hh, exp_h, bits_h):
-    """One LSTM step; returns ``(h', c')`` and what backward needs."""
-    hs = h.shape[1]
-    gh, m_gh = _fq(torch.nn.functional.linear(h, w_hh, b_hh), GATE_Q, 16)      # (N, 4H) Q11
-    pre, m_pre = _fq(gi + gh, GATE_Q, 16)
-    s = _round(torch.sigmoid(pre), PROB_Q)
-    i, f, o = s[:, :hs], s[:, hs:2 * hs], s[:, 3 * hs:]
-    gg = _round(torch.tanh(pre[:, 2 * hs:3 * hs]), PROB_Q)
-    c_new, m_c = _fq(f * c + i * gg, iqrnn.CELL_Q, iqrnn.CELL_BITS)
-    tc = _round(torch.tanh(c_new), PROB_Q)
-    h_new, m_h = _fq(o * tc, exp_h, bits_h)
-    return h_new, c_new, (pre, c_new, m_gh, m_pre, m_c, m_h)
+def _before(first: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+    """(T, N, H) state entering each step: ``first`` then ``states[:-1]``."""
+    return torch.cat([first[None], states[:-1]])[:states.shape[0]]
 
 
-def _lstm_cell_backward(dh_new, dc_new, c, saved):
-    """Gradients of one LSTM step: ``(dgi (N, 4H), dgh (N, 4H) masked, dc from the cell)``;
-    ``dc_new`` is the gradient already reaching ``c'`` from later steps."""
-    pre, c_new, m_gh, m_pre, m_c, m_h = saved
-    hs = c.shape[1]
-    sig = torch.sigmoid(pre)
-    s = _round(sig, PROB_Q)
-    i, f, o = s[:, :hs], s[:, hs:2 * hs], s[:, 3 * hs:]
-    tg = torch.tanh(pre[:, 2 * hs:3 * hs])
-    gg = _round(tg, PROB_Q)
+def _matmul_q11(h, wt, b, out):
+    """``h @ W_hh.T + b_hh`` with W and b pre-scaled by 2**11, into ``out`` (N, G)."""
+    return torch.mm(h, wt, out=out) if b is None else torch.addmm(b, h, wt, out=out)
+
+
+def _gru_forward(gi, h0, w_hh, b_hh, active, exp_h, bits_h, k):
+    """Forward over all steps; returns ``y, h_T`` and the buffers backward needs."""
+    steps, n, g = gi.shape
+    hs = g // 3
+    lo_h, hi_h = numerics.qmin(bits_h), numerics.qmax(bits_h)
+    gq = gi * 2.0 ** GATE_Q                          # (T, N, 3H) integers: gi is on the Q11 grid
+    wt = (w_hh * 2.0 ** GATE_Q).t()
+    b = None if b_hh is None else b_hh * 2.0 ** GATE_Q
+    gh_raw = gi.new_empty(steps, n, g)               # W_hh h + b, rounded, not clamped
+    a_rz = gi.new_empty(steps, n, 2 * hs)            # gi + gh for r and z, not clamped
+    a_n = gi.new_empty(steps, n, hs)                 # gi_n + round(r * gh_n), not clamped
+    h_raw = gi.new_empty(steps, n, hs)               # the new state on the hidden grid, not clamped
+    y = gi.new_empty(steps, n, hs)
+    carried = None if active is None else gi.new_empty(steps, n, hs)
+    acts = None if active is None else active.to(gi.dtype)
+    h = h0
+    bufs = zip(gq[..., :2 * hs].unbind(0), gq[..., 2 * hs:].unbind(0), gh_raw.unbind(0),
+               a_rz.unbind(0), a_n.unbind(0), h_raw.unbind(0), y.unbind(0))
+    for t, (gi_rz, gi_n, gh, arz, an, hr, yt) in enumerate(bufs):
+        gh = _round(_matmul_q11(h, wt, b, gh), 1.0, k, out=gh).clamp(*_I16)      # (N, 3H) Q11
+        s = torch.sigmoid(torch.add(gi_rz, gh[:, :2 * hs], out=arz).clamp(*_I16).mul_(k.gate))
+        rz = _round(s, 2.0 ** PROB_Q, k).mul_(k.prob)                            # Q15, real
+        r, z = rz[:, :hs], rz[:, hs:]
+        p = _round(r * gh[:, 2 * hs:], 1.0, k)                     # round(r * gh_n) on Q11
+        tn = torch.tanh(torch.add(gi_n, p, out=an).clamp(*_I16).mul_(k.gate))
+        nq = _round(tn, 2.0 ** PROB_Q, k).mul_(k.prob)
+        _round(torch.lerp(nq, h, z), 2.0 ** exp_h, k, out=hr)    # (1 - z) * n + z * h
+        if active is None:
+            h = torch.clamp(hr, lo_h, hi_h, out=yt).mul_(k.h)
+        else:
+            h_new = hr.clamp(lo_h, hi_h).mul_(k.h)
+            torch.mul(h_new, acts[t], out=yt)
+            h = torch.where(active[t], h_new, h, out=carried[t])
+    return y, h, (gh_raw, a_rz, a_n, h_raw, carried)
+
+
+def _gru_factors(saved, h0, active, k, bits_h):
+    """For all steps at once: ``fgi`` (T, N, 3, H), the gate-input gradients per unit of the
+    gradient ``dh'`` reaching a step's output, ``fgh`` the same for the recurrent gates (times
+    their saturation masks), ``keep`` (T, N, H): ``dh`` that reaches the previous state
+    directly, and ``h_prev`` (T, N, H)."""
+    gh_raw, a_rz, a_n, h_raw, carried = saved
+    steps, n, g = gh_raw.shape
+    hs = g // 3
+    ghc, m_gh = _clamp_mask(gh_raw, *_I16)
+    arz, m_rz = _clamp_mask(a_rz, *_I16)
+    s = torch.sigmoid(arz.mul_(k.gate))                                          # (T, N, 2H)
+    rz = _round(s, 2.0 ** PROB_Q, k).mul_(k.prob)
+    r, z = rz[..., :hs], rz[..., hs:]
+    an, m_n = _clamp_mask(a_n, *_I16)
+    tn = torch.tanh(an.mul_(k.gate))
+    nq = _round(tn, 2.0 ** PROB_Q, k).mul_(k.prob)
+    hc, m_h = _clamp_mask(h_raw, numerics.qmin(bits_h), numerics.qmax(bits_h))
+    h_prev = _before(h0, hc.mul_(k.h) if carried is None else carried)
+    ds = s.mul_(1.0 - s)                                   # sigmoid' for r and z
+    acts = None if active is None else active.to(s.dtype)  # (T, N, 1)
+    fgi = s.new_empty(steps, n, 3, hs)
+    f_r, f_z, f_n = fgi.unbind(2)
+    torch.mul(m_h, 1.0 - z, out=f_n).mul_(tn.mul_(tn).neg_().add_(1.0)).mul_(m_n)  # da_n/dh'
+    if acts is not None:
+        f_n.mul_(acts)
+    torch.mul(f_n, ghc[..., 2 * hs:], out=f_r).mul_(k.gate).mul_(ds[..., :hs]).mul_(
+        m_rz[..., :hs])                                                           # da_r/dh'
+    torch.mul(m_h, h_prev - nq, out=f_z).mul_(ds[..., hs:]).mul_(m_rz[..., hs:])  # da_z/dh'
+    keep = m_h.mul_(z)                                      # h' = ... + z * h: dh' z reaches h
+    if acts is not None:
+        f_z.mul_(acts)
+        keep.mul_(acts).add_(1.0 - acts)                    # a step that does not count: dh
+    fgh = fgi * m_gh.view(steps, n, 3, hs)
+    fgh[:, :, 2].mul_(r)                                    # gh_n enters as r * gh_n
+    return fgi, fgh, keep, h_prev
+
+
+def _lstm_forward(gi, h0, c0, w_hh, b_hh, active, exp_h, bits_h, k):
+    """Forward over all steps; returns ``y, h_T, c_T`` and the buffers backward needs."""
+    steps, n, g = gi.shape
+    hs = g // 4
+    lo_h, hi_h = numerics.qmin(bits_h), numerics.qmax(bits_h)
+    lo_c, hi_c = numerics.qmin(CELL_BITS), numerics.qmax(CELL_BITS)
+    gq = gi * 2.0 ** GATE_Q                          # (T, N, 4H) integers: gi is on the Q11 grid
+    wt = (w_hh * 2.0 ** GATE_Q).t()
+    b = None if b_hh is None else b_hh * 2.0 ** GATE_Q
+    gh_raw = gi.new_empty(steps, n, g)               # W_hh h + b, rounded, not clamped
+    pre = gi.new_empty(steps, n, g)                  # gi + gh, not clamped
+    c_raw = gi.new_empty(steps, n, hs)               # the new cell on Q11, not clamped
+    h_raw = gi.new_empty(steps, n, hs)
+    y = gi.new_empty(steps, n, hs)
+    h_car = c_car = acts = None
+    if active is not None:
+        h_car, c_car, acts = gi.new_empty(steps, n, hs), gi.new_empty(steps, n, hs), \
+            active.to(gi.dtype)
+    h, c = h0, c0
+    bufs = zip(gq.unbind(0), gh_raw.unbind(0), pre.unbind(0), c_raw.unbind(0), h_raw.unbind(0),
+               y.unbind(0))
+    for t, (gq_t, gh, pr, cr, hr, yt) in enumerate(bufs):
+        gh = _round(_matmul_q11(h, wt, b, gh), 1.0, k, out=gh).clamp(*_I16)      # (N, 4H) Q11
+        pc = torch.add(gq_t, gh, out=pr).clamp(*_I16).mul_(k.gate)               # real
+        s = _round(torch.sigmoid(pc), 2.0 ** PROB_Q, k)             # Q15, integer units
+        i, f, o = s[:, :hs], s[:, hs:2 * hs], s[:, 3 * hs:]
+        gg = _round(torch.tanh(pc[:, 2 * hs:3 * hs]), 2.0 ** PROB_Q, k).mul_(k.prob)
+        # (i*2**15 * gg) + (f*2**15 * c) = 2**15 (i gg + f c), rounded the same way
+        _round((f * c).add_(i * gg), 2.0 ** (CELL_Q - PROB_Q), k, out=cr)
+        c_new = cr.clamp(lo_c, hi_c).mul_(k.cell)
+        tc = _round(torch.tanh(c_new), 2.0 ** PROB_Q, k)            # integer units
+        _round(o * tc, 2.0 ** (exp_h - 2 * PROB_Q), k, out=hr)      # o*2**15 * tc*2**15
+        if active is None:
+            h = torch.clamp(hr, lo_h, hi_h, out=yt).mul_(k.h)
+            c = c_new
+        else:
+            h_new = hr.clamp(lo_h, hi_h).mul_(k.h)
+            torch.mul(h_new, acts[t], out=yt)
+            h = torch.where(active[t], h_new, h, out=h_car[t])
+            c = torch.where(active[t], c_new, c, out=c_car[t])
+    return y, h, c, (gh_raw, pre, c_raw, h_raw, h_car, c_car)
+
+
+def _lstm_factors(saved, h0, c0, active, k, bits_h):
+    """For all steps at once: ``fgi`` (T, N, 4, H), the gate-input gradients per unit of the
+    gradient reaching the new cell (gates i, f, g) or the new state (gate o), ``fgh`` the same
+    times the recurrent gates' saturation masks, ``mc`` and ``e`` (T, N, H): the new cell's
+    gradient is ``dc' mc + dh' e``, ``f`` (T, N, H) the forget gate, and ``h_prev``."""
+    gh_raw, pre, c_raw, h_raw, h_car, c_car = saved
+    steps, n, g = gh_raw.shape
+    hs = g // 4
+    m_gh = _clamp_mask(gh_raw, *_I16)[1]
+    pc, m_pre = _clamp_mask(pre, *_I16)
+    pc.mul_(k.gate)
+    sig = torch.sigmoid(pc)                                                       # (T, N, 4H)
+    s = _round(sig, 2.0 ** PROB_Q, k).mul_(k.prob)
+    i, f, o = s[..., :hs], s[..., hs:2 * hs], s[..., 3 * hs:]
+    tg = torch.tanh(pc[..., 2 * hs:3 * hs])
+    gg = _round(tg, 2.0 ** PROB_Q, k).mul_(k.prob)
+    cc, m_c = _clamp_mask(c_raw, numerics.qmin(CELL_BITS), numerics.qmax(CELL_BITS))
+    c_new = cc.mul_(k.cell)
     tcr = torch.tanh(c_new)
-    tc = _round(tcr, PROB_Q)
-    d = dh_new * m_h
-    do = d * tc
-    dcn = (dc_new + d * o * (1.0 - tcr * tcr)) * m_c
-    df, dc, di, dgg = dcn * c, dcn * f, dcn * gg, dcn * i
-    dsig = torch.cat([di, df, torch.zeros_like(di), do], 1) * sig * (1.0 - sig)
-    dsig[:, 2 * hs:3 * hs] = dgg * (1.0 - tg * tg)
-    dgi = dsig * m_pre
-    return dgi, dgi * m_gh, dc
+    tc = _round(tcr, 2.0 ** PROB_Q, k).mul_(k.prob)
+    hc, m_h = _clamp_mask(h_raw, numerics.qmin(bits_h), numerics.qmax(bits_h))
+    h_prev = _before(h0, hc.mul_(k.h) if h_car is None else h_car)
+    c_prev = _before(c0, c_new if c_car is None else c_car)
+    fgi = sig.mul(1.0 - sig).view(steps, n, 4, hs).mul_(m_pre.view(steps, n, 4, hs))
+    f_i, f_f, f_g, f_o = fgi.unbind(2)
+    f_i.mul_(gg)
+    f_f.mul_(c_prev)
+    torch.mul(m_pre[..., 2 * hs:3 * hs], i, out=f_g).mul_(tg.mul_(tg).neg_().add_(1.0))
+    f_o.mul_(m_h).mul_(tc)
+    e = torch.mul(m_h, o).mul_(tcr.mul_(tcr).neg_().add_(1.0)).mul_(m_c)   # dc'/dh' (via o*tc)
+    if active is not None:
+        acts = active.to(sig.dtype)                                             # (T, N, 1)
+        f_o.mul_(acts)
+        e.mul_(acts)
+        m_c.mul_(acts)
+    fgh = fgi * m_gh.view(steps, n, 4, hs)
+    return fgi, fgh, m_c, e, f.contiguous(), h_prev
+
+
+def _gradient_start(dh_t, dym, last):
+    """The gradient reaching the last step's output: ``dh_T`` plus ``dy[T-1]``, into ``last``."""
+    if dh_t is None:
+        return last.copy_(dym[-1]) if dym is not None else last.zero_()
+    return last.copy_(dh_t) if dym is None else torch.add(dh_t, dym[-1], out=last)
 
 
 class RecurrentDirection(torch.autograd.Function):
@@ -127,63 +247,75 @@ class RecurrentDirection(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, gi, h0, c0, w_hh, b_hh, active, exp_h: int, bits_h: int):
+        ctx.set_materialize_grads(False)                 # unused outputs: no zero gradients
+        k = _Consts(gi, exp_h)
         lstm = c0 is not None
-        steps = gi.shape[0]
-        h, c = h0, (c0 if lstm else torch.zeros_like(h0))
-        y = gi.new_empty((steps,) + h0.shape)
-        saved = []                                   # per step: h_prev, [c_prev], cell's own
-        for t, g in enumerate(gi.unbind(0)):
-            saved.append(h)
-            if lstm:
-                saved.append(c)
-                h_new, c_new, sv = _lstm_cell(g, h, c, w_hh, b_hh, exp_h, bits_h)
-                c = c_new if active is None else torch.where(active[t], c_new, c)
-            else:
-                h_new, sv = _gru_cell(g, h, w_hh, b_hh, exp_h, bits_h)
-            saved.extend(sv)
-            if active is None:
-                h = h_new
-                y[t] = h_new
-            else:
-                h = torch.where(active[t], h_new, h)
-                torch.mul(h_new, active[t], out=y[t])
-        ctx.lstm, ctx.has_bias, ctx.steps = lstm, b_hh is not None, steps
-        ctx.all_active = active is None
-        ctx.save_for_backward(w_hh, active, *saved)  # visible to saved-tensor hooks
+        if lstm:
+            y, h, c, bufs = _lstm_forward(gi, h0, c0, w_hh, b_hh, active, exp_h, bits_h, k)
+        else:
+            y, h, bufs = _gru_forward(gi, h0, w_hh, b_hh, active, exp_h, bits_h, k)
+            c = torch.zeros_like(h0)
+        ctx.lstm, ctx.has_bias, ctx.exp_h, ctx.bits_h = lstm, b_hh is not None, exp_h, bits_h
+        ctx.nbufs = len(bufs)
+        ctx.save_for_backward(w_hh, active, h0, c0, *bufs)   # visible to saved-tensor hooks
         return y, h, c
 
     @staticmethod
     def backward(ctx, dy, dh_t, dc_t):
-        w_hh, active, *saved = ctx.saved_tensors
-        steps = ctx.steps
-        per = len(saved) // steps
-        h_prev = saved[0::per]                                             # T x (N, H)
-        dh = dh_t.clone()
-        dc = dc_t.clone() if ctx.lstm else None
-        dgi_all = dy.new_empty(dy.shape[:2] + (w_hh.shape[0],))          # (T, N, G*H)
-        dgh_all = torch.empty_like(dgi_all)
-        acts = None if ctx.all_active else active.to(dh.dtype)            # (T, N, 1)
+        w_hh, active, h0, c0, *bufs = ctx.saved_tensors
+        k = _Consts(w_hh, ctx.exp_h)
+        steps, n, g = bufs[0].shape
+        hs = h0.shape[1]
+        if steps == 0:
+            return None, dh_t, dc_t, torch.zeros_like(w_hh), \
+                torch.zeros(g, dtype=w_hh.dtype, device=w_hh.device) if ctx.has_bias else None, \
+                None, None, None
+        dym = dy if dy is None or active is None else dy * active   # y is zero past the length
+        not_active = None if active is None else 1.0 - active.to(w_hh.dtype)     # (T, N, 1)
+        if ctx.lstm:
+            fgi, fgh, mc, e, fgate, h_prev = _lstm_factors(bufs, h0, c0, active, k, ctx.bits_h)
+        else:
+            fgi, fgh, keep, h_prev = _gru_factors(bufs, h0, active, k, ctx.bits_h)
+        gates = fgi.shape[2]
+        dsum = h0.new_empty(steps, n, hs)                 # gradient reaching h' of each step
+        dgh = h0.new_empty(steps, n, g)                   # of W_hh h + b_hh, masked
+        ds_t, dgh_t, dgh_g = dsum.unbind(0), dgh.unbind(0), dgh.view(steps, n, gates, hs)
+        fgh_t = fgh.unbind(0)
+        _gradient_start(dh_t, dym, ds_t[-1])
+        if ctx.lstm:
+            dcn = h0.new_empty(steps, n, hs)              # gradient reaching c' of each step
+            dcn_t, mc_t, e_t, f_t = dcn.unbind(0), mc.unbind(0), e.unbind(0), fgate.unbind(0)
+            dgh3, dgho = dgh_g[:, :, :3].unbind(0), dgh_g[:, :, 3].unbind(0)
+            f3, fo = fgh[:, :, :3].unbind(0), fgh[:, :, 3].unbind(0)
+            dc = torch.zeros_like(h0) if dc_t is None else dc_t
+        else:
+            keep_t, dgh_g = keep.unbind(0), dgh_g.unbind(0)
+        dh = None
         for t in range(steps - 1, -1, -1):
-            act = None if acts is None else acts[t]
-            dh_new = dh + dy[t] if act is None else act * (dh + dy[t])
-            sv = saved[t * per + (2 if ctx.lstm else 1):(t + 1) * per]
+            ds = ds_t[t]
+            out = ds_t[t - 1] if t else None
             if ctx.lstm:
-                dc_in = dc if act is None else act * dc
-                dgi, dgh, dc_cell = _lstm_cell_backward(dh_new, dc_in, saved[t * per + 1], sv)
-                dc = dc_cell if act is None else (1.0 - act) * dc + dc_cell
-                dh_keep = None                       # an LSTM's h reaches the gates via W_hh only
+                dc_new = torch.mul(dc, mc_t[t], out=dcn_t[t]).addcmul_(ds, e_t[t])
+                torch.mul(dc_new.unsqueeze(1), f3[t], out=dgh3[t])
+                torch.mul(ds, fo[t], out=dgho[t])
+                dc = dc_new * f_t[t] if not_active is None else \
+                    torch.addcmul(dc * not_active[t], dc_new, f_t[t])
+                dh = torch.mm(dgh_t[t], w_hh, out=out) if not_active is None else \
+                    torch.addmm(ds * not_active[t], dgh_t[t], w_hh, out=out)
             else:
-                dgi, dgh, dh_keep = _gru_cell_backward(dh_new, h_prev[t], sv)
-            dgi_all[t] = dgi
-            dgh_all[t] = dgh
-            if act is not None:
-                carry = (1.0 - act) * dh
-                dh_keep = carry if dh_keep is None else dh_keep + carry
-            dh = dgh @ w_hh if dh_keep is None else torch.addmm(dh_keep, dgh, w_hh)
-        flat = dgh_all.reshape(-1, dgh_all.shape[-1])                      # (T*N, G*H)
-        dw = flat.t() @ torch.stack(h_prev).reshape(-1, dh.shape[-1])      # all steps at once
+                torch.mul(ds.unsqueeze(1), fgh_t[t], out=dgh_g[t])
+                dh = torch.addmm(ds * keep_t[t], dgh_t[t], w_hh, out=out)
+            if t and dym is not None:
+                dh.add_(dym[t - 1])
+        if ctx.lstm:
+            dgi = torch.cat([dcn[:, :, None] * fgi[:, :, :3], (dsum * fgi[:, :, 3])[:, :, None]],
+                            2).view(steps, n, g)
+        else:
+            dgi = (dsum[:, :, None] * fgi).view(steps, n, g)
+        flat = dgh.view(-1, g)                                             # (T*N, G*H)
+        dw = flat.t() @ h_prev.reshape(-1, hs)                             # all steps at once
         db = flat.sum(0) if ctx.has_bias else None
-        return dgi_all, dh, (dc if ctx.lstm else None), dw, db, None, None, None
+        return dgi, dh, (dc if ctx.lstm else None), dw, db, None, None, None
 
 
 def reverse_index(lengths: torch.Tensor, steps: int) -> torch.Tensor:
