@@ -81,9 +81,13 @@ def _case(mode, bias, scale, seed):
 @pytest.mark.parametrize("scale", [1.0, 20.0])   # 20: gates and cells saturate
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("packed", [True, False])  # False: no lengths, every step counts
+@pytest.mark.parametrize("chunk", [None, 3])     # 3: backward in runs of 3, 3 and 1 steps
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA device"))])
-def test_fused_direction_equals_composed_reference(mode, bias, scale, reverse, packed, device):
+def test_fused_direction_equals_composed_reference(mode, bias, scale, reverse, packed, chunk,
+                                                   device, monkeypatch):
+    if chunk is not None:
+        monkeypatch.setattr(rnn_train, "_CHUNK", chunk)
     case = _case(mode, bias, scale, seed=1)
     gi, h0, c0, w, b, lengths, dy, dh, dc = (None if t is None else t.to(device) for t in case)
     if not packed:

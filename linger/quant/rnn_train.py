@@ -37,6 +37,7 @@ from ..iqmath import GATE_Q, PROB_Q
 from ..iqrnn import CELL_BITS, CELL_Q
 
 _I16 = (numerics.qmin(16), numerics.qmax(16))  # the Q11 gate pre-activations are int16
+_CHUNK = 8  # backward: steps whose factors are computed together (their temporaries stay cached)
 
 
 class _Consts:
@@ -45,7 +46,8 @@ class _Consts:
     def __init__(self, like: torch.Tensor, exp_h: int):
         def c(v):
             return torch.tensor(v, dtype=like.dtype, device=like.device)
-        self.half, self.gate, self.prob = c(0.5), c(2.0 ** -GATE_Q), c(2.0 ** -PROB_Q)
+        self.one, self.half = c(1.0), c(0.5)
+        self.gate, self.prob = c(2.0 ** -GATE_Q), c(2.0 ** -PROB_Q)
         self.cell, self.h = c(2.0 ** -CELL_Q), c(2.0 ** -exp_h)
 
 
@@ -57,9 +59,21 @@ def _round(x: torch.Tensor, scale: float, k: _Consts, out=None) -> torch.Tensor:
 
 def _clamp_mask(raw: torch.Tensor, lo: int, hi: int):
     """``(clamp(raw, lo, hi), 1.0 where raw was inside else 0.0)``: a fake quantization's value
-    (in integer units) and its straight-through mask."""
+    (in integer units) and its straight-through mask; ``(raw, None)`` when nothing saturated
+    (the common case, checked with one reduction). Treat the values as read-only."""
+    low, high = torch.aminmax(raw)
+    if low >= lo and high <= hi:
+        return raw, None
     q = raw.clamp(lo, hi)
     return q, torch.eq(raw, q, out=torch.empty_like(raw))
+
+
+def _mul_(x: torch.Tensor, *factors) -> torch.Tensor:
+    """``x *= f`` in place for every factor that is not None (absent masks are all ones)."""
+    for f in factors:
+        if f is not None:
+            x.mul_(f)
+    return x
 
 
 def _before(first: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
@@ -72,21 +86,20 @@ def _matmul_q11(h, wt, b, out):
     return torch.mm(h, wt, out=out) if b is None else torch.addmm(b, h, wt, out=out)
 
 
-def _gru_forward(gi, h0, w_hh, b_hh, active, exp_h, bits_h, k):
+def _gru_forward(gq, h0, w_hh, b_hh, active, exp_h, bits_h, k):
     """Forward over all steps; returns ``y, h_T`` and the buffers backward needs."""
-    steps, n, g = gi.shape
+    steps, n, g = gq.shape
     hs = g // 3
     lo_h, hi_h = numerics.qmin(bits_h), numerics.qmax(bits_h)
-    gq = gi * 2.0 ** GATE_Q                          # (T, N, 3H) integers: gi is on the Q11 grid
     wt = (w_hh * 2.0 ** GATE_Q).t()
     b = None if b_hh is None else b_hh * 2.0 ** GATE_Q
-    gh_raw = gi.new_empty(steps, n, g)               # W_hh h + b, rounded, not clamped
-    a_rz = gi.new_empty(steps, n, 2 * hs)            # gi + gh for r and z, not clamped
-    a_n = gi.new_empty(steps, n, hs)                 # gi_n + round(r * gh_n), not clamped
-    h_raw = gi.new_empty(steps, n, hs)               # the new state on the hidden grid, not clamped
-    y = gi.new_empty(steps, n, hs)
-    carried = None if active is None else gi.new_empty(steps, n, hs)
-    acts = None if active is None else active.to(gi.dtype)
+    gh_raw = gq.new_empty(steps, n, g)               # W_hh h + b, rounded, not clamped
+    a_rz = gq.new_empty(steps, n, 2 * hs)            # gi + gh for r and z, not clamped
+    a_n = gq.new_empty(steps, n, hs)                 # gi_n + round(r * gh_n), not clamped
+    h_raw = gq.new_empty(steps, n, hs)               # the new state on the hidden grid, not clamped
+    y = gq.new_empty(steps, n, hs)
+    carried = None if active is None else gq.new_empty(steps, n, hs)
+    acts = None if active is None else active.to(gq.dtype)
     h = h0
     bufs = zip(gq[..., :2 * hs].unbind(0), gq[..., 2 * hs:].unbind(0), gh_raw.unbind(0),
                a_rz.unbind(0), a_n.unbind(0), h_raw.unbind(0), y.unbind(0))
@@ -108,75 +121,84 @@ def _gru_forward(gi, h0, w_hh, b_hh, active, exp_h, bits_h, k):
     return y, h, (gh_raw, a_rz, a_n, h_raw, carried)
 
 
-def _gru_factors(saved, h0, active, k, bits_h):
-    """For all steps at once: ``fgi`` (T, N, 3, H), the gate-input gradients per unit of the
-    gradient ``dh'`` reaching a step's output, ``fgh`` the same for the recurrent gates (times
-    their saturation masks), ``keep`` (T, N, H): ``dh`` that reaches the previous state
-    directly, and ``h_prev`` (T, N, H)."""
+def _gru_factors(saved, h_first, acts, k, bits_h):
+    """For a run of steps (the buffers' slices): ``fgi`` (C, N, 3, H), the gate-input gradients
+    per unit of the gradient ``dh'`` reaching a step's output, ``fgh`` the same for the
+    recurrent gates (times their saturation masks), ``keep`` (C, N, H): what of ``dh'`` reaches
+    the previous state directly, and ``h_prev`` (C, N, H), the states entering the steps
+    (``h_first`` the first). ``acts`` (C, N, 1) float or None (every step counts)."""
     gh_raw, a_rz, a_n, h_raw, carried = saved
     steps, n, g = gh_raw.shape
     hs = g // 3
     ghc, m_gh = _clamp_mask(gh_raw, *_I16)
     arz, m_rz = _clamp_mask(a_rz, *_I16)
-    s = torch.sigmoid(arz.mul_(k.gate))                                          # (T, N, 2H)
+    s = torch.sigmoid(arz * k.gate)                                              # (C, N, 2H)
     rz = _round(s, 2.0 ** PROB_Q, k).mul_(k.prob)
     r, z = rz[..., :hs], rz[..., hs:]
+    m_r, m_z = (None, None) if m_rz is None else (m_rz[..., :hs], m_rz[..., hs:])
     an, m_n = _clamp_mask(a_n, *_I16)
-    tn = torch.tanh(an.mul_(k.gate))
+    tn = torch.tanh(an * k.gate)
     nq = _round(tn, 2.0 ** PROB_Q, k).mul_(k.prob)
     hc, m_h = _clamp_mask(h_raw, numerics.qmin(bits_h), numerics.qmax(bits_h))
-    h_prev = _before(h0, hc.mul_(k.h) if carried is None else carried)
-    ds = s.mul_(1.0 - s)                                   # sigmoid' for r and z
-    acts = None if active is None else active.to(s.dtype)  # (T, N, 1)
+    h_prev = _before(h_first, hc * k.h if carried is None else carried)
+    ds = (1.0 - s).mul_(s)                                  # sigmoid' for r and z
     fgi = s.new_empty(steps, n, 3, hs)
     f_r, f_z, f_n = fgi.unbind(2)
-    torch.mul(m_h, 1.0 - z, out=f_n).mul_(tn.mul_(tn).neg_().add_(1.0)).mul_(m_n)  # da_n/dh'
+    torch.sub(k.one, z, out=f_n).mul_(tn.mul_(tn).neg_().add_(1.0))               # da_n/dh'
+    _mul_(f_n, m_h, m_n, acts)
+    _mul_(torch.mul(f_n, ghc[..., 2 * hs:], out=f_r).mul_(k.gate).mul_(ds[..., :hs]), m_r)
+    _mul_(torch.sub(h_prev, nq, out=f_z).mul_(ds[..., hs:]), m_h, m_z, acts)     # da_z/dh'
+    keep = _mul_(z.clone(), m_h)                            # h' = ... + z * h: dh' z reaches h
     if acts is not None:
-        f_n.mul_(acts)
-    torch.mul(f_n, ghc[..., 2 * hs:], out=f_r).mul_(k.gate).mul_(ds[..., :hs]).mul_(
-        m_rz[..., :hs])                                                           # da_r/dh'
-    torch.mul(m_h, h_prev - nq, out=f_z).mul_(ds[..., hs:]).mul_(m_rz[..., hs:])  # da_z/dh'
-    keep = m_h.mul_(z)                                      # h' = ... + z * h: dh' z reaches h
-    if acts is not None:
-        f_z.mul_(acts)
         keep.mul_(acts).add_(1.0 - acts)                    # a step that does not count: dh
-    fgh = fgi * m_gh.view(steps, n, 3, hs)
+    fgh = fgi.clone() if m_gh is None else fgi * m_gh.view(steps, n, 3, hs)
     fgh[:, :, 2].mul_(r)                                    # gh_n enters as r * gh_n
     return fgi, fgh, keep, h_prev
 
 
-def _lstm_forward(gi, h0, c0, w_hh, b_hh, active, exp_h, bits_h, k):
-    """Forward over all steps; returns ``y, h_T, c_T`` and the buffers backward needs."""
-    steps, n, g = gi.shape
+def _saturated(raw: torch.Tensor, lo: int, hi: int):
+    """``raw`` if any of its values lies outside ``[lo, hi]`` (backward needs its mask), else
+    None (the mask is all ones: nothing to keep)."""
+    low, high = torch.aminmax(raw)
+    return raw if low < lo or high > hi else None
+
+
+def _lstm_forward(gq, h0, c0, w_hh, b_hh, active, exp_h, bits_h, k):
+    """Forward over all steps; returns ``y, h_T, c_T`` and the buffers backward needs: the
+    unclamped values of every quantization point that can saturate, and the activations (the
+    step computes them anyway; recomputing them in backward would cost more than the step)."""
+    steps, n, g = gq.shape
     hs = g // 4
     lo_h, hi_h = numerics.qmin(bits_h), numerics.qmax(bits_h)
     lo_c, hi_c = numerics.qmin(CELL_BITS), numerics.qmax(CELL_BITS)
-    gq = gi * 2.0 ** GATE_Q                          # (T, N, 4H) integers: gi is on the Q11 grid
     wt = (w_hh * 2.0 ** GATE_Q).t()
     b = None if b_hh is None else b_hh * 2.0 ** GATE_Q
-    gh_raw = gi.new_empty(steps, n, g)               # W_hh h + b, rounded, not clamped
-    pre = gi.new_empty(steps, n, g)                  # gi + gh, not clamped
-    c_raw = gi.new_empty(steps, n, hs)               # the new cell on Q11, not clamped
-    h_raw = gi.new_empty(steps, n, hs)
-    y = gi.new_empty(steps, n, hs)
+
+    def buf(width):
+        return gq.new_empty(steps, n, width)
+    gh_raw, pre = buf(g), buf(g)      # W_hh h + b rounded, gi + gh: not clamped
+    sig, s = buf(g), buf(g)           # sigmoid of the gates; rounded to Q15 (integer units)
+    tg, gg = buf(hs), buf(hs)         # tanh of gate g; rounded to Q15 (real)
+    c_raw, tcr, tc = buf(hs), buf(hs), buf(hs)   # new cell on Q11 (not clamped), its tanh, Q15
+    h_raw, y = buf(hs), buf(hs)       # new state on the hidden grid (not clamped); output
     h_car = c_car = acts = None
     if active is not None:
-        h_car, c_car, acts = gi.new_empty(steps, n, hs), gi.new_empty(steps, n, hs), \
-            active.to(gi.dtype)
+        h_car, c_car, acts = buf(hs), buf(hs), active.to(gq.dtype)
     h, c = h0, c0
-    bufs = zip(gq.unbind(0), gh_raw.unbind(0), pre.unbind(0), c_raw.unbind(0), h_raw.unbind(0),
-               y.unbind(0))
-    for t, (gq_t, gh, pr, cr, hr, yt) in enumerate(bufs):
-        gh = _round(_matmul_q11(h, wt, b, gh), 1.0, k, out=gh).clamp(*_I16)      # (N, 4H) Q11
+    bufs = zip(*(x.unbind(0) for x in (gq, gh_raw, pre, sig, s, tg, gg, c_raw, tcr, tc, h_raw,
+                                       y)))
+    for t, (gq_t, gh, pr, sg, st, tgt, ggt, cr, tcrt, tct, hr, yt) in enumerate(bufs):
+        gh = _matmul_q11(h, wt, b, gh).add_(k.half).floor_().clamp(*_I16)        # (N, 4H) Q11
         pc = torch.add(gq_t, gh, out=pr).clamp(*_I16).mul_(k.gate)               # real
-        s = _round(torch.sigmoid(pc), 2.0 ** PROB_Q, k)             # Q15, integer units
-        i, f, o = s[:, :hs], s[:, hs:2 * hs], s[:, 3 * hs:]
-        gg = _round(torch.tanh(pc[:, 2 * hs:3 * hs]), 2.0 ** PROB_Q, k).mul_(k.prob)
+        _round(torch.sigmoid(pc, out=sg), 2.0 ** PROB_Q, k, out=st)  # Q15, integer units
+        i, f, o = st[:, :hs], st[:, hs:2 * hs], st[:, 3 * hs:]
+        ggr = _round(torch.tanh(pc[:, 2 * hs:3 * hs], out=tgt), 2.0 ** PROB_Q, k,
+                     out=ggt).mul_(k.prob)
         # (i*2**15 * gg) + (f*2**15 * c) = 2**15 (i gg + f c), rounded the same way
-        _round((f * c).add_(i * gg), 2.0 ** (CELL_Q - PROB_Q), k, out=cr)
+        _round((f * c).add_(i * ggr), 2.0 ** (CELL_Q - PROB_Q), k, out=cr)
         c_new = cr.clamp(lo_c, hi_c).mul_(k.cell)
-        tc = _round(torch.tanh(c_new), 2.0 ** PROB_Q, k)            # integer units
-        _round(o * tc, 2.0 ** (exp_h - 2 * PROB_Q), k, out=hr)      # o*2**15 * tc*2**15
+        tcq = _round(torch.tanh(c_new, out=tcrt), 2.0 ** PROB_Q, k, out=tct)   # integer units
+        _round(o * tcq, 2.0 ** (exp_h - 2 * PROB_Q), k, out=hr)     # o*2**15 * tc*2**15
         if active is None:
             h = torch.clamp(hr, lo_h, hi_h, out=yt).mul_(k.h)
             c = c_new
@@ -185,46 +207,46 @@ def _lstm_forward(gi, h0, c0, w_hh, b_hh, active, exp_h, bits_h, k):
             torch.mul(h_new, acts[t], out=yt)
             h = torch.where(active[t], h_new, h, out=h_car[t])
             c = torch.where(active[t], c_new, c, out=c_car[t])
-    return y, h, c, (gh_raw, pre, c_raw, h_raw, h_car, c_car)
+    return y, h, c, (_saturated(gh_raw, *_I16), _saturated(pre, *_I16), c_raw, h_raw, h_car,
+                     c_car, sig, s, tg, gg, tcr, tc)
 
 
-def _lstm_factors(saved, h0, c0, active, k, bits_h):
-    """For all steps at once: ``fgi`` (T, N, 4, H), the gate-input gradients per unit of the
-    gradient reaching the new cell (gates i, f, g) or the new state (gate o), ``fgh`` the same
-    times the recurrent gates' saturation masks, ``mc`` and ``e`` (T, N, H): the new cell's
-    gradient is ``dc' mc + dh' e``, ``f`` (T, N, H) the forget gate, and ``h_prev``."""
-    gh_raw, pre, c_raw, h_raw, h_car, c_car = saved
-    steps, n, g = gh_raw.shape
+def _lstm_factors(saved, h_first, c_first, acts, k, bits_h):
+    """For a run of steps (the buffers' slices): ``fgi`` (C, N, 4, H), the gate-input gradients
+    per unit of the gradient reaching the new cell (gates i, f, g) or the new state (gate o),
+    ``fgh`` the same times the recurrent gates' saturation masks, ``mc`` (or None: ones) and
+    ``e`` (C, N, H): the new cell's gradient is ``dc' mc + dh' e``, ``f`` the forget gate, and
+    ``h_prev`` (C, N, H) the states entering the steps."""
+    gh_raw, pre, c_raw, h_raw, h_car, c_car, sig, s, tg, gg, tcr, tc = saved
+    steps, n, g = sig.shape
     hs = g // 4
-    m_gh = _clamp_mask(gh_raw, *_I16)[1]
-    pc, m_pre = _clamp_mask(pre, *_I16)
-    pc.mul_(k.gate)
-    sig = torch.sigmoid(pc)                                                       # (T, N, 4H)
-    s = _round(sig, 2.0 ** PROB_Q, k).mul_(k.prob)
-    i, f, o = s[..., :hs], s[..., hs:2 * hs], s[..., 3 * hs:]
-    tg = torch.tanh(pc[..., 2 * hs:3 * hs])
-    gg = _round(tg, 2.0 ** PROB_Q, k).mul_(k.prob)
+    m_gh = None if gh_raw is None else _clamp_mask(gh_raw, *_I16)[1]
+    m_pre = None if pre is None else _clamp_mask(pre, *_I16)[1]
     cc, m_c = _clamp_mask(c_raw, numerics.qmin(CELL_BITS), numerics.qmax(CELL_BITS))
-    c_new = cc.mul_(k.cell)
-    tcr = torch.tanh(c_new)
-    tc = _round(tcr, 2.0 ** PROB_Q, k).mul_(k.prob)
+    c_new = cc * k.cell
     hc, m_h = _clamp_mask(h_raw, numerics.qmin(bits_h), numerics.qmax(bits_h))
-    h_prev = _before(h0, hc.mul_(k.h) if h_car is None else h_car)
-    c_prev = _before(c0, c_new if c_car is None else c_car)
-    fgi = sig.mul(1.0 - sig).view(steps, n, 4, hs).mul_(m_pre.view(steps, n, 4, hs))
+    h_prev = _before(h_first, hc * k.h if h_car is None else h_car)
+    c_prev = _before(c_first, c_new if c_car is None else c_car)
+    i, f, o = s[..., :hs], s[..., hs:2 * hs], s[..., 3 * hs:]                  # Q15 integers
+    fgi = _mul_(torch.sub(k.one, sig).mul_(sig), m_pre).view(steps, n, 4, hs)  # sigmoid'
     f_i, f_f, f_g, f_o = fgi.unbind(2)
     f_i.mul_(gg)
     f_f.mul_(c_prev)
-    torch.mul(m_pre[..., 2 * hs:3 * hs], i, out=f_g).mul_(tg.mul_(tg).neg_().add_(1.0))
-    f_o.mul_(m_h).mul_(tc)
-    e = torch.mul(m_h, o).mul_(tcr.mul_(tcr).neg_().add_(1.0)).mul_(m_c)   # dc'/dh' (via o*tc)
-    if active is not None:
-        acts = active.to(sig.dtype)                                             # (T, N, 1)
-        f_o.mul_(acts)
-        e.mul_(acts)
-        m_c.mul_(acts)
-    fgh = fgi * m_gh.view(steps, n, 4, hs)
-    return fgi, fgh, m_c, e, f.contiguous(), h_prev
+    torch.mul(i, torch.addcmul(k.one, tg, tg, value=-1.0), out=f_g).mul_(k.prob)  # tanh'
+    _mul_(f_g, None if m_pre is None else m_pre[..., 2 * hs:3 * hs])
+    _mul_(f_o.mul_(tc).mul_(k.prob), m_h, acts)
+    e = _mul_(torch.mul(o, torch.addcmul(k.one, tcr, tcr, value=-1.0)).mul_(k.prob), m_h, m_c,
+              acts)                                            # dc'/dh' through o * tanh(c')
+    mc = m_c if acts is None else _mul_(acts.expand(steps, n, hs).clone(), m_c)
+    fgh = fgi if m_gh is None else fgi * m_gh.view(steps, n, 4, hs)
+    return fgi, fgh, mc, e, f * k.prob, h_prev
+
+
+def _state(raw, carried, t, bits, scale):
+    """The state after step ``t``: the carried one (with lengths) or the clamped new one."""
+    if carried is not None:
+        return carried[t]
+    return raw[t].clamp(numerics.qmin(bits), numerics.qmax(bits)).mul_(scale)
 
 
 def _gradient_start(dh_t, dym, last):
@@ -237,7 +259,8 @@ def _gradient_start(dh_t, dym, last):
 class RecurrentDirection(torch.autograd.Function):
     """One direction of a GRU (``c0`` None) or LSTM over time-major gates.
 
-    Inputs: ``gi`` (T, N, G*H) input gates on the Q11 grid, ``h0``/``c0`` (N, H), ``w_hh``
+    Inputs: ``gi`` (T, N, G*H) input gates (the input projection: fake-quantized here to int16
+    Q11, straight-through), ``h0``/``c0`` (N, H) on their grids, ``w_hh``
     (G*H, H), ``b_hh`` (G*H,) or None, ``active`` (T, N, 1) bool (``t < length``; None: all
     steps of every sequence count), the hidden
     exponent and bits. Outputs ``y`` (T, N, H) (zero past each length), ``h_T``, ``c_T``
@@ -250,72 +273,87 @@ class RecurrentDirection(torch.autograd.Function):
         ctx.set_materialize_grads(False)                 # unused outputs: no zero gradients
         k = _Consts(gi, exp_h)
         lstm = c0 is not None
+        gq = _round(gi, 2.0 ** GATE_Q, k)                # (T, N, G) on Q11, integer units
+        m_gi = None
+        if _saturated(gq, *_I16) is not None:
+            gq, m_gi = _clamp_mask(gq, *_I16)
         if lstm:
-            y, h, c, bufs = _lstm_forward(gi, h0, c0, w_hh, b_hh, active, exp_h, bits_h, k)
+            y, h, c, bufs = _lstm_forward(gq, h0, c0, w_hh, b_hh, active, exp_h, bits_h, k)
         else:
-            y, h, bufs = _gru_forward(gi, h0, w_hh, b_hh, active, exp_h, bits_h, k)
+            y, h, bufs = _gru_forward(gq, h0, w_hh, b_hh, active, exp_h, bits_h, k)
             c = torch.zeros_like(h0)
         ctx.lstm, ctx.has_bias, ctx.exp_h, ctx.bits_h = lstm, b_hh is not None, exp_h, bits_h
         ctx.nbufs = len(bufs)
-        ctx.save_for_backward(w_hh, active, h0, c0, *bufs)   # visible to saved-tensor hooks
+        ctx.save_for_backward(w_hh, active, h0, c0, m_gi, *bufs)   # seen by saved-tensor hooks
         return y, h, c
 
     @staticmethod
     def backward(ctx, dy, dh_t, dc_t):
-        w_hh, active, h0, c0, *bufs = ctx.saved_tensors
+        w_hh, active, h0, c0, m_gi, *bufs = ctx.saved_tensors
         k = _Consts(w_hh, ctx.exp_h)
-        steps, n, g = bufs[0].shape
-        hs = h0.shape[1]
+        steps, n, g = bufs[3].shape[0], h0.shape[0], w_hh.shape[0]      # bufs[3]: h_raw
+        hs, lstm = h0.shape[1], ctx.lstm
         if steps == 0:
-            return None, dh_t, dc_t, torch.zeros_like(w_hh), \
-                torch.zeros(g, dtype=w_hh.dtype, device=w_hh.device) if ctx.has_bias else None, \
-                None, None, None
-        dym = dy if dy is None or active is None else dy * active   # y is zero past the length
-        not_active = None if active is None else 1.0 - active.to(w_hh.dtype)     # (T, N, 1)
-        if ctx.lstm:
-            fgi, fgh, mc, e, fgate, h_prev = _lstm_factors(bufs, h0, c0, active, k, ctx.bits_h)
-        else:
-            fgi, fgh, keep, h_prev = _gru_factors(bufs, h0, active, k, ctx.bits_h)
-        gates = fgi.shape[2]
+            db = w_hh.new_zeros(g) if ctx.has_bias else None
+            return None, dh_t, dc_t, torch.zeros_like(w_hh), db, None, None, None
+        acts = None if active is None else active.to(w_hh.dtype)                 # (T, N, 1)
+        dym = dy if dy is None or acts is None else dy * acts   # y is zero past the length
+        not_active = None if acts is None else 1.0 - acts
         dsum = h0.new_empty(steps, n, hs)                 # gradient reaching h' of each step
         dgh = h0.new_empty(steps, n, g)                   # of W_hh h + b_hh, masked
-        ds_t, dgh_t, dgh_g = dsum.unbind(0), dgh.unbind(0), dgh.view(steps, n, gates, hs)
-        fgh_t = fgh.unbind(0)
+        dgi = h0.new_empty(steps, n, g)
+        h_prev = h0.new_empty(steps, n, hs)               # the state entering each step
+        ds_t, dgh_t = dsum.unbind(0), dgh.unbind(0)
+        dgh_g, dgi_g = dgh.view(steps, n, g // hs, hs), dgi.view(steps, n, g // hs, hs)
         _gradient_start(dh_t, dym, ds_t[-1])
-        if ctx.lstm:
+        if lstm:
             dcn = h0.new_empty(steps, n, hs)              # gradient reaching c' of each step
-            dcn_t, mc_t, e_t, f_t = dcn.unbind(0), mc.unbind(0), e.unbind(0), fgate.unbind(0)
-            dgh3, dgho = dgh_g[:, :, :3].unbind(0), dgh_g[:, :, 3].unbind(0)
-            f3, fo = fgh[:, :, :3].unbind(0), fgh[:, :, 3].unbind(0)
+            dcn_t = dcn.unbind(0)
             dc = torch.zeros_like(h0) if dc_t is None else dc_t
-        else:
-            keep_t, dgh_g = keep.unbind(0), dgh_g.unbind(0)
         dh = None
-        for t in range(steps - 1, -1, -1):
-            ds = ds_t[t]
-            out = ds_t[t - 1] if t else None
-            if ctx.lstm:
-                dc_new = torch.mul(dc, mc_t[t], out=dcn_t[t]).addcmul_(ds, e_t[t])
-                torch.mul(dc_new.unsqueeze(1), f3[t], out=dgh3[t])
-                torch.mul(ds, fo[t], out=dgho[t])
-                dc = dc_new * f_t[t] if not_active is None else \
-                    torch.addcmul(dc * not_active[t], dc_new, f_t[t])
-                dh = torch.mm(dgh_t[t], w_hh, out=out) if not_active is None else \
-                    torch.addmm(ds * not_active[t], dgh_t[t], w_hh, out=out)
+        for hi in range(steps, 0, -_CHUNK):               # runs of steps, last first
+            lo = max(hi - _CHUNK, 0)
+            part = [None if b is None else b[lo:hi] for b in bufs]
+            a = None if acts is None else acts[lo:hi]
+            h_first = h0 if lo == 0 else _state(bufs[3], bufs[4], lo - 1, ctx.bits_h, k.h)
+            if lstm:
+                c_first = c0 if lo == 0 else _state(bufs[2], bufs[5], lo - 1, CELL_BITS, k.cell)
+                fgi, fgh, mc, e, f, h_prev[lo:hi] = _lstm_factors(part, h_first, c_first, a, k,
+                                                                  ctx.bits_h)
+                mc_t = None if mc is None else mc.unbind(0)
+                e_t, f_t = e.unbind(0), f.unbind(0)
+                fgh3, fgho = fgh[:, :, :3].unbind(0), fgh[:, :, 3].unbind(0)
+                dgh3, dgho = dgh_g[lo:hi, :, :3].unbind(0), dgh_g[lo:hi, :, 3].unbind(0)
             else:
-                torch.mul(ds.unsqueeze(1), fgh_t[t], out=dgh_g[t])
-                dh = torch.addmm(ds * keep_t[t], dgh_t[t], w_hh, out=out)
-            if t and dym is not None:
-                dh.add_(dym[t - 1])
-        if ctx.lstm:
-            dgi = torch.cat([dcn[:, :, None] * fgi[:, :, :3], (dsum * fgi[:, :, 3])[:, :, None]],
-                            2).view(steps, n, g)
-        else:
-            dgi = (dsum[:, :, None] * fgi).view(steps, n, g)
+                fgi, fgh, keep, h_prev[lo:hi] = _gru_factors(part, h_first, a, k, ctx.bits_h)
+                keep_t, fgh_t, dgh3 = keep.unbind(0), fgh.unbind(0), dgh_g[lo:hi].unbind(0)
+            for t in range(hi - 1, lo - 1, -1):
+                j, ds = t - lo, ds_t[t]
+                out = ds_t[t - 1] if t else None
+                if lstm:
+                    dc_new = torch.addcmul(dc if mc_t is None else dc * mc_t[j], ds, e_t[j],
+                                           out=dcn_t[t])
+                    torch.mul(dc_new.unsqueeze(1), fgh3[j], out=dgh3[j])
+                    torch.mul(ds, fgho[j], out=dgho[j])
+                    dc = dc_new * f_t[j] if not_active is None else \
+                        torch.addcmul(dc * not_active[t], dc_new, f_t[j])
+                    dh = torch.mm(dgh_t[t], w_hh, out=out) if not_active is None else \
+                        torch.addmm(ds * not_active[t], dgh_t[t], w_hh, out=out)
+                else:
+                    torch.mul(ds.unsqueeze(1), fgh_t[j], out=dgh3[j])
+                    dh = torch.addmm(ds * keep_t[j], dgh_t[t], w_hh, out=out)
+                if t and dym is not None:
+                    dh.add_(dym[t - 1])
+            if lstm:                                      # the run's gate-input gradients
+                torch.mul(dcn[lo:hi, :, None], fgi[:, :, :3], out=dgi_g[lo:hi, :, :3])
+                torch.mul(dsum[lo:hi], fgi[:, :, 3], out=dgi_g[lo:hi, :, 3])
+            else:
+                torch.mul(dsum[lo:hi, :, None], fgi, out=dgi_g[lo:hi])
+        _mul_(dgi, m_gi)                                  # gi's own fake quantization
         flat = dgh.view(-1, g)                                             # (T*N, G*H)
-        dw = flat.t() @ h_prev.reshape(-1, hs)                             # all steps at once
+        dw = flat.t() @ h_prev.view(-1, hs)                                # all steps at once
         db = flat.sum(0) if ctx.has_bias else None
-        return dgi, dh, (dc if ctx.lstm else None), dw, db, None, None, None
+        return dgi, dh, (dc if lstm else None), dw, db, None, None, None
 
 
 def reverse_index(lengths: torch.Tensor, steps: int) -> torch.Tensor:
