@@ -57,15 +57,35 @@ def _round(x: torch.Tensor, scale: float, k: _Consts, out=None) -> torch.Tensor:
     return torch.add(k.half, x, alpha=scale, out=out).floor_()
 
 
-def _clamp_mask(raw: torch.Tensor, lo: int, hi: int):
+def _clamp_mask(raw: torch.Tensor, lo: int, hi: int, may_saturate: bool = True):
     """``(clamp(raw, lo, hi), 1.0 where raw was inside else 0.0)``: a fake quantization's value
     (in integer units) and its straight-through mask; ``(raw, None)`` when nothing saturated
-    (the common case, checked with one reduction). Treat the values as read-only."""
-    low, high = torch.aminmax(raw)
-    if low >= lo and high <= hi:
+    (checked with one reduction, unless ``may_saturate`` is False). Treat the values as
+    read-only."""
+    if not may_saturate or not _saturates(raw, lo, hi):
         return raw, None
     q = raw.clamp(lo, hi)
     return q, torch.eq(raw, q, out=torch.empty_like(raw))
+
+
+def _saturates(raw: torch.Tensor, lo: int, hi: int) -> bool:
+    """Whether any value of ``raw`` lies outside ``[lo, hi]``."""
+    if raw.numel() == 0:
+        return False
+    low, high = torch.aminmax(raw)
+    return bool(low < lo) or bool(high > hi)
+
+
+def _gates_may_saturate(gq_abs: float, w_hh, b_hh) -> tuple:
+    """``(gh, pre)``: whether ``W_hh h + b_hh`` and ``gi + W_hh h + b_hh`` on Q11 (integer
+    units; ``gq_abs`` bounds ``|gi|``) can leave int16 for any state on the hidden grid
+    (``|h| <= 1``). Bounded by the weights' absolute row sums, once per call, with slack for
+    the rounding and the float sums. Usually neither can, and the steps skip both clamps."""
+    r = w_hh.detach().double().abs().sum(1)
+    if b_hh is not None:
+        r = r + b_hh.detach().double().abs()
+    gh = (float(r.max()) if r.numel() else 0.0) * 2.0 ** GATE_Q * (1 + 2.0 ** -12) + 1.0
+    return gh > _I16[1], gh + gq_abs > _I16[1]
 
 
 def _mul_(x: torch.Tensor, *factors) -> torch.Tensor:
@@ -86,42 +106,59 @@ def _matmul_q11(h, wt, b, out):
     return torch.mm(h, wt, out=out) if b is None else torch.addmm(b, h, wt, out=out)
 
 
-def _gru_forward(gq, h0, w_hh, b_hh, active, exp_h, bits_h, k):
-    """Forward over all steps; returns ``y, h_T`` and the buffers backward needs."""
+def _unbound(x, steps):
+    """``x.unbind(0)``, or ``steps`` Nones for an absent buffer."""
+    return [None] * steps if x is None else x.unbind(0)
+
+
+def _hidden_out(hr, h, t, yt, carried, active, acts, bits_h, k):
+    """Clamp the new state (integer units in ``hr``) onto the hidden grid, write the step's
+    output ``yt`` and return the state carried to the next step."""
+    lo_h, hi_h = numerics.qmin(bits_h), numerics.qmax(bits_h)
+    if active is None:
+        return torch.clamp(hr, lo_h, hi_h, out=yt).mul_(k.h)
+    h_new = hr.clamp(lo_h, hi_h).mul_(k.h)
+    torch.mul(h_new, acts[t], out=yt)
+    return torch.where(active[t], h_new, h, out=carried[t])
+
+
+def _gru_forward(gq, h0, w_hh, b_hh, active, exp_h, bits_h, k, clamp_gh, clamp_pre):
+    """Forward over all steps; returns ``y, h_T``, the buffers backward needs and which of
+    them saturated somewhere (``{"gh", "pre", "h"}``: True where a mask is needed)."""
     steps, n, g = gq.shape
     hs = g // 3
-    lo_h, hi_h = numerics.qmin(bits_h), numerics.qmax(bits_h)
     wt = (w_hh * 2.0 ** GATE_Q).t()
     b = None if b_hh is None else b_hh * 2.0 ** GATE_Q
-    gh_raw = gq.new_empty(steps, n, g)               # W_hh h + b, rounded, not clamped
-    a_rz = gq.new_empty(steps, n, 2 * hs)            # gi + gh for r and z, not clamped
-    a_n = gq.new_empty(steps, n, hs)                 # gi_n + round(r * gh_n), not clamped
-    h_raw = gq.new_empty(steps, n, hs)               # the new state on the hidden grid, not clamped
-    y = gq.new_empty(steps, n, hs)
-    carried = None if active is None else gq.new_empty(steps, n, hs)
+
+    def buf(width):
+        return gq.new_empty(steps, n, width)
+    gh_raw, a_rz, a_n = buf(g), buf(2 * hs), buf(hs)  # gh; gi + gh for r, z; gi_n + r * gh_n
+    h_raw, y = buf(hs), buf(hs)       # the new state on the hidden grid; all not clamped
+    carried = None if active is None else buf(hs)
     acts = None if active is None else active.to(gq.dtype)
     h = h0
     bufs = zip(gq[..., :2 * hs].unbind(0), gq[..., 2 * hs:].unbind(0), gh_raw.unbind(0),
                a_rz.unbind(0), a_n.unbind(0), h_raw.unbind(0), y.unbind(0))
     for t, (gi_rz, gi_n, gh, arz, an, hr, yt) in enumerate(bufs):
-        gh = _round(_matmul_q11(h, wt, b, gh), 1.0, k, out=gh).clamp(*_I16)      # (N, 3H) Q11
-        s = torch.sigmoid(torch.add(gi_rz, gh[:, :2 * hs], out=arz).clamp(*_I16).mul_(k.gate))
+        gh = _matmul_q11(h, wt, b, gh).add_(k.half).floor_()                   # (N, 3H) Q11
+        if clamp_gh:
+            gh = gh.clamp(*_I16)
+        arz = torch.add(gi_rz, gh[:, :2 * hs], out=arz)
+        s = (arz.clamp(*_I16).mul_(k.gate) if clamp_pre else arz.mul(k.gate)).sigmoid_()
         rz = _round(s, 2.0 ** PROB_Q, k).mul_(k.prob)                            # Q15, real
         r, z = rz[:, :hs], rz[:, hs:]
-        p = _round(r * gh[:, 2 * hs:], 1.0, k)                     # round(r * gh_n) on Q11
-        tn = torch.tanh(torch.add(gi_n, p, out=an).clamp(*_I16).mul_(k.gate))
+        an = torch.add(gi_n, _round(r * gh[:, 2 * hs:], 1.0, k), out=an)  # r * gh_n on Q11
+        tn = (an.clamp(*_I16).mul_(k.gate) if clamp_pre else an.mul(k.gate)).tanh_()
         nq = _round(tn, 2.0 ** PROB_Q, k).mul_(k.prob)
         _round(torch.lerp(nq, h, z), 2.0 ** exp_h, k, out=hr)    # (1 - z) * n + z * h
-        if active is None:
-            h = torch.clamp(hr, lo_h, hi_h, out=yt).mul_(k.h)
-        else:
-            h_new = hr.clamp(lo_h, hi_h).mul_(k.h)
-            torch.mul(h_new, acts[t], out=yt)
-            h = torch.where(active[t], h_new, h, out=carried[t])
-    return y, h, (gh_raw, a_rz, a_n, h_raw, carried)
+        h = _hidden_out(hr, h, t, yt, carried, active, acts, bits_h, k)
+    sat = {"gh": clamp_gh and _saturates(gh_raw, *_I16),
+           "pre": clamp_pre and (_saturates(a_rz, *_I16) or _saturates(a_n, *_I16)),
+           "h": _saturates(h_raw, numerics.qmin(bits_h), numerics.qmax(bits_h))}
+    return y, h, (gh_raw, a_rz, a_n, h_raw, carried), sat
 
 
-def _gru_factors(saved, h_first, acts, k, bits_h):
+def _gru_factors(saved, sat, h_first, acts, k, bits_h):
     """For a run of steps (the buffers' slices): ``fgi`` (C, N, 3, H), the gate-input gradients
     per unit of the gradient ``dh'`` reaching a step's output, ``fgh`` the same for the
     recurrent gates (times their saturation masks), ``keep`` (C, N, H): what of ``dh'`` reaches
@@ -130,21 +167,21 @@ def _gru_factors(saved, h_first, acts, k, bits_h):
     gh_raw, a_rz, a_n, h_raw, carried = saved
     steps, n, g = gh_raw.shape
     hs = g // 3
-    ghc, m_gh = _clamp_mask(gh_raw, *_I16)
-    arz, m_rz = _clamp_mask(a_rz, *_I16)
-    s = torch.sigmoid(arz * k.gate)                                              # (C, N, 2H)
+    ghc, m_gh = _clamp_mask(gh_raw, *_I16, sat["gh"])
+    arz, m_rz = _clamp_mask(a_rz, *_I16, sat["pre"])
+    s = (arz * k.gate).sigmoid_()                                                # (C, N, 2H)
     rz = _round(s, 2.0 ** PROB_Q, k).mul_(k.prob)
     r, z = rz[..., :hs], rz[..., hs:]
     m_r, m_z = (None, None) if m_rz is None else (m_rz[..., :hs], m_rz[..., hs:])
-    an, m_n = _clamp_mask(a_n, *_I16)
-    tn = torch.tanh(an * k.gate)
+    an, m_n = _clamp_mask(a_n, *_I16, sat["pre"])
+    tn = (an * k.gate).tanh_()
     nq = _round(tn, 2.0 ** PROB_Q, k).mul_(k.prob)
-    hc, m_h = _clamp_mask(h_raw, numerics.qmin(bits_h), numerics.qmax(bits_h))
+    hc, m_h = _clamp_mask(h_raw, numerics.qmin(bits_h), numerics.qmax(bits_h), sat["h"])
     h_prev = _before(h_first, hc * k.h if carried is None else carried)
-    ds = (1.0 - s).mul_(s)                                  # sigmoid' for r and z
+    ds = torch.sub(k.one, s).mul_(s)                        # sigmoid' for r and z
     fgi = s.new_empty(steps, n, 3, hs)
     f_r, f_z, f_n = fgi.unbind(2)
-    torch.sub(k.one, z, out=f_n).mul_(tn.mul_(tn).neg_().add_(1.0))               # da_n/dh'
+    torch.sub(k.one, z, out=f_n).mul_(torch.addcmul(k.one, tn, tn, value=-1.0))  # da_n/dh'
     _mul_(f_n, m_h, m_n, acts)
     _mul_(torch.mul(f_n, ghc[..., 2 * hs:], out=f_r).mul_(k.gate).mul_(ds[..., :hs]), m_r)
     _mul_(torch.sub(h_prev, nq, out=f_z).mul_(ds[..., hs:]), m_h, m_z, acts)     # da_z/dh'
@@ -156,27 +193,22 @@ def _gru_factors(saved, h_first, acts, k, bits_h):
     return fgi, fgh, keep, h_prev
 
 
-def _saturated(raw: torch.Tensor, lo: int, hi: int):
-    """``raw`` if any of its values lies outside ``[lo, hi]`` (backward needs its mask), else
-    None (the mask is all ones: nothing to keep)."""
-    low, high = torch.aminmax(raw)
-    return raw if low < lo or high > hi else None
-
-
-def _lstm_forward(gq, h0, c0, w_hh, b_hh, active, exp_h, bits_h, k):
-    """Forward over all steps; returns ``y, h_T, c_T`` and the buffers backward needs: the
-    unclamped values of every quantization point that can saturate, and the activations (the
-    step computes them anyway; recomputing them in backward would cost more than the step)."""
+def _lstm_forward(gq, h0, c0, w_hh, b_hh, active, exp_h, bits_h, k, clamp_gh, clamp_pre):
+    """Forward over all steps; returns ``y, h_T, c_T``, the buffers backward needs and which
+    of them saturated somewhere (``{"c", "h"}``). Kept: the unclamped values of every
+    quantization point that saturated somewhere (for the masks) and the activations (the step
+    computes them anyway; recomputing them in backward would cost more than keeping them)."""
     steps, n, g = gq.shape
     hs = g // 4
-    lo_h, hi_h = numerics.qmin(bits_h), numerics.qmax(bits_h)
     lo_c, hi_c = numerics.qmin(CELL_BITS), numerics.qmax(CELL_BITS)
     wt = (w_hh * 2.0 ** GATE_Q).t()
     b = None if b_hh is None else b_hh * 2.0 ** GATE_Q
 
     def buf(width):
         return gq.new_empty(steps, n, width)
-    gh_raw, pre = buf(g), buf(g)      # W_hh h + b rounded, gi + gh: not clamped
+    gh_raw = buf(g) if clamp_gh else None            # W_hh h + b, rounded, not clamped
+    pre = buf(g) if clamp_pre else None              # gi + gh, not clamped
+    scratch = gq.new_empty(n, g)                     # gh and gi + gh when they cannot saturate
     sig, s = buf(g), buf(g)           # sigmoid of the gates; rounded to Q15 (integer units)
     tg, gg = buf(hs), buf(hs)         # tanh of gate g; rounded to Q15 (real)
     c_raw, tcr, tc = buf(hs), buf(hs), buf(hs)   # new cell on Q11 (not clamped), its tanh, Q15
@@ -185,11 +217,16 @@ def _lstm_forward(gq, h0, c0, w_hh, b_hh, active, exp_h, bits_h, k):
     if active is not None:
         h_car, c_car, acts = buf(hs), buf(hs), active.to(gq.dtype)
     h, c = h0, c0
-    bufs = zip(*(x.unbind(0) for x in (gq, gh_raw, pre, sig, s, tg, gg, c_raw, tcr, tc, h_raw,
-                                       y)))
+    bufs = zip(gq.unbind(0), _unbound(gh_raw, steps), _unbound(pre, steps),
+               *(x.unbind(0) for x in (sig, s, tg, gg, c_raw, tcr, tc, h_raw, y)))
     for t, (gq_t, gh, pr, sg, st, tgt, ggt, cr, tcrt, tct, hr, yt) in enumerate(bufs):
-        gh = _matmul_q11(h, wt, b, gh).add_(k.half).floor_().clamp(*_I16)        # (N, 4H) Q11
-        pc = torch.add(gq_t, gh, out=pr).clamp(*_I16).mul_(k.gate)               # real
+        gh = _matmul_q11(h, wt, b, scratch if gh is None else gh).add_(k.half).floor_()
+        if clamp_gh:
+            gh = gh.clamp(*_I16)                                                 # (N, 4H) Q11
+        if clamp_pre:
+            pc = torch.add(gq_t, gh, out=pr).clamp(*_I16).mul_(k.gate)           # real
+        else:
+            pc = gh.add_(gq_t).mul_(k.gate)          # gh is scratch or a clamped copy
         _round(torch.sigmoid(pc, out=sg), 2.0 ** PROB_Q, k, out=st)  # Q15, integer units
         i, f, o = st[:, :hs], st[:, hs:2 * hs], st[:, 3 * hs:]
         ggr = _round(torch.tanh(pc[:, 2 * hs:3 * hs], out=tgt), 2.0 ** PROB_Q, k,
@@ -199,19 +236,16 @@ def _lstm_forward(gq, h0, c0, w_hh, b_hh, active, exp_h, bits_h, k):
         c_new = cr.clamp(lo_c, hi_c).mul_(k.cell)
         tcq = _round(torch.tanh(c_new, out=tcrt), 2.0 ** PROB_Q, k, out=tct)   # integer units
         _round(o * tcq, 2.0 ** (exp_h - 2 * PROB_Q), k, out=hr)     # o*2**15 * tc*2**15
-        if active is None:
-            h = torch.clamp(hr, lo_h, hi_h, out=yt).mul_(k.h)
-            c = c_new
-        else:
-            h_new = hr.clamp(lo_h, hi_h).mul_(k.h)
-            torch.mul(h_new, acts[t], out=yt)
-            h = torch.where(active[t], h_new, h, out=h_car[t])
-            c = torch.where(active[t], c_new, c, out=c_car[t])
-    return y, h, c, (_saturated(gh_raw, *_I16), _saturated(pre, *_I16), c_raw, h_raw, h_car,
-                     c_car, sig, s, tg, gg, tcr, tc)
+        h = _hidden_out(hr, h, t, yt, h_car, active, acts, bits_h, k)
+        c = c_new if active is None else torch.where(active[t], c_new, c, out=c_car[t])
+    gh_raw = gh_raw if clamp_gh and _saturates(gh_raw, *_I16) else None
+    pre = pre if clamp_pre and _saturates(pre, *_I16) else None
+    sat = {"c": _saturates(c_raw, lo_c, hi_c),
+           "h": _saturates(h_raw, numerics.qmin(bits_h), numerics.qmax(bits_h))}
+    return y, h, c, (gh_raw, pre, c_raw, h_raw, h_car, c_car, sig, s, tg, gg, tcr, tc), sat
 
 
-def _lstm_factors(saved, h_first, c_first, acts, k, bits_h):
+def _lstm_factors(saved, sat, h_first, c_first, acts, k, bits_h):
     """For a run of steps (the buffers' slices): ``fgi`` (C, N, 4, H), the gate-input gradients
     per unit of the gradient reaching the new cell (gates i, f, g) or the new state (gate o),
     ``fgh`` the same times the recurrent gates' saturation masks, ``mc`` (or None: ones) and
@@ -222,9 +256,9 @@ def _lstm_factors(saved, h_first, c_first, acts, k, bits_h):
     hs = g // 4
     m_gh = None if gh_raw is None else _clamp_mask(gh_raw, *_I16)[1]
     m_pre = None if pre is None else _clamp_mask(pre, *_I16)[1]
-    cc, m_c = _clamp_mask(c_raw, numerics.qmin(CELL_BITS), numerics.qmax(CELL_BITS))
+    cc, m_c = _clamp_mask(c_raw, numerics.qmin(CELL_BITS), numerics.qmax(CELL_BITS), sat["c"])
     c_new = cc * k.cell
-    hc, m_h = _clamp_mask(h_raw, numerics.qmin(bits_h), numerics.qmax(bits_h))
+    hc, m_h = _clamp_mask(h_raw, numerics.qmin(bits_h), numerics.qmax(bits_h), sat["h"])
     h_prev = _before(h_first, hc * k.h if h_car is None else h_car)
     c_prev = _before(c_first, c_new if c_car is None else c_car)
     i, f, o = s[..., :hs], s[..., hs:2 * hs], s[..., 3 * hs:]                  # Q15 integers
@@ -275,15 +309,22 @@ class RecurrentDirection(torch.autograd.Function):
         lstm = c0 is not None
         gq = _round(gi, 2.0 ** GATE_Q, k)                # (T, N, G) on Q11, integer units
         m_gi = None
-        if _saturated(gq, *_I16) is not None:
-            gq, m_gi = _clamp_mask(gq, *_I16)
-        if lstm:
-            y, h, c, bufs = _lstm_forward(gq, h0, c0, w_hh, b_hh, active, exp_h, bits_h, k)
+        if gq.numel():
+            low, high = (float(v) for v in torch.aminmax(gq))
+            if low < _I16[0] or high > _I16[1]:
+                gq, m_gi = _clamp_mask(gq, *_I16)
+            clamps = _gates_may_saturate(min(max(-low, high), 2.0 ** 15), w_hh, b_hh)
         else:
-            y, h, bufs = _gru_forward(gq, h0, w_hh, b_hh, active, exp_h, bits_h, k)
+            clamps = (False, False)
+        if lstm:
+            y, h, c, bufs, sat = _lstm_forward(gq, h0, c0, w_hh, b_hh, active, exp_h, bits_h,
+                                               k, *clamps)
+        else:
+            y, h, bufs, sat = _gru_forward(gq, h0, w_hh, b_hh, active, exp_h, bits_h, k,
+                                           *clamps)
             c = torch.zeros_like(h0)
+        ctx.sat = sat
         ctx.lstm, ctx.has_bias, ctx.exp_h, ctx.bits_h = lstm, b_hh is not None, exp_h, bits_h
-        ctx.nbufs = len(bufs)
         ctx.save_for_backward(w_hh, active, h0, c0, m_gi, *bufs)   # seen by saved-tensor hooks
         return y, h, c
 
@@ -318,14 +359,15 @@ class RecurrentDirection(torch.autograd.Function):
             h_first = h0 if lo == 0 else _state(bufs[3], bufs[4], lo - 1, ctx.bits_h, k.h)
             if lstm:
                 c_first = c0 if lo == 0 else _state(bufs[2], bufs[5], lo - 1, CELL_BITS, k.cell)
-                fgi, fgh, mc, e, f, h_prev[lo:hi] = _lstm_factors(part, h_first, c_first, a, k,
-                                                                  ctx.bits_h)
+                fgi, fgh, mc, e, f, h_prev[lo:hi] = _lstm_factors(part, ctx.sat, h_first,
+                                                                  c_first, a, k, ctx.bits_h)
                 mc_t = None if mc is None else mc.unbind(0)
                 e_t, f_t = e.unbind(0), f.unbind(0)
                 fgh3, fgho = fgh[:, :, :3].unbind(0), fgh[:, :, 3].unbind(0)
                 dgh3, dgho = dgh_g[lo:hi, :, :3].unbind(0), dgh_g[lo:hi, :, 3].unbind(0)
             else:
-                fgi, fgh, keep, h_prev[lo:hi] = _gru_factors(part, h_first, a, k, ctx.bits_h)
+                fgi, fgh, keep, h_prev[lo:hi] = _gru_factors(part, ctx.sat, h_first, a, k,
+                                                             ctx.bits_h)
                 keep_t, fgh_t, dgh3 = keep.unbind(0), fgh.unbind(0), dgh_g[lo:hi].unbind(0)
             for t in range(hi - 1, lo - 1, -1):
                 j, ds = t - lo, ds_t[t]
