@@ -151,18 +151,23 @@ def _gru_forward(gq, h0, w_hh, b_hh, active, exp_h, bits_h, k, clamp_gh, clamp_p
     h_raw, y = buf(hs), buf(hs)       # the new state on the hidden grid; all not clamped
     carried = None if active is None else buf(hs)
     acts = None if active is None else active.to(gq.dtype)
+    ghc = gq.new_empty(n, g)                         # gh clamped, when it can saturate
+    rz = gq.new_empty(n, 2 * hs)                     # r and z on Q15 (real)
+    r, z = rz[:, :hs], rz[:, hs:]                    # views made once: slicing costs an op
     h = h0
     bufs = zip(gq[..., :2 * hs].unbind(0), gq[..., 2 * hs:].unbind(0), gh_raw.unbind(0),
+               gh_raw[..., :2 * hs].unbind(0), gh_raw[..., 2 * hs:].unbind(0),
                a_rz.unbind(0), a_n.unbind(0), h_raw.unbind(0), y.unbind(0))
-    for t, (gi_rz, gi_n, gh, arz, an, hr, yt) in enumerate(bufs):
-        gh = _matmul_q11(h, wt, b, gh).add_(k.half).floor_()                   # (N, 3H) Q11
+    ghc_rz, ghc_n = ghc[:, :2 * hs], ghc[:, 2 * hs:]
+    for t, (gi_rz, gi_n, gh, gh_rz, gh_n, arz, an, hr, yt) in enumerate(bufs):
+        _matmul_q11(h, wt, b, gh).add_(k.half).floor_()                        # (N, 3H) Q11
         if clamp_gh:
-            gh = gh.clamp(*_I16)
-        arz = torch.add(gi_rz, gh[:, :2 * hs], out=arz)
+            torch.clamp(gh, *_I16, out=ghc)
+            gh_rz, gh_n = ghc_rz, ghc_n
+        arz = torch.add(gi_rz, gh_rz, out=arz)
         s = (arz.clamp(*_I16).mul_(k.gate) if clamp_pre else arz.mul(k.gate)).sigmoid_()
-        rz = _round(s, 2.0 ** PROB_Q, k).mul_(k.prob)                            # Q15, real
-        r, z = rz[:, :hs], rz[:, hs:]
-        an = torch.add(gi_n, _round(r * gh[:, 2 * hs:], 1.0, k), out=an)  # r * gh_n on Q11
+        _round(s, 2.0 ** PROB_Q, k, out=rz).mul_(k.prob)                         # Q15, real
+        an = torch.add(gi_n, _round(r * gh_n, 1.0, k), out=an)           # r * gh_n on Q11
         tn = (an.clamp(*_I16).mul_(k.gate) if clamp_pre else an.mul(k.gate)).tanh_()
         nq = _round(tn, 2.0 ** PROB_Q, k).mul_(k.prob)
         _round(torch.lerp(nq, h, z), 2.0 ** exp_h, k, out=hr)    # (1 - z) * n + z * h
@@ -231,21 +236,23 @@ def _lstm_forward(gq, h0, c0, w_hh, b_hh, active, exp_h, bits_h, k, clamp_gh, cl
     h_car = c_car = acts = None
     if active is not None:
         h_car, c_car, acts = buf(hs), buf(hs), active.to(gq.dtype)
+    pc_g = scratch[:, 2 * hs:3 * hs]                 # views made once: slicing costs an op
+    s4 = s.view(steps, n, 4, hs)
     h, c = h0, c0
     bufs = zip(gq.unbind(0), _unbound(gh_raw, steps), _unbound(pre, steps),
+               s4[:, :, 0].unbind(0), s4[:, :, 1].unbind(0), s4[:, :, 3].unbind(0),
                *(x.unbind(0) for x in (sig, s, tg, gg, c_raw, tcr, tc, h_raw, y)))
-    for t, (gq_t, gh, pr, sg, st, tgt, ggt, cr, tcrt, tct, hr, yt) in enumerate(bufs):
+    for t, (gq_t, gh, pr, i, f, o, sg, st, tgt, ggt, cr, tcrt, tct, hr, yt) in enumerate(bufs):
         gh = _matmul_q11(h, wt, b, scratch if gh is None else gh).add_(k.half).floor_()
         if clamp_gh:
             gh = gh.clamp(*_I16)                                                 # (N, 4H) Q11
         if clamp_pre:
-            pc = torch.add(gq_t, gh, out=pr).clamp(*_I16).mul_(k.gate)           # real
+            pc = torch.clamp(torch.add(gq_t, gh, out=pr), *_I16, out=scratch).mul_(k.gate)
         else:
             pc = gh.add_(gq_t).mul_(k.gate)          # gh is scratch or a clamped copy
         _round(torch.sigmoid(pc, out=sg), 2.0 ** PROB_Q, k, out=st)  # Q15, integer units
-        i, f, o = st[:, :hs], st[:, hs:2 * hs], st[:, 3 * hs:]
-        ggr = _round(torch.tanh(pc[:, 2 * hs:3 * hs], out=tgt), 2.0 ** PROB_Q, k,
-                     out=ggt).mul_(k.prob)
+        ggr = _round(torch.tanh(pc_g if pc is scratch else pc[:, 2 * hs:3 * hs], out=tgt),
+                     2.0 ** PROB_Q, k, out=ggt).mul_(k.prob)
         # (i*2**15 * gg) + (f*2**15 * c) = 2**15 (i gg + f c), rounded the same way
         _round((f * c).add_(i * ggr), 2.0 ** (CELL_Q - PROB_Q), k, out=cr)
         c_new = cr.clamp(lo_c, hi_c).mul_(k.cell)
