@@ -129,3 +129,21 @@ def test_fused_direction_equals_composed_reference(mode, bias, scale, reverse, p
         assert torch.allclose(a, r, rtol=1e-5, atol=1e-5), (a - r).abs().max()
     if scale > 1:  # saturation really happened: some gradients are cut to zero
         assert (g2[0] == 0).any()
+
+
+@pytest.mark.parametrize("mode", ["GRU", "LSTM"])
+def test_backward_twice_and_outputs_own_their_memory(mode):
+    """Backward reads the saved buffers without changing them (a second backward with
+    retain_graph gives the same gradients), and h_T is not a view of y."""
+    gi, h0, c0, w, b, lengths, dy, dh, dc = _case(mode, True, 20.0, seed=2)
+    xs = [t.clone().requires_grad_(True) for t in (gi, w, b)]
+    y, h, c = rnn_train.direction(mode, xs[0], h0, c0, xs[1], xs[2], lengths, False, 8)
+    loss = (y * dy).sum() + (h * dh).sum()
+    first = torch.autograd.grad(loss, xs, retain_graph=True)
+    second = torch.autograd.grad(loss, xs)
+    for a, r in zip(first, second):
+        assert torch.equal(a, r)
+    y_before = y.detach().clone()
+    with torch.no_grad():
+        h.add_(1.0)
+    assert torch.equal(y, y_before)

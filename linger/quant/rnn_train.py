@@ -6,26 +6,34 @@ identical to composing :func:`linger.quant.functions.fake_quant` calls (tests/te
 checks it with ``torch.equal``); backward is written out by hand with the straight-through
 estimator (the gradient of a fake quantization is 1 where it did not saturate, 0 where it did).
 
-Why it looks the way it does (a keyword-spotting GRU, 49 steps of batch 32, spends its time in
-per-op overhead: an element-wise op on a (32, 384) tensor costs 2-3 us, most of it dispatch):
+Why it looks the way it does: a keyword-spotting LSTM (49 steps of batch 32, 128 units) spends
+its time in per-op overhead (an element-wise op on a (32, 512) tensor costs 2-4 us, mostly
+dispatch) and in memory traffic, so the code minimises ops per step and large temporaries:
 
 - The loop works in *integer units* where that saves ops: ``W_hh`` and ``b_hh`` are scaled by
-  ``2**11`` once, so the matmul gives the Q11 gate values times ``2**11`` (scaling by a power of two
-  commutes with every float rounding, so the products and sums are those of the real-valued matmul
-  times ``2**11``, exactly); sums of values on the same grid are exact integers and need no
-  rounding; ``round(x * 2**e)`` is one ``add(0.5, x, alpha=2**e)`` and one ``floor_``.
-- Constants are 0-dim tensors: an op with a Python float scalar converts it to a tensor first,
-  a third of the op's cost.
+  ``2**11`` once, so the matmul gives the Q11 gate values times ``2**11`` (scaling by a power of
+  two commutes with every float rounding, so the products and sums are those of the real-valued
+  matmul times ``2**11``, exactly); sums of values on the same grid are exact integers and need
+  no rounding; ``round(x * 2**e)`` is one ``add(0.5, x, alpha=2**e)`` and one ``floor_``.
+- Constants are 0-dim tensors (an op with a Python float converts it to a tensor first); views
+  are made once per call; the loops run in inference mode (less dispatch per op).
+- Clamps that cannot act are skipped: the weights' absolute row sums bound ``W_hh h + b_hh``
+  for every state on the hidden grid, once per call (:func:`_gates_may_saturate`).
 - Nothing per step computes a saturation mask (a bool op costs 4x a float op). The forward keeps
-  the *unclamped* integer values of the four (LSTM: five) quantization points in ``(T, N, G)``
-  buffers; backward recomputes, for all steps at once, the clamped values, the masks (as float
-  0/1), the activations, and from them the per-step factors that turn the gradient reaching
-  ``h'`` into the gate gradients. What is left in the backward loop is about five ops and the
-  ``dgh @ W_hh`` product per step; ``dgi``, ``dW_hh`` and ``db_hh`` are computed after the loop
-  for all steps at once.
+  the *unclamped* integer values of the quantization points that saturated somewhere (one
+  reduction each after the loop) and backward derives the masks as float 0/1; the LSTM also
+  keeps the activations it computed, the GRU (tighter on memory) recomputes them.
+- Backward works by runs of :data:`_CHUNK` steps: for a run it computes, with a few ops over the
+  whole run (small enough to stay in cache), the per-step factors that turn the gradient
+  reaching ``h'`` (and ``c'``) into the gate gradients; the step loop is then about five ops
+  and the ``dgh @ W_hh`` product; ``dgi`` is computed per run, ``dW_hh`` and ``db_hh`` after
+  the loop for all steps at once.
 
 With lengths (``active`` given) the factors are multiplied by the 0/1 "step counts" mask, so the
 loop stays the same; the carried states are kept, as they are not the step outputs.
+
+The input gates arrive unquantized: the node rounds them onto Q11 itself (one pass, no separate
+autograd node keeping its input).
 """
 
 from __future__ import annotations
@@ -315,13 +323,12 @@ def _gradient_start(dh_t, dym, last):
 class RecurrentDirection(torch.autograd.Function):
     """One direction of a GRU (``c0`` None) or LSTM over time-major gates.
 
-    Inputs: ``gi`` (T, N, G*H) input gates (the input projection: fake-quantized here to int16
-    Q11, straight-through), ``h0``/``c0`` (N, H) on their grids, ``w_hh``
+    Inputs: ``gi`` (T, N, G*H) input gates (the input projection, unquantized: fake-quantized
+    here to int16 Q11, straight-through), ``h0``/``c0`` (N, H) on their grids, ``w_hh``
     (G*H, H), ``b_hh`` (G*H,) or None, ``active`` (T, N, 1) bool (``t < length``; None: all
-    steps of every sequence count), the hidden
-    exponent and bits. Outputs ``y`` (T, N, H) (zero past each length), ``h_T``, ``c_T``
-    (``c_T`` is ``h_T``'s shape of zeros for a GRU). A sequence keeps its state past its
-    length, as in PyTorch's packed sequences.
+    steps of every sequence count), the hidden exponent and bits. Outputs ``y`` (T, N, H)
+    (zero past each length), ``h_T``, ``c_T`` (``c_T`` is ``h_T``'s shape of zeros for a GRU).
+    A sequence keeps its state past its length, as in PyTorch's packed sequences.
     """
 
     @staticmethod
@@ -355,73 +362,113 @@ class RecurrentDirection(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy, dh_t, dc_t):
         w_hh, active, h0, c0, m_gi, *bufs = ctx.saved_tensors
-        k = _Consts(w_hh, ctx.exp_h)
-        steps, n, g = bufs[3].shape[0], h0.shape[0], w_hh.shape[0]      # bufs[3]: h_raw
-        hs, lstm = h0.shape[1], ctx.lstm
+        steps, g = bufs[3].shape[0], w_hh.shape[0]                       # bufs[3]: h_raw
         if steps == 0:
             db = w_hh.new_zeros(g) if ctx.has_bias else None
             return None, dh_t, dc_t, torch.zeros_like(w_hh), db, None, None, None
         with torch.inference_mode():                      # temporaries only (see _buffer)
-            acts = None if active is None else active.to(w_hh.dtype)                 # (T, N, 1)
-            dym = dy if dy is None or acts is None else dy * acts   # y is zero past the length
-            not_active = None if acts is None else 1.0 - acts
-            dsum = h0.new_empty(steps, n, hs)                 # gradient reaching h' of each step
-            dgh = _buffer(h0, steps, n, g)                    # of W_hh h + b_hh, masked
-            dgi = _buffer(h0, steps, n, g)
-            h_prev = _buffer(h0, steps, n, hs)                # the state entering each step
-            ds_t, dgh_t = dsum.unbind(0), dgh.unbind(0)
-            dgh_g, dgi_g = dgh.view(steps, n, g // hs, hs), dgi.view(steps, n, g // hs, hs)
-            _gradient_start(dh_t, dym, ds_t[-1])
-            if lstm:
-                dcn = h0.new_empty(steps, n, hs)              # gradient reaching c' of each step
-                dcn_t = dcn.unbind(0)
-                dc = torch.zeros_like(h0) if dc_t is None else dc_t
-            dh = None
-            for hi in range(steps, 0, -_CHUNK):               # runs of steps, last first
+            run = _Backward(ctx, w_hh, active, h0, c0, bufs, dy, dh_t)
+            dc = (torch.zeros_like(h0) if dc_t is None else dc_t) if ctx.lstm else None
+            for hi in range(steps, 0, -_CHUNK):           # runs of steps, last first
                 lo = max(hi - _CHUNK, 0)
-                part = [None if b is None else b[lo:hi] for b in bufs]
-                a = None if acts is None else acts[lo:hi]
-                h_first = h0 if lo == 0 else _state(bufs[3], bufs[4], lo - 1, ctx.bits_h, k.h)
-                if lstm:
-                    c_first = c0 if lo == 0 else _state(bufs[2], bufs[5], lo - 1, CELL_BITS, k.cell)
-                    fgi, fgh, mc, e, f, h_prev[lo:hi] = _lstm_factors(part, ctx.sat, h_first,
-                                                                      c_first, a, k, ctx.bits_h)
-                    mc_t = None if mc is None else mc.unbind(0)
-                    e_t, f_t = e.unbind(0), f.unbind(0)
-                    fgh3, fgho = fgh[:, :, :3].unbind(0), fgh[:, :, 3].unbind(0)
-                    dgh3, dgho = dgh_g[lo:hi, :, :3].unbind(0), dgh_g[lo:hi, :, 3].unbind(0)
+                if ctx.lstm:
+                    dc = run.lstm(lo, hi, dc)
                 else:
-                    fgi, fgh, keep, h_prev[lo:hi] = _gru_factors(part, ctx.sat, h_first, a, k,
-                                                                 ctx.bits_h)
-                    keep_t, fgh_t, dgh3 = keep.unbind(0), fgh.unbind(0), dgh_g[lo:hi].unbind(0)
-                for t in range(hi - 1, lo - 1, -1):
-                    j, ds = t - lo, ds_t[t]
-                    out = ds_t[t - 1] if t else None
-                    if lstm:
-                        dc_new = torch.addcmul(dc if mc_t is None else dc * mc_t[j], ds, e_t[j],
-                                               out=dcn_t[t])
-                        torch.mul(dc_new.unsqueeze(1), fgh3[j], out=dgh3[j])
-                        torch.mul(ds, fgho[j], out=dgho[j])
-                        dc = dc_new * f_t[j] if not_active is None else \
-                            torch.addcmul(dc * not_active[t], dc_new, f_t[j])
-                        dh = torch.mm(dgh_t[t], w_hh, out=out) if not_active is None else \
-                            torch.addmm(ds * not_active[t], dgh_t[t], w_hh, out=out)
-                    else:
-                        torch.mul(ds.unsqueeze(1), fgh_t[j], out=dgh3[j])
-                        dh = torch.addmm(ds * keep_t[j], dgh_t[t], w_hh, out=out)
-                    if t and dym is not None:
-                        dh.add_(dym[t - 1])
-                if lstm:                                      # the run's gate-input gradients
-                    torch.mul(dcn[lo:hi, :, None], fgi[:, :, :3], out=dgi_g[lo:hi, :, :3])
-                    torch.mul(dsum[lo:hi], fgi[:, :, 3], out=dgi_g[lo:hi, :, 3])
-                else:
-                    torch.mul(dsum[lo:hi, :, None], fgi, out=dgi_g[lo:hi])
-        dh, dc = _normal(dh), _normal(dc) if lstm else None
-        _mul_(dgi, m_gi)                                  # gi's own fake quantization
-        flat = dgh.view(-1, g)                                             # (T*N, G*H)
-        dw = flat.t() @ h_prev.view(-1, hs)                                # all steps at once
+                    run.gru(lo, hi)
+        dgi = _mul_(run.dgi, m_gi)                        # gi's own fake quantization
+        flat = run.dgh.view(-1, g)                                         # (T*N, G*H)
+        dw = flat.t() @ run.h_prev.view(-1, h0.shape[1])                  # all steps at once
         db = flat.sum(0) if ctx.has_bias else None
-        return dgi, dh, dc, dw, db, None, None, None
+        return dgi, _normal(run.dh), _normal(dc), dw, db, None, None, None
+
+
+class _Backward:
+    """The backward recurrence of one direction, run by runs of steps (last run first): the
+    factors of a run (:func:`_gru_factors`, :func:`_lstm_factors`), then per step the
+    recurrent-gate gradient ``dgh`` (N, G) and ``dh = dh' * keep + dgh @ W_hh`` for the step
+    before; after the run, its gate-input gradients ``dgi``.
+
+    ``dsum`` (T, N, H) holds the gradient reaching each step's output ``h'`` (``dh`` of the
+    later steps plus ``dy``, written by the step after it); ``dgh``, ``dgi``, ``h_prev`` are
+    filled for all steps (``dW_hh`` and ``db_hh`` come from them after the loop)."""
+
+    def __init__(self, ctx, w_hh, active, h0, c0, bufs, dy, dh_t):
+        steps, n, hs, g = bufs[3].shape[0], h0.shape[0], h0.shape[1], w_hh.shape[0]
+        self.w_hh, self.h0, self.c0, self.bufs, self.sat = w_hh, h0, c0, bufs, ctx.sat
+        self.bits_h, self.k = ctx.bits_h, _Consts(w_hh, ctx.exp_h)
+        self.acts = None if active is None else active.to(w_hh.dtype)              # (T, N, 1)
+        self.dym = dy if dy is None or self.acts is None else dy * self.acts  # y is 0 past len
+        self.not_active = None if self.acts is None else 1.0 - self.acts
+        self.dsum = h0.new_empty(steps, n, hs)
+        self.dgh = _buffer(h0, steps, n, g)               # of W_hh h + b_hh, masked
+        self.dgi = _buffer(h0, steps, n, g)
+        self.h_prev = _buffer(h0, steps, n, hs)           # the state entering each step
+        self.dcn = h0.new_empty(steps, n, hs) if ctx.lstm else None   # reaching c' (LSTM)
+        self.ds_t, self.dgh_t = self.dsum.unbind(0), self.dgh.unbind(0)
+        self.dgh_g = self.dgh.view(steps, n, g // hs, hs)
+        self.dgi_g = self.dgi.view(steps, n, g // hs, hs)
+        _gradient_start(dh_t, self.dym, self.ds_t[-1])
+        self.dh = None                                    # dh0 once the first step is done
+
+    def _first(self, lo):
+        """States entering step ``lo``: ``(h, c)`` (``c`` None for a GRU)."""
+        b, k = self.bufs, self.k
+        if lo == 0:
+            return self.h0, self.c0
+        h = _state(b[3], b[4], lo - 1, self.bits_h, k.h)
+        return h, (_state(b[2], b[5], lo - 1, CELL_BITS, k.cell) if self.c0 is not None
+                   else None)
+
+    def _part(self, lo, hi):
+        return [None if b is None else b[lo:hi] for b in self.bufs], \
+            None if self.acts is None else self.acts[lo:hi]
+
+    def _state_gradient(self, t, dgh, keep):
+        """``dh`` for step ``t - 1`` (into ``dsum[t - 1]``, plus its ``dy``), or ``dh0``."""
+        ds = self.ds_t[t]
+        out = self.ds_t[t - 1] if t else None
+        if keep is None:
+            dh = torch.mm(dgh, self.w_hh, out=out)
+        else:
+            dh = torch.addmm(ds * keep, dgh, self.w_hh, out=out)
+        if t and self.dym is not None:
+            dh.add_(self.dym[t - 1])
+        self.dh = dh
+
+    def gru(self, lo, hi):
+        part, acts = self._part(lo, hi)
+        h_first, _ = self._first(lo)
+        fgi, fgh, keep, self.h_prev[lo:hi] = _gru_factors(part, self.sat, h_first, acts,
+                                                          self.k, self.bits_h)
+        keep_t, fgh_t, dgh_t = keep.unbind(0), fgh.unbind(0), self.dgh_g[lo:hi].unbind(0)
+        for t in range(hi - 1, lo - 1, -1):
+            j = t - lo
+            torch.mul(self.ds_t[t].unsqueeze(1), fgh_t[j], out=dgh_t[j])
+            self._state_gradient(t, self.dgh_t[t], keep_t[j])
+        torch.mul(self.dsum[lo:hi, :, None], fgi, out=self.dgi_g[lo:hi])
+
+    def lstm(self, lo, hi, dc):
+        """Returns the cell gradient for step ``lo - 1``."""
+        part, acts = self._part(lo, hi)
+        h_first, c_first = self._first(lo)
+        fgi, fgh, mc, e, f, self.h_prev[lo:hi] = _lstm_factors(part, self.sat, h_first, c_first,
+                                                               acts, self.k, self.bits_h)
+        mc_t = None if mc is None else mc.unbind(0)
+        e_t, f_t, dcn_t = e.unbind(0), f.unbind(0), self.dcn.unbind(0)
+        fgh3, fgho = fgh[:, :, :3].unbind(0), fgh[:, :, 3].unbind(0)
+        dgh3, dgho = self.dgh_g[lo:hi, :, :3].unbind(0), self.dgh_g[lo:hi, :, 3].unbind(0)
+        na = self.not_active
+        for t in range(hi - 1, lo - 1, -1):
+            j, ds = t - lo, self.ds_t[t]
+            dc_new = torch.addcmul(dc if mc_t is None else dc * mc_t[j], ds, e_t[j],
+                                   out=dcn_t[t])
+            torch.mul(dc_new.unsqueeze(1), fgh3[j], out=dgh3[j])
+            torch.mul(ds, fgho[j], out=dgho[j])
+            dc = dc_new * f_t[j] if na is None else torch.addcmul(dc * na[t], dc_new, f_t[j])
+            self._state_gradient(t, self.dgh_t[t], None if na is None else na[t])
+        torch.mul(self.dcn[lo:hi, :, None], fgi[:, :, :3], out=self.dgi_g[lo:hi, :, :3])
+        torch.mul(self.dsum[lo:hi], fgi[:, :, 3], out=self.dgi_g[lo:hi, :, 3])
+        return dc
 
 
 def reverse_index(lengths: torch.Tensor, steps: int) -> torch.Tensor:
