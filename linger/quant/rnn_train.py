@@ -224,8 +224,8 @@ def _gru_factors(saved, sat, h_first, acts, k, bits_h):
 def _lstm_forward(gq, h0, c0, w_hh, b_hh, active, exp_h, bits_h, k, clamp_gh, clamp_pre):
     """Forward over all steps; returns ``y, h_T, c_T``, the buffers backward needs and which
     of them saturated somewhere (``{"c", "h"}``). Kept: the unclamped values of every
-    quantization point that saturated somewhere (for the masks) and the activations (the step
-    computes them anyway; recomputing them in backward would cost more than keeping them)."""
+    quantization point that saturated somewhere (for the masks) and the activations before
+    rounding (the step computes them anyway; recomputing them in backward would cost more)."""
     steps, n, g = gq.shape
     hs = g // 4
     lo_c, hi_c = numerics.qmin(CELL_BITS), numerics.qmax(CELL_BITS)
@@ -237,20 +237,21 @@ def _lstm_forward(gq, h0, c0, w_hh, b_hh, active, exp_h, bits_h, k, clamp_gh, cl
     gh_raw = buf(g) if clamp_gh else None            # W_hh h + b, rounded, not clamped
     pre = buf(g) if clamp_pre else None              # gi + gh, not clamped
     scratch = gq.new_empty(n, g)                     # gh and gi + gh when they cannot saturate
-    sig, s = buf(g), buf(g)           # sigmoid of the gates; rounded to Q15 (integer units)
-    tg, gg = buf(hs), buf(hs)         # tanh of gate g; rounded to Q15 (real)
-    c_raw, tcr, tc = buf(hs), buf(hs), buf(hs)   # new cell on Q11 (not clamped), its tanh, Q15
+    sig, tg = buf(g), buf(hs)         # sigmoid of the gates, tanh of gate g
+    c_raw, tcr = buf(hs), buf(hs)     # new cell on Q11 (not clamped), its tanh
     h_raw, y = buf(hs), buf(hs)       # new state on the hidden grid (not clamped); output
     h_car = c_car = acts = None
     if active is not None:
         h_car, c_car, acts = buf(hs), buf(hs), active.to(gq.dtype)
-    pc_g = scratch[:, 2 * hs:3 * hs]                 # views made once: slicing costs an op
-    s4 = s.view(steps, n, 4, hs)
+    # the rounded activations go to small reused tensors: writing them into (T, N, .) buffers
+    # as well costs more (memory traffic) than rounding again in backward
+    s, gg, tc = gq.new_empty(n, g), gq.new_empty(n, hs), gq.new_empty(n, hs)
+    i, f, o = s[:, :hs], s[:, hs:2 * hs], s[:, 3 * hs:]   # views made once: slicing is an op
+    pc_g = scratch[:, 2 * hs:3 * hs]
     h, c = h0, c0
     bufs = zip(gq.unbind(0), _unbound(gh_raw, steps), _unbound(pre, steps),
-               s4[:, :, 0].unbind(0), s4[:, :, 1].unbind(0), s4[:, :, 3].unbind(0),
-               *(x.unbind(0) for x in (sig, s, tg, gg, c_raw, tcr, tc, h_raw, y)))
-    for t, (gq_t, gh, pr, i, f, o, sg, st, tgt, ggt, cr, tcrt, tct, hr, yt) in enumerate(bufs):
+               *(x.unbind(0) for x in (sig, tg, c_raw, tcr, h_raw, y)))
+    for t, (gq_t, gh, pr, sg, tgt, cr, tcrt, hr, yt) in enumerate(bufs):
         gh = _matmul_q11(h, wt, b, scratch if gh is None else gh).add_(k.half).floor_()
         if clamp_gh:
             gh = gh.clamp(*_I16)                                                 # (N, 4H) Q11
@@ -258,13 +259,13 @@ def _lstm_forward(gq, h0, c0, w_hh, b_hh, active, exp_h, bits_h, k, clamp_gh, cl
             pc = torch.clamp(torch.add(gq_t, gh, out=pr), *_I16, out=scratch).mul_(k.gate)
         else:
             pc = gh.add_(gq_t).mul_(k.gate)          # gh is scratch or a clamped copy
-        _round(torch.sigmoid(pc, out=sg), 2.0 ** PROB_Q, k, out=st)  # Q15, integer units
+        _round(torch.sigmoid(pc, out=sg), 2.0 ** PROB_Q, k, out=s)   # Q15, integer units
         ggr = _round(torch.tanh(pc_g if pc is scratch else pc[:, 2 * hs:3 * hs], out=tgt),
-                     2.0 ** PROB_Q, k, out=ggt).mul_(k.prob)
+                     2.0 ** PROB_Q, k, out=gg).mul_(k.prob)
         # (i*2**15 * gg) + (f*2**15 * c) = 2**15 (i gg + f c), rounded the same way
         _round((f * c).add_(i * ggr), 2.0 ** (CELL_Q - PROB_Q), k, out=cr)
         c_new = cr.clamp(lo_c, hi_c).mul_(k.cell)
-        tcq = _round(torch.tanh(c_new, out=tcrt), 2.0 ** PROB_Q, k, out=tct)   # integer units
+        tcq = _round(torch.tanh(c_new, out=tcrt), 2.0 ** PROB_Q, k, out=tc)    # integer units
         _round(o * tcq, 2.0 ** (exp_h - 2 * PROB_Q), k, out=hr)     # o*2**15 * tc*2**15
         h = _hidden_out(hr, h, t, yt, h_car, active, acts, bits_h, k)
         c = c_new if active is None else torch.where(active[t], c_new, c, out=c_car[t])
@@ -272,7 +273,7 @@ def _lstm_forward(gq, h0, c0, w_hh, b_hh, active, exp_h, bits_h, k, clamp_gh, cl
     pre = pre if clamp_pre and _saturates(pre, *_I16) else None
     sat = {"c": _saturates(c_raw, lo_c, hi_c),
            "h": _saturates(h_raw, numerics.qmin(bits_h), numerics.qmax(bits_h))}
-    return y, h, c, (gh_raw, pre, c_raw, h_raw, h_car, c_car, sig, s, tg, gg, tcr, tc), sat
+    return y, h, c, (gh_raw, pre, c_raw, h_raw, h_car, c_car, sig, tg, tcr), sat
 
 
 def _lstm_factors(saved, sat, h_first, c_first, acts, k, bits_h):
@@ -281,7 +282,7 @@ def _lstm_factors(saved, sat, h_first, c_first, acts, k, bits_h):
     ``fgh`` the same times the recurrent gates' saturation masks, ``mc`` (or None: ones) and
     ``e`` (C, N, H): the new cell's gradient is ``dc' mc + dh' e``, ``f`` the forget gate, and
     ``h_prev`` (C, N, H) the states entering the steps."""
-    gh_raw, pre, c_raw, h_raw, h_car, c_car, sig, s, tg, gg, tcr, tc = saved
+    gh_raw, pre, c_raw, h_raw, h_car, c_car, sig, tg, tcr = saved
     steps, n, g = sig.shape
     hs = g // 4
     m_gh = None if gh_raw is None else _clamp_mask(gh_raw, *_I16)[1]
@@ -291,7 +292,10 @@ def _lstm_factors(saved, sat, h_first, c_first, acts, k, bits_h):
     hc, m_h = _clamp_mask(h_raw, numerics.qmin(bits_h), numerics.qmax(bits_h), sat["h"])
     h_prev = _before(h_first, hc * k.h if h_car is None else h_car)
     c_prev = _before(c_first, c_new if c_car is None else c_car)
-    i, f, o = s[..., :hs], s[..., hs:2 * hs], s[..., 3 * hs:]                  # Q15 integers
+    s = _round(sig, 2.0 ** PROB_Q, k)                                            # Q15 integers
+    i, f, o = s[..., :hs], s[..., hs:2 * hs], s[..., 3 * hs:]
+    gg = _round(tg, 2.0 ** PROB_Q, k).mul_(k.prob)
+    tc = _round(tcr, 2.0 ** PROB_Q, k)                                           # Q15 integers
     fgi = _mul_(torch.sub(k.one, sig).mul_(sig), m_pre).view(steps, n, 4, hs)  # sigmoid'
     f_i, f_f, f_g, f_o = fgi.unbind(2)
     f_i.mul_(gg)
