@@ -145,9 +145,10 @@ def _hidden_out(hr, h, t, yt, carried, active, acts, bits_h, k):
     return torch.where(active[t], h_new, h, out=carried[t])
 
 
-def _gru_forward(gq, h0, w_hh, b_hh, active, exp_h, bits_h, k, clamp_gh, clamp_pre):
+def _gru_forward(gq, h0, w_hh, b_hh, active, exp_h, bits_h, k, clamp_gh, clamp_pre, raw):
     """Forward over all steps; returns ``y, h_T``, the buffers backward needs and which of
-    them saturated somewhere (``{"gh", "pre", "h"}``: True where a mask is needed)."""
+    them saturated somewhere (``{"gh", "pre", "h"}``: True where a mask is needed).
+    ``raw``: ``gq`` holds the unrounded gates, rounded step by step (see :func:`_gates`)."""
     steps, n, g = gq.shape
     hs = g // 3
     wt = (w_hh * 2.0 ** GATE_Q).t()
@@ -163,11 +164,16 @@ def _gru_forward(gq, h0, w_hh, b_hh, active, exp_h, bits_h, k, clamp_gh, clamp_p
     rz = gq.new_empty(n, 2 * hs)                     # r and z on Q15 (real)
     r, z = rz[:, :hs], rz[:, hs:]                    # views made once: slicing costs an op
     h = h0
-    bufs = zip(gq[..., :2 * hs].unbind(0), gq[..., 2 * hs:].unbind(0), gh_raw.unbind(0),
-               gh_raw[..., :2 * hs].unbind(0), gh_raw[..., 2 * hs:].unbind(0),
+    gtmp = gq.new_empty(n, g)                        # this step's gates on Q11 (raw)
+    gi_views = (gtmp[:, :2 * hs], gtmp[:, 2 * hs:]) if raw else None
+    bufs = zip(gq.unbind(0), gq[..., :2 * hs].unbind(0), gq[..., 2 * hs:].unbind(0),
+               gh_raw.unbind(0), gh_raw[..., :2 * hs].unbind(0), gh_raw[..., 2 * hs:].unbind(0),
                a_rz.unbind(0), a_n.unbind(0), h_raw.unbind(0), y.unbind(0))
     ghc_rz, ghc_n = ghc[:, :2 * hs], ghc[:, 2 * hs:]
-    for t, (gi_rz, gi_n, gh, gh_rz, gh_n, arz, an, hr, yt) in enumerate(bufs):
+    for t, (gi_t, gi_rz, gi_n, gh, gh_rz, gh_n, arz, an, hr, yt) in enumerate(bufs):
+        if raw:
+            _round(gi_t, 2.0 ** GATE_Q, k, out=gtmp)
+            gi_rz, gi_n = gi_views
         _matmul_q11(h, wt, b, gh).add_(k.half).floor_()                        # (N, 3H) Q11
         if clamp_gh:
             torch.clamp(gh, *_I16, out=ghc)
@@ -221,7 +227,8 @@ def _gru_factors(saved, sat, h_first, acts, k, bits_h):
     return fgi, fgh, keep, h_prev
 
 
-def _lstm_forward(gq, h0, c0, w_hh, b_hh, active, exp_h, bits_h, k, clamp_gh, clamp_pre):
+def _lstm_forward(gq, h0, c0, w_hh, b_hh, active, exp_h, bits_h, k, clamp_gh, clamp_pre,
+                  raw):
     """Forward over all steps; returns ``y, h_T, c_T``, the buffers backward needs and which
     of them saturated somewhere (``{"c", "h"}``). Kept: the unclamped values of every
     quantization point that saturated somewhere (for the masks) and the activations before
@@ -237,6 +244,7 @@ def _lstm_forward(gq, h0, c0, w_hh, b_hh, active, exp_h, bits_h, k, clamp_gh, cl
     gh_raw = buf(g) if clamp_gh else None            # W_hh h + b, rounded, not clamped
     pre = buf(g) if clamp_pre else None              # gi + gh, not clamped
     scratch = gq.new_empty(n, g)                     # gh and gi + gh when they cannot saturate
+    gtmp = gq.new_empty(n, g)                        # this step's gates on Q11 (raw)
     sig, tg = buf(g), buf(hs)         # sigmoid of the gates, tanh of gate g
     c_raw, tcr = buf(hs), buf(hs)     # new cell on Q11 (not clamped), its tanh
     h_raw, y = buf(hs), buf(hs)       # new state on the hidden grid (not clamped); output
@@ -252,6 +260,8 @@ def _lstm_forward(gq, h0, c0, w_hh, b_hh, active, exp_h, bits_h, k, clamp_gh, cl
     bufs = zip(gq.unbind(0), _unbound(gh_raw, steps), _unbound(pre, steps),
                *(x.unbind(0) for x in (sig, tg, c_raw, tcr, h_raw, y)))
     for t, (gq_t, gh, pr, sg, tgt, cr, tcrt, hr, yt) in enumerate(bufs):
+        if raw:                                      # round this step's gates onto Q11
+            gq_t = _round(gq_t, 2.0 ** GATE_Q, k, out=gtmp)
         gh = _matmul_q11(h, wt, b, scratch if gh is None else gh).add_(k.half).floor_()
         if clamp_gh:
             gh = gh.clamp(*_I16)                                                 # (N, 4H) Q11
@@ -324,6 +334,23 @@ def _gradient_start(dh_t, dym, last):
     return last.copy_(dh_t) if dym is None else torch.add(dh_t, dym[-1], out=last)
 
 
+def _gates(gi, w_hh, b_hh, k):
+    """The input gates on Q11 (integer units) and what the loop needs to know about them:
+    ``(gates, mask, raw, (clamp gh, clamp gi + gh))``. Usually nothing saturates: then
+    ``gates`` is ``gi`` itself (``raw`` True) and each step rounds its own slice, which saves
+    writing and reading a (T, N, G) tensor; else ``gates`` is rounded and clamped here and
+    ``mask`` is its straight-through mask. The extremes come from ``gi``'s (rounding is
+    monotone, and this is the same float rounding as the loop's)."""
+    if gi.numel() == 0:
+        return gi, None, True, (False, False)
+    low, high = (float(_round(v, 2.0 ** GATE_Q, k)) for v in torch.aminmax(gi))
+    clamps = _gates_may_saturate(min(max(-low, high), 2.0 ** 15), w_hh, b_hh)
+    if low >= _I16[0] and high <= _I16[1]:
+        return gi, None, True, clamps
+    gq, m_gi = _clamp_mask(_round(gi, 2.0 ** GATE_Q, k), *_I16)
+    return gq, m_gi, False, clamps
+
+
 class RecurrentDirection(torch.autograd.Function):
     """One direction of a GRU (``c0`` None) or LSTM over time-major gates.
 
@@ -341,21 +368,13 @@ class RecurrentDirection(torch.autograd.Function):
         k = _Consts(gi, exp_h)
         lstm = c0 is not None
         with torch.inference_mode():
-            gq = _round(gi, 2.0 ** GATE_Q, k)            # (T, N, G) on Q11, integer units
-            m_gi = None
-            if gq.numel():
-                low, high = (float(v) for v in torch.aminmax(gq))
-                if low < _I16[0] or high > _I16[1]:
-                    gq, m_gi = _clamp_mask(gq, *_I16)
-                clamps = _gates_may_saturate(min(max(-low, high), 2.0 ** 15), w_hh, b_hh)
-            else:
-                clamps = (False, False)
+            gq, m_gi, raw, clamps = _gates(gi, w_hh, b_hh, k)
             if lstm:
                 y, h, c, bufs, sat = _lstm_forward(gq, h0, c0, w_hh, b_hh, active, exp_h,
-                                                   bits_h, k, *clamps)
+                                                   bits_h, k, *clamps, raw)
             else:
                 y, h, bufs, sat = _gru_forward(gq, h0, w_hh, b_hh, active, exp_h, bits_h, k,
-                                               *clamps)
+                                               *clamps, raw)
         h = h.clone()                                # h_T must not alias y[T-1]
         m_gi, c = _normal(m_gi), torch.zeros_like(h0) if not lstm else _normal(c)
         ctx.sat = sat
