@@ -111,6 +111,12 @@ def _buffer(like: torch.Tensor, *shape) -> torch.Tensor:
         return like.new_empty(shape)
 
 
+def _zeros(like: torch.Tensor, *shape) -> torch.Tensor:
+    """Zeros that autograd may return (see :func:`_buffer`)."""
+    with torch.inference_mode(False):
+        return like.new_zeros(shape)
+
+
 def _normal(t):
     """``t`` as a tensor autograd may keep or return (a copy if it was made in inference mode)."""
     if t is None or not t.is_inference():
@@ -399,21 +405,19 @@ class RecurrentDirection(torch.autograd.Function):
                 else:
                     run.gru(lo, hi)
         dgi = _mul_(run.dgi, m_gi)                        # gi's own fake quantization
-        flat = run.dgh.view(-1, g)                                         # (T*N, G*H)
-        dw = flat.t() @ run.h_prev.view(-1, h0.shape[1])                  # all steps at once
-        db = flat.sum(0) if ctx.has_bias else None
-        return dgi, _normal(run.dh), _normal(dc), dw, db, None, None, None
+        return dgi, _normal(run.dh), _normal(dc), run.dw, run.db, None, None, None
 
 
 class _Backward:
     """The backward recurrence of one direction, run by runs of steps (last run first): the
     factors of a run (:func:`_gru_factors`, :func:`_lstm_factors`), then per step the
     recurrent-gate gradient ``dgh`` (N, G) and ``dh = dh' * keep + dgh @ W_hh`` for the step
-    before; after the run, its gate-input gradients ``dgi``.
+    before; after the run, its gate-input gradients ``dgi`` and its share of ``dW_hh`` and
+    ``db_hh`` (one matrix product per run: ``dgh`` lives in a run-sized buffer that stays in
+    cache).
 
     ``dsum`` (T, N, H) holds the gradient reaching each step's output ``h'`` (``dh`` of the
-    later steps plus ``dy``, written by the step after it); ``dgh``, ``dgi``, ``h_prev`` are
-    filled for all steps (``dW_hh`` and ``db_hh`` come from them after the loop)."""
+    later steps plus ``dy``, written by the step after it)."""
 
     def __init__(self, ctx, w_hh, active, h0, c0, bufs, dy, dh_t):
         steps, n, hs, g = bufs[3].shape[0], h0.shape[0], h0.shape[1], w_hh.shape[0]
@@ -423,12 +427,14 @@ class _Backward:
         self.dym = dy if dy is None or self.acts is None else dy * self.acts  # y is 0 past len
         self.not_active = None if self.acts is None else 1.0 - self.acts
         self.dsum = h0.new_empty(steps, n, hs)
-        self.dgh = _buffer(h0, steps, n, g)               # of W_hh h + b_hh, masked
+        run = min(steps, _CHUNK)
+        self.dgh = h0.new_empty(run, n, g)                # of W_hh h + b_hh, masked: one run
         self.dgi = _buffer(h0, steps, n, g)
-        self.h_prev = _buffer(h0, steps, n, hs)           # the state entering each step
+        self.dw = _zeros(w_hh, g, hs)
+        self.db = _zeros(w_hh, g) if ctx.has_bias else None
         self.dcn = h0.new_empty(steps, n, hs) if ctx.lstm else None   # reaching c' (LSTM)
-        self.ds_t, self.dgh_t = self.dsum.unbind(0), self.dgh.unbind(0)
-        self.dgh_g = self.dgh.view(steps, n, g // hs, hs)
+        self.ds_t = self.dsum.unbind(0)
+        self.dgh_g = self.dgh.view(run, n, g // hs, hs)
         self.dgi_g = self.dgi.view(steps, n, g // hs, hs)
         _gradient_start(dh_t, self.dym, self.ds_t[-1])
         self.dh = None                                    # dh0 once the first step is done
@@ -446,6 +452,13 @@ class _Backward:
         return [None if b is None else b[lo:hi] for b in self.bufs], \
             None if self.acts is None else self.acts[lo:hi]
 
+    def _weight_gradients(self, steps, h_prev):
+        """Add a run's share to ``dW_hh`` and ``db_hh`` (``steps`` steps, ``h_prev`` theirs)."""
+        flat = self.dgh[:steps].view(-1, self.dgh.shape[-1])              # (C*N, G)
+        torch.addmm(self.dw, flat.t(), h_prev.reshape(-1, h_prev.shape[-1]), out=self.dw)
+        if self.db is not None:
+            self.db.add_(flat.sum(0))
+
     def _state_gradient(self, t, dgh, keep):
         """``dh`` for step ``t - 1`` (into ``dsum[t - 1]``, plus its ``dy``), or ``dh0``."""
         ds = self.ds_t[t]
@@ -461,25 +474,28 @@ class _Backward:
     def gru(self, lo, hi):
         part, acts = self._part(lo, hi)
         h_first, _ = self._first(lo)
-        fgi, fgh, keep, self.h_prev[lo:hi] = _gru_factors(part, self.sat, h_first, acts,
-                                                          self.k, self.bits_h)
-        keep_t, fgh_t, dgh_t = keep.unbind(0), fgh.unbind(0), self.dgh_g[lo:hi].unbind(0)
+        fgi, fgh, keep, h_prev = _gru_factors(part, self.sat, h_first, acts, self.k,
+                                              self.bits_h)
+        keep_t, fgh_t = keep.unbind(0), fgh.unbind(0)
+        dgh_g, dgh_t = self.dgh_g.unbind(0), self.dgh.unbind(0)
         for t in range(hi - 1, lo - 1, -1):
             j = t - lo
-            torch.mul(self.ds_t[t].unsqueeze(1), fgh_t[j], out=dgh_t[j])
-            self._state_gradient(t, self.dgh_t[t], keep_t[j])
+            torch.mul(self.ds_t[t].unsqueeze(1), fgh_t[j], out=dgh_g[j])
+            self._state_gradient(t, dgh_t[j], keep_t[j])
         torch.mul(self.dsum[lo:hi, :, None], fgi, out=self.dgi_g[lo:hi])
+        self._weight_gradients(hi - lo, h_prev)
 
     def lstm(self, lo, hi, dc):
         """Returns the cell gradient for step ``lo - 1``."""
         part, acts = self._part(lo, hi)
         h_first, c_first = self._first(lo)
-        fgi, fgh, mc, e, f, self.h_prev[lo:hi] = _lstm_factors(part, self.sat, h_first, c_first,
-                                                               acts, self.k, self.bits_h)
+        fgi, fgh, mc, e, f, h_prev = _lstm_factors(part, self.sat, h_first, c_first, acts,
+                                                   self.k, self.bits_h)
         mc_t = None if mc is None else mc.unbind(0)
         e_t, f_t, dcn_t = e.unbind(0), f.unbind(0), self.dcn.unbind(0)
         fgh3, fgho = fgh[:, :, :3].unbind(0), fgh[:, :, 3].unbind(0)
-        dgh3, dgho = self.dgh_g[lo:hi, :, :3].unbind(0), self.dgh_g[lo:hi, :, 3].unbind(0)
+        dgh3, dgho = self.dgh_g[:, :, :3].unbind(0), self.dgh_g[:, :, 3].unbind(0)
+        dgh_t = self.dgh.unbind(0)
         na = self.not_active
         for t in range(hi - 1, lo - 1, -1):
             j, ds = t - lo, self.ds_t[t]
@@ -488,9 +504,10 @@ class _Backward:
             torch.mul(dc_new.unsqueeze(1), fgh3[j], out=dgh3[j])
             torch.mul(ds, fgho[j], out=dgho[j])
             dc = dc_new * f_t[j] if na is None else torch.addcmul(dc * na[t], dc_new, f_t[j])
-            self._state_gradient(t, self.dgh_t[t], None if na is None else na[t])
+            self._state_gradient(t, dgh_t[j], None if na is None else na[t])
         torch.mul(self.dcn[lo:hi, :, None], fgi[:, :, :3], out=self.dgi_g[lo:hi, :, :3])
         torch.mul(self.dsum[lo:hi], fgi[:, :, 3], out=self.dgi_g[lo:hi, :, 3])
+        self._weight_gradients(hi - lo, h_prev)
         return dc
 
 
