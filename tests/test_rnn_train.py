@@ -147,3 +147,33 @@ def test_backward_twice_and_outputs_own_their_memory(mode):
     with torch.no_grad():
         h.add_(1.0)
     assert torch.equal(y, y_before)
+
+
+@pytest.mark.parametrize("mode", ["GRU", "LSTM"])
+@pytest.mark.parametrize("packed", [True, False])
+@pytest.mark.parametrize("amplitude", [3.0, 30.0])  # 3: rounded step by step; 30: saturating
+def test_input_gates_quantized_by_the_node(mode, packed, amplitude):
+    """The node fake-quantizes its input gates itself: off-grid values (saturating int16 Q11 or
+    not) give what fake_quant(gi, 11, 16) followed by the reference gives, gradients cut where
+    they saturate."""
+    gi, h0, c0, w, b, lengths, dy, dh, dc = _case(mode, True, 1.0, seed=3)
+    gi = amplitude * torch.randn(gi.shape, generator=torch.Generator().manual_seed(4))
+    if not packed:
+        lengths = None
+
+    def run(fn):
+        xs = [t.clone().requires_grad_(True) for t in (gi, w, b)]
+        y, h, c = fn(xs[0], h0, c0, xs[1], xs[2])
+        loss = (y * dy).sum() + (h * dh).sum() + ((c * dc).sum() if mode == "LSTM" else 0.0)
+        loss.backward()
+        return (y, h), [x.grad for x in xs]
+
+    (y1, h1), g1 = run(lambda *a: rnn_train.direction(mode, *a, lengths, False, 8))
+    (y2, h2), g2 = run(lambda gi_, *a: _reference(mode, fake_quant(gi_, GATE_Q, 16), *a,
+                                                  lengths, 8))
+    assert torch.equal(y1, y2) and torch.equal(h1, h2)
+    for a, r in zip(g1, g2):
+        assert torch.allclose(a, r, rtol=1e-5, atol=1e-5), (a - r).abs().max()
+    saturated = gi.abs() > 16
+    assert saturated.any() == (amplitude > 16)
+    assert (g1[0][saturated] == 0).all()
