@@ -308,22 +308,22 @@ def _lstm_factors(saved, sat, h_first, c_first, acts, k, bits_h):
     hc, m_h = _clamp_mask(h_raw, numerics.qmin(bits_h), numerics.qmax(bits_h), sat["h"])
     h_prev = _before(h_first, hc * k.h if h_car is None else h_car)
     c_prev = _before(c_first, c_new if c_car is None else c_car)
-    s = _round(sig, 2.0 ** PROB_Q, k)                                            # Q15 integers
+    s = _round(sig, 2.0 ** PROB_Q, k).mul_(k.prob)                               # Q15, real
     i, f, o = s[..., :hs], s[..., hs:2 * hs], s[..., 3 * hs:]
     gg = _round(tg, 2.0 ** PROB_Q, k).mul_(k.prob)
-    tc = _round(tcr, 2.0 ** PROB_Q, k)                                           # Q15 integers
+    tc = _round(tcr, 2.0 ** PROB_Q, k).mul_(k.prob)
     fgi = _mul_(torch.sub(k.one, sig).mul_(sig), m_pre).view(steps, n, 4, hs)  # sigmoid'
     f_i, f_f, f_g, f_o = fgi.unbind(2)
     f_i.mul_(gg)
     f_f.mul_(c_prev)
-    torch.mul(i, torch.addcmul(k.one, tg, tg, value=-1.0), out=f_g).mul_(k.prob)  # tanh'
+    torch.mul(i, torch.addcmul(k.one, tg, tg, value=-1.0), out=f_g)             # tanh'
     _mul_(f_g, None if m_pre is None else m_pre[..., 2 * hs:3 * hs])
-    _mul_(f_o.mul_(tc).mul_(k.prob), m_h, acts)
-    e = _mul_(torch.mul(o, torch.addcmul(k.one, tcr, tcr, value=-1.0)).mul_(k.prob), m_h, m_c,
+    _mul_(f_o.mul_(tc), m_h, acts)
+    e = _mul_(torch.mul(o, torch.addcmul(k.one, tcr, tcr, value=-1.0)), m_h, m_c,
               acts)                                            # dc'/dh' through o * tanh(c')
     mc = m_c if acts is None else _mul_(acts.expand(steps, n, hs).clone(), m_c)
     fgh = fgi if m_gh is None else fgi * m_gh.view(steps, n, 4, hs)
-    return fgi, fgh, mc, e, f * k.prob, h_prev
+    return fgi, fgh, mc, e, f.contiguous(), h_prev
 
 
 def _state(raw, carried, t, bits, scale):
@@ -434,8 +434,14 @@ class _Backward:
         self.db = _zeros(w_hh, g) if ctx.has_bias else None
         self.dcn = h0.new_empty(steps, n, hs) if ctx.lstm else None   # reaching c' (LSTM)
         self.ds_t = self.dsum.unbind(0)
-        self.dgh_g = self.dgh.view(run, n, g // hs, hs)
         self.dgi_g = self.dgi.view(steps, n, g // hs, hs)
+        dgh_g = self.dgh.view(run, n, g // hs, hs)        # per-step views, made once
+        if ctx.lstm:
+            self.dcn_t = self.dcn.unbind(0)
+            self.dgh_views = (self.dgh.unbind(0), dgh_g[:, :, :3].unbind(0),
+                              dgh_g[:, :, 3].unbind(0))
+        else:
+            self.dgh_views = (self.dgh.unbind(0), dgh_g.unbind(0))
         _gradient_start(dh_t, self.dym, self.ds_t[-1])
         self.dh = None                                    # dh0 once the first step is done
 
@@ -477,7 +483,7 @@ class _Backward:
         fgi, fgh, keep, h_prev = _gru_factors(part, self.sat, h_first, acts, self.k,
                                               self.bits_h)
         keep_t, fgh_t = keep.unbind(0), fgh.unbind(0)
-        dgh_g, dgh_t = self.dgh_g.unbind(0), self.dgh.unbind(0)
+        dgh_t, dgh_g = self.dgh_views
         for t in range(hi - 1, lo - 1, -1):
             j = t - lo
             torch.mul(self.ds_t[t].unsqueeze(1), fgh_t[j], out=dgh_g[j])
@@ -492,10 +498,9 @@ class _Backward:
         fgi, fgh, mc, e, f, h_prev = _lstm_factors(part, self.sat, h_first, c_first, acts,
                                                    self.k, self.bits_h)
         mc_t = None if mc is None else mc.unbind(0)
-        e_t, f_t, dcn_t = e.unbind(0), f.unbind(0), self.dcn.unbind(0)
+        e_t, f_t = e.unbind(0), f.unbind(0)
         fgh3, fgho = fgh[:, :, :3].unbind(0), fgh[:, :, 3].unbind(0)
-        dgh3, dgho = self.dgh_g[:, :, :3].unbind(0), self.dgh_g[:, :, 3].unbind(0)
-        dgh_t = self.dgh.unbind(0)
+        dcn_t, (dgh_t, dgh3, dgho) = self.dcn_t, self.dgh_views
         na = self.not_active
         for t in range(hi - 1, lo - 1, -1):
             j, ds = t - lo, self.ds_t[t]
