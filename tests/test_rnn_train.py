@@ -63,7 +63,8 @@ def _case(mode, bias, scale, seed):
     def grid(t, exp):
         return torch.floor(t * 2.0 ** exp + 0.5) / 2.0 ** exp
 
-    gi = grid(scale * torch.randn(steps, n, gates, generator=g), GATE_Q).clamp(-16, 15.99)
+    # the node's contract: gi on the Q11 grid, in int16 range (the layer fake-quantizes it)
+    gi = grid(scale * torch.randn(steps, n, gates, generator=g), GATE_Q).clamp(-16, 32767 / 2048)
     h0 = grid(0.5 * torch.randn(n, hs, generator=g), 7).clamp(-1, 127 / 128)
     c0 = grid(torch.randn(n, hs, generator=g), iqrnn.CELL_Q)
     w = grid(scale * 0.4 * torch.randn(gates, hs, generator=g), 6)
@@ -80,9 +81,13 @@ def _case(mode, bias, scale, seed):
 @pytest.mark.parametrize("scale", [1.0, 20.0])   # 20: gates and cells saturate
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("packed", [True, False])  # False: no lengths, every step counts
+@pytest.mark.parametrize("chunk", [None, 3])     # 3: backward in runs of 3, 3 and 1 steps
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA device"))])
-def test_fused_direction_equals_composed_reference(mode, bias, scale, reverse, packed, device):
+def test_fused_direction_equals_composed_reference(mode, bias, scale, reverse, packed, chunk,
+                                                   device, monkeypatch):
+    if chunk is not None:
+        monkeypatch.setattr(rnn_train, "_CHUNK", chunk)
     case = _case(mode, bias, scale, seed=1)
     gi, h0, c0, w, b, lengths, dy, dh, dc = (None if t is None else t.to(device) for t in case)
     if not packed:
@@ -124,3 +129,51 @@ def test_fused_direction_equals_composed_reference(mode, bias, scale, reverse, p
         assert torch.allclose(a, r, rtol=1e-5, atol=1e-5), (a - r).abs().max()
     if scale > 1:  # saturation really happened: some gradients are cut to zero
         assert (g2[0] == 0).any()
+
+
+@pytest.mark.parametrize("mode", ["GRU", "LSTM"])
+def test_backward_twice_and_outputs_own_their_memory(mode):
+    """Backward reads the saved buffers without changing them (a second backward with
+    retain_graph gives the same gradients), and h_T is not a view of y."""
+    gi, h0, c0, w, b, lengths, dy, dh, dc = _case(mode, True, 20.0, seed=2)
+    xs = [t.clone().requires_grad_(True) for t in (gi, w, b)]
+    y, h, c = rnn_train.direction(mode, xs[0], h0, c0, xs[1], xs[2], lengths, False, 8)
+    loss = (y * dy).sum() + (h * dh).sum()
+    first = torch.autograd.grad(loss, xs, retain_graph=True)
+    second = torch.autograd.grad(loss, xs)
+    for a, r in zip(first, second):
+        assert torch.equal(a, r)
+    y_before = y.detach().clone()
+    with torch.no_grad():
+        h.add_(1.0)
+    assert torch.equal(y, y_before)
+
+
+@pytest.mark.parametrize("mode", ["GRU", "LSTM"])
+@pytest.mark.parametrize("packed", [True, False])
+@pytest.mark.parametrize("amplitude", [3.0, 30.0])  # 3: rounded step by step; 30: saturating
+def test_input_gates_quantized_by_the_node(mode, packed, amplitude):
+    """The node fake-quantizes its input gates itself: off-grid values (saturating int16 Q11 or
+    not) give what fake_quant(gi, 11, 16) followed by the reference gives, gradients cut where
+    they saturate."""
+    gi, h0, c0, w, b, lengths, dy, dh, dc = _case(mode, True, 1.0, seed=3)
+    gi = amplitude * torch.randn(gi.shape, generator=torch.Generator().manual_seed(4))
+    if not packed:
+        lengths = None
+
+    def run(fn):
+        xs = [t.clone().requires_grad_(True) for t in (gi, w, b)]
+        y, h, c = fn(xs[0], h0, c0, xs[1], xs[2])
+        loss = (y * dy).sum() + (h * dh).sum() + ((c * dc).sum() if mode == "LSTM" else 0.0)
+        loss.backward()
+        return (y, h), [x.grad for x in xs]
+
+    (y1, h1), g1 = run(lambda *a: rnn_train.direction(mode, *a, lengths, False, 8))
+    (y2, h2), g2 = run(lambda gi_, *a: _reference(mode, fake_quant(gi_, GATE_Q, 16), *a,
+                                                  lengths, 8))
+    assert torch.equal(y1, y2) and torch.equal(h1, h2)
+    for a, r in zip(g1, g2):
+        assert torch.allclose(a, r, rtol=1e-5, atol=1e-5), (a - r).abs().max()
+    saturated = gi.abs() > 16
+    assert saturated.any() == (amplitude > 16)
+    assert (g1[0][saturated] == 0).all()

@@ -42,7 +42,7 @@ class _Grid:
     def __init__(self, device, bits_h):
         def e(n):
             return torch.tensor(n, dtype=torch.int32, device=device)
-        self.q11, self.c = e(iqrnn.GATE_Q), e(iqrnn.CELL_Q)
+        self.c = e(iqrnn.CELL_Q)
         self.h, self.bits_h = e(iqrnn.hidden_exp(bits_h)), bits_h
 
 
@@ -182,7 +182,7 @@ class _QuantRNN(QuantMixin):
                 if b_ih is not None:
                     b_ih = fake_quant(b_ih, exp_in + n_ih, numerics.BIAS_BITS)
                     b_hh = fake_quant(b_hh, g.h + n_hh, numerics.BIAS_BITS)
-                gi = fake_quant(F.linear(inp, w_ih, b_ih), g.q11, 16)            # (T, N, G*H)
+                gi = F.linear(inp, w_ih, b_ih)     # (T, N, G*H); the node quantizes it to Q11
                 y, h, c = rnn_train.direction(self.mode, gi, h0[k], c0[k], w_hh, b_hh, lengths,
                                               d == 1, self._bits_h)
                 outs.append(y)

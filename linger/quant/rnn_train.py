@@ -1,21 +1,39 @@
 """The GRU/LSTM recurrence in training: one autograd node per direction.
 
 Forward computes, step by step, the float twin of :func:`linger.iqrnn.gru_step` /
-:func:`linger.iqrnn.lstm_step` with fake quantization at every integer point (the same float
-operations, in the same order, as composing :func:`linger.quant.functions.fake_quant` calls, so the
-values are identical); backward is written out by hand with the straight-through estimator (the
-gradient of a fake quantization is 1 where it did not saturate, 0 where it did).
+:func:`linger.iqrnn.lstm_step` with fake quantization at every integer point. The values are
+identical to composing :func:`linger.quant.functions.fake_quant` calls (tests/test_rnn_train.py
+checks it with ``torch.equal``); backward is written out by hand with the straight-through
+estimator (the gradient of a fake quantization is 1 where it did not saturate, 0 where it did).
 
-Why not let autograd record the steps: about 20 small autograd nodes per time step made a QAT step
-of a keyword-spotting GRU 3x a float step, and indexing ``gi[t]`` in a loop made autograd add a
-full-size zero tensor per step in backward (O(T^2) memory traffic). Here the backward keeps one
-``(T, N, G)`` gradient buffer, recomputes the cheap element-wise activations from the saved
-pre-activations instead of storing them, and computes ``dW_hh`` and ``db_hh`` for all steps as one
-matrix product.
+Why it looks the way it does: a keyword-spotting LSTM (49 steps of batch 32, 128 units) spends
+its time in per-op overhead (an element-wise op on a (32, 512) tensor costs 2-4 us, mostly
+dispatch) and in memory traffic, so the code minimises ops per step and large temporaries:
 
-Fake quantizations that cannot saturate need no mask: the Q15 gate outputs use 17 bits (sigmoid
-and tanh lie in [-1, 1], i.e. [-2**15, 2**15]) and the GRU's ``r * gh_n`` uses 32 bits
-(``|r * gh_n| <= 16`` at Q11).
+- The loop works in *integer units* where that saves ops: ``W_hh`` and ``b_hh`` are scaled by
+  ``2**11`` once, so the matmul gives the Q11 gate values times ``2**11`` (scaling by a power of
+  two commutes with every float rounding, so the products and sums are those of the real-valued
+  matmul times ``2**11``, exactly); sums of values on the same grid are exact integers and need
+  no rounding; ``round(x * 2**e)`` is one ``add(0.5, x, alpha=2**e)`` and one ``floor_``.
+- Constants are 0-dim tensors (an op with a Python float converts it to a tensor first); views
+  are made once per call; the loops run in inference mode (less dispatch per op).
+- Clamps that cannot act are skipped: the weights' absolute row sums bound ``W_hh h + b_hh``
+  for every state on the hidden grid, once per call (:func:`_gates_may_saturate`).
+- Nothing per step computes a saturation mask (a bool op costs 4x a float op). The forward keeps
+  the *unclamped* integer values of the quantization points that saturated somewhere (one
+  reduction each after the loop) and backward derives the masks as float 0/1; the LSTM also
+  keeps the activations it computed, the GRU (tighter on memory) recomputes them.
+- Backward works by runs of :data:`_CHUNK` steps: for a run it computes, with a few ops over the
+  whole run (small enough to stay in cache), the per-step factors that turn the gradient
+  reaching ``h'`` (and ``c'``) into the gate gradients; the step loop is then about five ops
+  and the ``dgh @ W_hh`` product; ``dgi`` is computed per run, ``dW_hh`` and ``db_hh`` after
+  the loop for all steps at once.
+
+With lengths (``active`` given) the factors are multiplied by the 0/1 "step counts" mask, so the
+loop stays the same; the carried states are kept, as they are not the step outputs.
+
+The input gates arrive unquantized: the node rounds them onto Q11 itself (one pass, no separate
+autograd node keeping its input).
 """
 
 from __future__ import annotations
@@ -24,166 +42,478 @@ import torch
 
 from .. import iqrnn, numerics
 from ..iqmath import GATE_Q, PROB_Q
+from ..iqrnn import CELL_BITS, CELL_Q
 
-_GATE_OUT_BITS = 17  # Q15 gate outputs: 1.0 = 2**15 must fit
-
-
-def _fq(x: torch.Tensor, exp: int, bits: int):
-    """``(clamp(floor(x * 2**exp + 0.5)) * 2**-exp, not-saturated mask)``: the forward of
-    :class:`linger.quant.functions._FakeQuant` with its straight-through mask."""
-    v = (x * 2.0 ** exp).add_(0.5).floor_()          # x * 2**exp is exact: one rounding
-    q = v.clamp(numerics.qmin(bits), numerics.qmax(bits))
-    inside = q == v                                  # before q is scaled in place
-    return q.mul_(2.0 ** -exp), inside
+_I16 = (numerics.qmin(16), numerics.qmax(16))  # the Q11 gate pre-activations are int16
+_CHUNK = 8  # backward: steps whose factors are computed together (their temporaries stay cached)
 
 
-def _round(x: torch.Tensor, exp: int) -> torch.Tensor:
-    """Rounding onto the grid ``2**-exp`` where nothing can saturate (gradient 1)."""
-    return (x * 2.0 ** exp).add_(0.5).floor_().mul_(2.0 ** -exp)
+class _Consts:
+    """The 0-dim constants of one call, in the data's dtype and device."""
+
+    def __init__(self, like: torch.Tensor, exp_h: int):
+        def c(v):
+            return torch.tensor(v, dtype=like.dtype, device=like.device)
+        self.one, self.half = c(1.0), c(0.5)
+        self.gate, self.prob = c(2.0 ** -GATE_Q), c(2.0 ** -PROB_Q)
+        self.cell, self.h = c(2.0 ** -CELL_Q), c(2.0 ** -exp_h)
 
 
-def _gru_cell(gi, h, w_hh, b_hh, exp_h, bits_h):
-    """One GRU step; returns ``h'`` and what backward needs (gh_n, a_rz, a_n and the masks)."""
-    hs = h.shape[1]
-    gh, m_gh = _fq(torch.nn.functional.linear(h, w_hh, b_hh), GATE_Q, 16)      # (N, 3H) Q11
-    a_rz, m_rz = _fq(gi[:, :2 * hs] + gh[:, :2 * hs], GATE_Q, 16)
-    rz = _round(torch.sigmoid(a_rz), PROB_Q)                                   # Q15
-    r, z = rz[:, :hs], rz[:, hs:]
-    a_n, m_n = _fq(gi[:, 2 * hs:] + _round(r * gh[:, 2 * hs:], GATE_Q), GATE_Q, 16)
-    n = _round(torch.tanh(a_n), PROB_Q)
-    h_new, m_h = _fq(torch.lerp(n, h, z), exp_h, bits_h)      # (1 - z) * n + z * h
-    return h_new, (gh[:, 2 * hs:].clone(), a_rz, a_n, m_gh, m_rz, m_n, m_h)  # keep gh_n only
+def _round(x: torch.Tensor, scale: float, k: _Consts, out=None) -> torch.Tensor:
+    """``floor(x * scale + 0.5)`` (``scale`` a power of two, so ``x * scale`` is exact and the sum
+    is rounded once, as in :func:`linger.numerics.round_half_up`)."""
+    return torch.add(k.half, x, alpha=scale, out=out).floor_()
 
 
-def _gru_cell_backward(dh_new, h, saved):
-    """Gradients of one GRU step: ``(dgi (N, 3H), dgh (N, 3H) masked, dh from the gates)``."""
-    gh_n, a_rz, a_n, m_gh, m_rz, m_n, m_h = saved
-    hs = h.shape[1]
-    s = torch.sigmoid(a_rz)
-    rz = _round(s, PROB_Q)
-    r, z = rz[:, :hs], rz[:, hs:]
-    t = torch.tanh(a_n)
-    n = _round(t, PROB_Q)
-    d = dh_new * m_h                                         # through the hidden-grid quantizer
-    dn = d * (1.0 - z)
-    dz = d * (h - n)
-    dh = d * z
-    da_n = dn * (1.0 - t * t) * m_n                          # (N, H)
-    dr = da_n * gh_n
-    dgh_n = da_n * r
-    ds = torch.cat([dr, dz], 1)
-    da_rz = ds * s * (1.0 - s) * m_rz                        # (N, 2H)
-    dgi = torch.cat([da_rz, da_n], 1)
-    dgh = torch.cat([da_rz, dgh_n], 1) * m_gh
-    return dgi, dgh, dh
+def _clamp_mask(raw: torch.Tensor, lo: int, hi: int, may_saturate: bool = True):
+    """``(clamp(raw, lo, hi), 1.0 where raw was inside else 0.0)``: a fake quantization's value
+    (in integer units) and its straight-through mask; ``(raw, None)`` when nothing saturated
+    (checked with one reduction, unless ``may_saturate`` is False). Treat the values as
+    read-only."""
+    if not may_saturate or not _saturates(raw, lo, hi):
+        return raw, None
+    q = raw.clamp(lo, hi)
+    return q, torch.eq(raw, q, out=torch.empty_like(raw))
 
 
-def _lstm_cell(gi, h, c, w_hh, b_hh, exp_h, bits_h):
-    """One LSTM step; returns ``(h', c')`` and what backward needs."""
-    hs = h.shape[1]
-    gh, m_gh = _fq(torch.nn.functional.linear(h, w_hh, b_hh), GATE_Q, 16)      # (N, 4H) Q11
-    pre, m_pre = _fq(gi + gh, GATE_Q, 16)
-    s = _round(torch.sigmoid(pre), PROB_Q)
-    i, f, o = s[:, :hs], s[:, hs:2 * hs], s[:, 3 * hs:]
-    gg = _round(torch.tanh(pre[:, 2 * hs:3 * hs]), PROB_Q)
-    c_new, m_c = _fq(f * c + i * gg, iqrnn.CELL_Q, iqrnn.CELL_BITS)
-    tc = _round(torch.tanh(c_new), PROB_Q)
-    h_new, m_h = _fq(o * tc, exp_h, bits_h)
-    return h_new, c_new, (pre, c_new, m_gh, m_pre, m_c, m_h)
+def _saturates(raw: torch.Tensor, lo: int, hi: int) -> bool:
+    """Whether any value of ``raw`` lies outside ``[lo, hi]``."""
+    if raw.numel() == 0:
+        return False
+    low, high = torch.aminmax(raw)
+    return bool(low < lo) or bool(high > hi)
 
 
-def _lstm_cell_backward(dh_new, dc_new, c, saved):
-    """Gradients of one LSTM step: ``(dgi (N, 4H), dgh (N, 4H) masked, dc from the cell)``;
-    ``dc_new`` is the gradient already reaching ``c'`` from later steps."""
-    pre, c_new, m_gh, m_pre, m_c, m_h = saved
-    hs = c.shape[1]
-    sig = torch.sigmoid(pre)
-    s = _round(sig, PROB_Q)
-    i, f, o = s[:, :hs], s[:, hs:2 * hs], s[:, 3 * hs:]
-    tg = torch.tanh(pre[:, 2 * hs:3 * hs])
-    gg = _round(tg, PROB_Q)
-    tcr = torch.tanh(c_new)
-    tc = _round(tcr, PROB_Q)
-    d = dh_new * m_h
-    do = d * tc
-    dcn = (dc_new + d * o * (1.0 - tcr * tcr)) * m_c
-    df, dc, di, dgg = dcn * c, dcn * f, dcn * gg, dcn * i
-    dsig = torch.cat([di, df, torch.zeros_like(di), do], 1) * sig * (1.0 - sig)
-    dsig[:, 2 * hs:3 * hs] = dgg * (1.0 - tg * tg)
-    dgi = dsig * m_pre
-    return dgi, dgi * m_gh, dc
+def _gates_may_saturate(gq_abs: float, w_hh, b_hh) -> tuple:
+    """``(gh, pre)``: whether ``W_hh h + b_hh`` and ``gi + W_hh h + b_hh`` on Q11 (integer
+    units; ``gq_abs`` bounds ``|gi|``) can leave int16 for any state on the hidden grid
+    (``|h| <= 1``). Bounded by the weights' absolute row sums, once per call, with slack for
+    the rounding and the float sums. Usually neither can, and the steps skip both clamps."""
+    r = w_hh.detach().double().abs().sum(1)
+    if b_hh is not None:
+        r = r + b_hh.detach().double().abs()
+    gh = (float(r.max()) if r.numel() else 0.0) * 2.0 ** GATE_Q * (1 + 2.0 ** -12) + 1.0
+    return gh > _I16[1], gh + gq_abs > _I16[1]
+
+
+def _mul_(x: torch.Tensor, *factors) -> torch.Tensor:
+    """``x *= f`` in place for every factor that is not None (absent masks are all ones)."""
+    for f in factors:
+        if f is not None:
+            x.mul_(f)
+    return x
+
+
+def _buffer(like: torch.Tensor, *shape) -> torch.Tensor:
+    """An empty tensor that autograd may keep or return: made outside inference mode (the loops
+    run in it, which takes ~20% off every small op, but its tensors cannot be saved)."""
+    with torch.inference_mode(False):
+        return like.new_empty(shape)
+
+
+def _zeros(like: torch.Tensor, *shape) -> torch.Tensor:
+    """Zeros that autograd may return (see :func:`_buffer`)."""
+    with torch.inference_mode(False):
+        return like.new_zeros(shape)
+
+
+def _normal(t):
+    """``t`` as a tensor autograd may keep or return (a copy if it was made in inference mode)."""
+    if t is None or not t.is_inference():
+        return t
+    with torch.inference_mode(False):
+        return t.clone()
+
+
+def _before(first: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+    """(T, N, H) state entering each step: ``first`` then ``states[:-1]``."""
+    return torch.cat([first[None], states[:-1]])[:states.shape[0]]
+
+
+def _matmul_q11(h, wt, b, out):
+    """``h @ W_hh.T + b_hh`` with W and b pre-scaled by 2**11, into ``out`` (N, G)."""
+    return torch.mm(h, wt, out=out) if b is None else torch.addmm(b, h, wt, out=out)
+
+
+def _unbound(x, steps):
+    """``x.unbind(0)``, or ``steps`` Nones for an absent buffer."""
+    return [None] * steps if x is None else x.unbind(0)
+
+
+def _hidden_out(hr, h, t, yt, carried, active, acts, bits_h, k):
+    """Clamp the new state (integer units in ``hr``) onto the hidden grid, write the step's
+    output ``yt`` and return the state carried to the next step."""
+    lo_h, hi_h = numerics.qmin(bits_h), numerics.qmax(bits_h)
+    if active is None:
+        return torch.clamp(hr, lo_h, hi_h, out=yt).mul_(k.h)
+    h_new = hr.clamp(lo_h, hi_h).mul_(k.h)
+    torch.mul(h_new, acts[t], out=yt)
+    return torch.where(active[t], h_new, h, out=carried[t])
+
+
+def _gru_forward(gq, h0, w_hh, b_hh, active, exp_h, bits_h, k, clamp_gh, clamp_pre, raw):
+    """Forward over all steps; returns ``y, h_T``, the buffers backward needs and which of
+    them saturated somewhere (``{"gh", "pre", "h"}``: True where a mask is needed).
+    ``raw``: ``gq`` holds the unrounded gates, rounded step by step (see :func:`_gates`)."""
+    steps, n, g = gq.shape
+    hs = g // 3
+    wt = (w_hh * 2.0 ** GATE_Q).t()
+    b = None if b_hh is None else b_hh * 2.0 ** GATE_Q
+
+    def buf(width):
+        return _buffer(gq, steps, n, width)
+    gh_raw, a_rz, a_n = buf(g), buf(2 * hs), buf(hs)  # gh; gi + gh for r, z; gi_n + r * gh_n
+    h_raw, y = buf(hs), buf(hs)       # the new state on the hidden grid; all not clamped
+    carried = None if active is None else buf(hs)
+    acts = None if active is None else active.to(gq.dtype)
+    ghc = gq.new_empty(n, g)                         # gh clamped, when it can saturate
+    rz = gq.new_empty(n, 2 * hs)                     # r and z on Q15 (real)
+    r, z = rz[:, :hs], rz[:, hs:]                    # views made once: slicing costs an op
+    h = h0
+    gtmp = gq.new_empty(n, g)                        # this step's gates on Q11 (raw)
+    gi_views = (gtmp[:, :2 * hs], gtmp[:, 2 * hs:]) if raw else None
+    bufs = zip(gq.unbind(0), gq[..., :2 * hs].unbind(0), gq[..., 2 * hs:].unbind(0),
+               gh_raw.unbind(0), gh_raw[..., :2 * hs].unbind(0), gh_raw[..., 2 * hs:].unbind(0),
+               a_rz.unbind(0), a_n.unbind(0), h_raw.unbind(0), y.unbind(0))
+    ghc_rz, ghc_n = ghc[:, :2 * hs], ghc[:, 2 * hs:]
+    for t, (gi_t, gi_rz, gi_n, gh, gh_rz, gh_n, arz, an, hr, yt) in enumerate(bufs):
+        if raw:
+            _round(gi_t, 2.0 ** GATE_Q, k, out=gtmp)
+            gi_rz, gi_n = gi_views
+        _matmul_q11(h, wt, b, gh).add_(k.half).floor_()                        # (N, 3H) Q11
+        if clamp_gh:
+            torch.clamp(gh, *_I16, out=ghc)
+            gh_rz, gh_n = ghc_rz, ghc_n
+        arz = torch.add(gi_rz, gh_rz, out=arz)
+        s = (arz.clamp(*_I16).mul_(k.gate) if clamp_pre else arz.mul(k.gate)).sigmoid_()
+        _round(s, 2.0 ** PROB_Q, k, out=rz).mul_(k.prob)                         # Q15, real
+        an = torch.add(gi_n, _round(r * gh_n, 1.0, k), out=an)           # r * gh_n on Q11
+        tn = (an.clamp(*_I16).mul_(k.gate) if clamp_pre else an.mul(k.gate)).tanh_()
+        nq = _round(tn, 2.0 ** PROB_Q, k).mul_(k.prob)
+        _round(torch.lerp(nq, h, z), 2.0 ** exp_h, k, out=hr)    # (1 - z) * n + z * h
+        h = _hidden_out(hr, h, t, yt, carried, active, acts, bits_h, k)
+    sat = {"gh": clamp_gh and _saturates(gh_raw, *_I16),
+           "pre": clamp_pre and (_saturates(a_rz, *_I16) or _saturates(a_n, *_I16)),
+           "h": _saturates(h_raw, numerics.qmin(bits_h), numerics.qmax(bits_h))}
+    return y, h, (gh_raw, a_rz, a_n, h_raw, carried), sat
+
+
+def _gru_factors(saved, sat, h_first, acts, k, bits_h):
+    """For a run of steps (the buffers' slices): ``fgi`` (C, N, 3, H), the gate-input gradients
+    per unit of the gradient ``dh'`` reaching a step's output, ``fgh`` the same for the
+    recurrent gates (times their saturation masks), ``keep`` (C, N, H): what of ``dh'`` reaches
+    the previous state directly, and ``h_prev`` (C, N, H), the states entering the steps
+    (``h_first`` the first). ``acts`` (C, N, 1) float or None (every step counts)."""
+    gh_raw, a_rz, a_n, h_raw, carried = saved
+    steps, n, g = gh_raw.shape
+    hs = g // 3
+    ghc, m_gh = _clamp_mask(gh_raw, *_I16, sat["gh"])
+    arz, m_rz = _clamp_mask(a_rz, *_I16, sat["pre"])
+    s = (arz * k.gate).sigmoid_()                                                # (C, N, 2H)
+    rz = _round(s, 2.0 ** PROB_Q, k).mul_(k.prob)
+    r, z = rz[..., :hs], rz[..., hs:]
+    m_r, m_z = (None, None) if m_rz is None else (m_rz[..., :hs], m_rz[..., hs:])
+    an, m_n = _clamp_mask(a_n, *_I16, sat["pre"])
+    tn = (an * k.gate).tanh_()
+    nq = _round(tn, 2.0 ** PROB_Q, k).mul_(k.prob)
+    hc, m_h = _clamp_mask(h_raw, numerics.qmin(bits_h), numerics.qmax(bits_h), sat["h"])
+    h_prev = _before(h_first, hc * k.h if carried is None else carried)
+    ds = torch.sub(k.one, s).mul_(s)                        # sigmoid' for r and z
+    fgi = s.new_empty(steps, n, 3, hs)
+    f_r, f_z, f_n = fgi.unbind(2)
+    torch.sub(k.one, z, out=f_n).mul_(torch.addcmul(k.one, tn, tn, value=-1.0))  # da_n/dh'
+    _mul_(f_n, m_h, m_n, acts)
+    _mul_(torch.mul(f_n, ghc[..., 2 * hs:], out=f_r).mul_(k.gate).mul_(ds[..., :hs]), m_r)
+    _mul_(torch.sub(h_prev, nq, out=f_z).mul_(ds[..., hs:]), m_h, m_z, acts)     # da_z/dh'
+    keep = _mul_(z.clone(), m_h)                            # h' = ... + z * h: dh' z reaches h
+    if acts is not None:
+        keep.mul_(acts).add_(1.0 - acts)                    # a step that does not count: dh
+    fgh = fgi.clone() if m_gh is None else fgi * m_gh.view(steps, n, 3, hs)
+    fgh[:, :, 2].mul_(r)                                    # gh_n enters as r * gh_n
+    return fgi, fgh, keep, h_prev
+
+
+def _lstm_forward(gq, h0, c0, w_hh, b_hh, active, exp_h, bits_h, k, clamp_gh, clamp_pre,
+                  raw):
+    """Forward over all steps; returns ``y, h_T, c_T``, the buffers backward needs and which
+    of them saturated somewhere (``{"c", "h"}``). Kept: the unclamped values of every
+    quantization point that saturated somewhere (for the masks) and the activations before
+    rounding (the step computes them anyway; recomputing them in backward would cost more)."""
+    steps, n, g = gq.shape
+    hs = g // 4
+    lo_c, hi_c = numerics.qmin(CELL_BITS), numerics.qmax(CELL_BITS)
+    wt = (w_hh * 2.0 ** GATE_Q).t()
+    b = None if b_hh is None else b_hh * 2.0 ** GATE_Q
+
+    def buf(width):
+        return _buffer(gq, steps, n, width)
+    gh_raw = buf(g) if clamp_gh else None            # W_hh h + b, rounded, not clamped
+    pre = buf(g) if clamp_pre else None              # gi + gh, not clamped
+    scratch = gq.new_empty(n, g)                     # gh and gi + gh when they cannot saturate
+    gtmp = gq.new_empty(n, g)                        # this step's gates on Q11 (raw)
+    sig, tg = buf(g), buf(hs)         # sigmoid of the gates, tanh of gate g
+    c_raw, tcr = buf(hs), buf(hs)     # new cell on Q11 (not clamped), its tanh
+    h_raw, y = buf(hs), buf(hs)       # new state on the hidden grid (not clamped); output
+    h_car = c_car = acts = None
+    if active is not None:
+        h_car, c_car, acts = buf(hs), buf(hs), active.to(gq.dtype)
+    # the rounded activations go to small reused tensors: writing them into (T, N, .) buffers
+    # as well costs more (memory traffic) than rounding again in backward
+    s, gg, tc = gq.new_empty(n, g), gq.new_empty(n, hs), gq.new_empty(n, hs)
+    i, f, o = s[:, :hs], s[:, hs:2 * hs], s[:, 3 * hs:]   # views made once: slicing is an op
+    pc_g = scratch[:, 2 * hs:3 * hs]
+    h, c = h0, c0
+    bufs = zip(gq.unbind(0), _unbound(gh_raw, steps), _unbound(pre, steps),
+               *(x.unbind(0) for x in (sig, tg, c_raw, tcr, h_raw, y)))
+    for t, (gq_t, gh, pr, sg, tgt, cr, tcrt, hr, yt) in enumerate(bufs):
+        if raw:                                      # round this step's gates onto Q11
+            gq_t = _round(gq_t, 2.0 ** GATE_Q, k, out=gtmp)
+        gh = _matmul_q11(h, wt, b, scratch if gh is None else gh).add_(k.half).floor_()
+        if clamp_gh:
+            gh = gh.clamp(*_I16)                                                 # (N, 4H) Q11
+        if clamp_pre:
+            pc = torch.clamp(torch.add(gq_t, gh, out=pr), *_I16, out=scratch).mul_(k.gate)
+        else:
+            pc = gh.add_(gq_t).mul_(k.gate)          # gh is scratch or a clamped copy
+        _round(torch.sigmoid(pc, out=sg), 2.0 ** PROB_Q, k, out=s)   # Q15, integer units
+        ggr = _round(torch.tanh(pc_g if pc is scratch else pc[:, 2 * hs:3 * hs], out=tgt),
+                     2.0 ** PROB_Q, k, out=gg).mul_(k.prob)
+        # (i*2**15 * gg) + (f*2**15 * c) = 2**15 (i gg + f c), rounded the same way
+        _round((f * c).add_(i * ggr), 2.0 ** (CELL_Q - PROB_Q), k, out=cr)
+        c_new = cr.clamp(lo_c, hi_c).mul_(k.cell)
+        tcq = _round(torch.tanh(c_new, out=tcrt), 2.0 ** PROB_Q, k, out=tc)    # integer units
+        _round(o * tcq, 2.0 ** (exp_h - 2 * PROB_Q), k, out=hr)     # o*2**15 * tc*2**15
+        h = _hidden_out(hr, h, t, yt, h_car, active, acts, bits_h, k)
+        c = c_new if active is None else torch.where(active[t], c_new, c, out=c_car[t])
+    gh_raw = gh_raw if clamp_gh and _saturates(gh_raw, *_I16) else None
+    pre = pre if clamp_pre and _saturates(pre, *_I16) else None
+    sat = {"c": _saturates(c_raw, lo_c, hi_c),
+           "h": _saturates(h_raw, numerics.qmin(bits_h), numerics.qmax(bits_h))}
+    return y, h, c, (gh_raw, pre, c_raw, h_raw, h_car, c_car, sig, tg, tcr), sat
+
+
+def _lstm_factors(saved, sat, h_first, c_first, acts, k, bits_h):
+    """For a run of steps (the buffers' slices): ``fgi`` (C, N, 4, H), the gate-input gradients
+    per unit of the gradient reaching the new cell (gates i, f, g) or the new state (gate o),
+    ``fgh`` the same times the recurrent gates' saturation masks, ``mc`` (or None: ones) and
+    ``e`` (C, N, H): the new cell's gradient is ``dc' mc + dh' e``, ``f`` the forget gate, and
+    ``h_prev`` (C, N, H) the states entering the steps."""
+    gh_raw, pre, c_raw, h_raw, h_car, c_car, sig, tg, tcr = saved
+    steps, n, g = sig.shape
+    hs = g // 4
+    m_gh = None if gh_raw is None else _clamp_mask(gh_raw, *_I16)[1]
+    m_pre = None if pre is None else _clamp_mask(pre, *_I16)[1]
+    cc, m_c = _clamp_mask(c_raw, numerics.qmin(CELL_BITS), numerics.qmax(CELL_BITS), sat["c"])
+    c_new = cc * k.cell
+    hc, m_h = _clamp_mask(h_raw, numerics.qmin(bits_h), numerics.qmax(bits_h), sat["h"])
+    h_prev = _before(h_first, hc * k.h if h_car is None else h_car)
+    c_prev = _before(c_first, c_new if c_car is None else c_car)
+    s = _round(sig, 2.0 ** PROB_Q, k).mul_(k.prob)                               # Q15, real
+    i, f, o = s[..., :hs], s[..., hs:2 * hs], s[..., 3 * hs:]
+    gg = _round(tg, 2.0 ** PROB_Q, k).mul_(k.prob)
+    tc = _round(tcr, 2.0 ** PROB_Q, k).mul_(k.prob)
+    fgi = _mul_(torch.sub(k.one, sig).mul_(sig), m_pre).view(steps, n, 4, hs)  # sigmoid'
+    f_i, f_f, f_g, f_o = fgi.unbind(2)
+    f_i.mul_(gg)
+    f_f.mul_(c_prev)
+    torch.mul(i, torch.addcmul(k.one, tg, tg, value=-1.0), out=f_g)             # tanh'
+    _mul_(f_g, None if m_pre is None else m_pre[..., 2 * hs:3 * hs])
+    _mul_(f_o.mul_(tc), m_h, acts)
+    e = _mul_(torch.mul(o, torch.addcmul(k.one, tcr, tcr, value=-1.0)), m_h, m_c,
+              acts)                                            # dc'/dh' through o * tanh(c')
+    mc = m_c if acts is None else _mul_(acts.expand(steps, n, hs).clone(), m_c)
+    fgh = fgi if m_gh is None else fgi * m_gh.view(steps, n, 4, hs)
+    return fgi, fgh, mc, e, f.contiguous(), h_prev
+
+
+def _state(raw, carried, t, bits, scale):
+    """The state after step ``t``: the carried one (with lengths) or the clamped new one."""
+    if carried is not None:
+        return carried[t]
+    return raw[t].clamp(numerics.qmin(bits), numerics.qmax(bits)).mul_(scale)
+
+
+def _gradient_start(dh_t, dym, last):
+    """The gradient reaching the last step's output: ``dh_T`` plus ``dy[T-1]``, into ``last``."""
+    if dh_t is None:
+        return last.copy_(dym[-1]) if dym is not None else last.zero_()
+    return last.copy_(dh_t) if dym is None else torch.add(dh_t, dym[-1], out=last)
+
+
+def _gates(gi, w_hh, b_hh, k):
+    """The input gates on Q11 (integer units) and what the loop needs to know about them:
+    ``(gates, mask, raw, (clamp gh, clamp gi + gh))``. Usually nothing saturates: then
+    ``gates`` is ``gi`` itself (``raw`` True) and each step rounds its own slice, which saves
+    writing and reading a (T, N, G) tensor; else ``gates`` is rounded and clamped here and
+    ``mask`` is its straight-through mask. The extremes come from ``gi``'s (rounding is
+    monotone, and this is the same float rounding as the loop's)."""
+    if gi.numel() == 0:
+        return gi, None, True, (False, False)
+    low, high = (float(_round(v, 2.0 ** GATE_Q, k)) for v in torch.aminmax(gi))
+    clamps = _gates_may_saturate(min(max(-low, high), 2.0 ** 15), w_hh, b_hh)
+    if low >= _I16[0] and high <= _I16[1]:
+        return gi, None, True, clamps
+    gq, m_gi = _clamp_mask(_round(gi, 2.0 ** GATE_Q, k), *_I16)
+    return gq, m_gi, False, clamps
 
 
 class RecurrentDirection(torch.autograd.Function):
     """One direction of a GRU (``c0`` None) or LSTM over time-major gates.
 
-    Inputs: ``gi`` (T, N, G*H) input gates on the Q11 grid, ``h0``/``c0`` (N, H), ``w_hh``
+    Inputs: ``gi`` (T, N, G*H) input gates (the input projection, unquantized: fake-quantized
+    here to int16 Q11, straight-through), ``h0``/``c0`` (N, H) on their grids, ``w_hh``
     (G*H, H), ``b_hh`` (G*H,) or None, ``active`` (T, N, 1) bool (``t < length``; None: all
-    steps of every sequence count), the hidden
-    exponent and bits. Outputs ``y`` (T, N, H) (zero past each length), ``h_T``, ``c_T``
-    (``c_T`` is ``h_T``'s shape of zeros for a GRU). A sequence keeps its state past its
-    length, as in PyTorch's packed sequences.
+    steps of every sequence count), the hidden exponent and bits. Outputs ``y`` (T, N, H)
+    (zero past each length), ``h_T``, ``c_T`` (``c_T`` is ``h_T``'s shape of zeros for a GRU).
+    A sequence keeps its state past its length, as in PyTorch's packed sequences.
     """
 
     @staticmethod
     def forward(ctx, gi, h0, c0, w_hh, b_hh, active, exp_h: int, bits_h: int):
+        ctx.set_materialize_grads(False)                 # unused outputs: no zero gradients
+        k = _Consts(gi, exp_h)
         lstm = c0 is not None
-        steps = gi.shape[0]
-        h, c = h0, (c0 if lstm else torch.zeros_like(h0))
-        y = gi.new_empty((steps,) + h0.shape)
-        saved = []                                   # per step: h_prev, [c_prev], cell's own
-        for t, g in enumerate(gi.unbind(0)):
-            saved.append(h)
+        with torch.inference_mode():
+            gq, m_gi, raw, clamps = _gates(gi, w_hh, b_hh, k)
             if lstm:
-                saved.append(c)
-                h_new, c_new, sv = _lstm_cell(g, h, c, w_hh, b_hh, exp_h, bits_h)
-                c = c_new if active is None else torch.where(active[t], c_new, c)
+                y, h, c, bufs, sat = _lstm_forward(gq, h0, c0, w_hh, b_hh, active, exp_h,
+                                                   bits_h, k, *clamps, raw)
             else:
-                h_new, sv = _gru_cell(g, h, w_hh, b_hh, exp_h, bits_h)
-            saved.extend(sv)
-            if active is None:
-                h = h_new
-                y[t] = h_new
-            else:
-                h = torch.where(active[t], h_new, h)
-                torch.mul(h_new, active[t], out=y[t])
-        ctx.lstm, ctx.has_bias, ctx.steps = lstm, b_hh is not None, steps
-        ctx.all_active = active is None
-        ctx.save_for_backward(w_hh, active, *saved)  # visible to saved-tensor hooks
+                y, h, bufs, sat = _gru_forward(gq, h0, w_hh, b_hh, active, exp_h, bits_h, k,
+                                               *clamps, raw)
+        h = h.clone()                                # h_T must not alias y[T-1]
+        m_gi, c = _normal(m_gi), torch.zeros_like(h0) if not lstm else _normal(c)
+        ctx.sat = sat
+        ctx.lstm, ctx.has_bias, ctx.exp_h, ctx.bits_h = lstm, b_hh is not None, exp_h, bits_h
+        ctx.save_for_backward(w_hh, active, h0, c0, m_gi, *bufs)   # seen by saved-tensor hooks
         return y, h, c
 
     @staticmethod
     def backward(ctx, dy, dh_t, dc_t):
-        w_hh, active, *saved = ctx.saved_tensors
-        steps = ctx.steps
-        per = len(saved) // steps
-        h_prev = saved[0::per]                                             # T x (N, H)
-        dh = dh_t.clone()
-        dc = dc_t.clone() if ctx.lstm else None
-        dgi_all = dy.new_empty(dy.shape[:2] + (w_hh.shape[0],))          # (T, N, G*H)
-        dgh_all = torch.empty_like(dgi_all)
-        acts = None if ctx.all_active else active.to(dh.dtype)            # (T, N, 1)
-        for t in range(steps - 1, -1, -1):
-            act = None if acts is None else acts[t]
-            dh_new = dh + dy[t] if act is None else act * (dh + dy[t])
-            sv = saved[t * per + (2 if ctx.lstm else 1):(t + 1) * per]
-            if ctx.lstm:
-                dc_in = dc if act is None else act * dc
-                dgi, dgh, dc_cell = _lstm_cell_backward(dh_new, dc_in, saved[t * per + 1], sv)
-                dc = dc_cell if act is None else (1.0 - act) * dc + dc_cell
-                dh_keep = None                       # an LSTM's h reaches the gates via W_hh only
-            else:
-                dgi, dgh, dh_keep = _gru_cell_backward(dh_new, h_prev[t], sv)
-            dgi_all[t] = dgi
-            dgh_all[t] = dgh
-            if act is not None:
-                carry = (1.0 - act) * dh
-                dh_keep = carry if dh_keep is None else dh_keep + carry
-            dh = dgh @ w_hh if dh_keep is None else torch.addmm(dh_keep, dgh, w_hh)
-        flat = dgh_all.reshape(-1, dgh_all.shape[-1])                      # (T*N, G*H)
-        dw = flat.t() @ torch.stack(h_prev).reshape(-1, dh.shape[-1])      # all steps at once
-        db = flat.sum(0) if ctx.has_bias else None
-        return dgi_all, dh, (dc if ctx.lstm else None), dw, db, None, None, None
+        w_hh, active, h0, c0, m_gi, *bufs = ctx.saved_tensors
+        steps, g = bufs[3].shape[0], w_hh.shape[0]                       # bufs[3]: h_raw
+        if steps == 0:
+            db = w_hh.new_zeros(g) if ctx.has_bias else None
+            return None, dh_t, dc_t, torch.zeros_like(w_hh), db, None, None, None
+        with torch.inference_mode():                      # temporaries only (see _buffer)
+            run = _Backward(ctx, w_hh, active, h0, c0, bufs, dy, dh_t)
+            dc = (torch.zeros_like(h0) if dc_t is None else dc_t) if ctx.lstm else None
+            for hi in range(steps, 0, -_CHUNK):           # runs of steps, last first
+                lo = max(hi - _CHUNK, 0)
+                if ctx.lstm:
+                    dc = run.lstm(lo, hi, dc)
+                else:
+                    run.gru(lo, hi)
+        dgi = _mul_(run.dgi, m_gi)                        # gi's own fake quantization
+        return dgi, _normal(run.dh), _normal(dc), run.dw, run.db, None, None, None
+
+
+class _Backward:
+    """The backward recurrence of one direction, run by runs of steps (last run first): the
+    factors of a run (:func:`_gru_factors`, :func:`_lstm_factors`), then per step the
+    recurrent-gate gradient ``dgh`` (N, G) and ``dh = dh' * keep + dgh @ W_hh`` for the step
+    before; after the run, its gate-input gradients ``dgi`` and its share of ``dW_hh`` and
+    ``db_hh`` (one matrix product per run: ``dgh`` lives in a run-sized buffer that stays in
+    cache).
+
+    ``dsum`` (T, N, H) holds the gradient reaching each step's output ``h'`` (``dh`` of the
+    later steps plus ``dy``, written by the step after it)."""
+
+    def __init__(self, ctx, w_hh, active, h0, c0, bufs, dy, dh_t):
+        steps, n, hs, g = bufs[3].shape[0], h0.shape[0], h0.shape[1], w_hh.shape[0]
+        self.w_hh, self.h0, self.c0, self.bufs, self.sat = w_hh, h0, c0, bufs, ctx.sat
+        self.bits_h, self.k = ctx.bits_h, _Consts(w_hh, ctx.exp_h)
+        self.acts = None if active is None else active.to(w_hh.dtype)              # (T, N, 1)
+        self.dym = dy if dy is None or self.acts is None else dy * self.acts  # y is 0 past len
+        self.not_active = None if self.acts is None else 1.0 - self.acts
+        self.dsum = h0.new_empty(steps, n, hs)
+        run = min(steps, _CHUNK)
+        self.dgh = h0.new_empty(run, n, g)                # of W_hh h + b_hh, masked: one run
+        self.dgi = _buffer(h0, steps, n, g)
+        self.dw = _zeros(w_hh, g, hs)
+        self.db = _zeros(w_hh, g) if ctx.has_bias else None
+        self.dcn = h0.new_empty(steps, n, hs) if ctx.lstm else None   # reaching c' (LSTM)
+        self.ds_t = self.dsum.unbind(0)
+        self.dgi_g = self.dgi.view(steps, n, g // hs, hs)
+        dgh_g = self.dgh.view(run, n, g // hs, hs)        # per-step views, made once
+        if ctx.lstm:
+            self.dcn_t = self.dcn.unbind(0)
+            self.dgh_views = (self.dgh.unbind(0), dgh_g[:, :, :3].unbind(0),
+                              dgh_g[:, :, 3].unbind(0))
+        else:
+            self.dgh_views = (self.dgh.unbind(0), dgh_g.unbind(0))
+        _gradient_start(dh_t, self.dym, self.ds_t[-1])
+        self.dh = None                                    # dh0 once the first step is done
+
+    def _first(self, lo):
+        """States entering step ``lo``: ``(h, c)`` (``c`` None for a GRU)."""
+        b, k = self.bufs, self.k
+        if lo == 0:
+            return self.h0, self.c0
+        h = _state(b[3], b[4], lo - 1, self.bits_h, k.h)
+        return h, (_state(b[2], b[5], lo - 1, CELL_BITS, k.cell) if self.c0 is not None
+                   else None)
+
+    def _part(self, lo, hi):
+        return [None if b is None else b[lo:hi] for b in self.bufs], \
+            None if self.acts is None else self.acts[lo:hi]
+
+    def _weight_gradients(self, steps, h_prev):
+        """Add a run's share to ``dW_hh`` and ``db_hh`` (``steps`` steps, ``h_prev`` theirs)."""
+        flat = self.dgh[:steps].view(-1, self.dgh.shape[-1])              # (C*N, G)
+        torch.addmm(self.dw, flat.t(), h_prev.reshape(-1, h_prev.shape[-1]), out=self.dw)
+        if self.db is not None:
+            self.db.add_(flat.sum(0))
+
+    def _state_gradient(self, t, dgh, keep):
+        """``dh`` for step ``t - 1`` (into ``dsum[t - 1]``, plus its ``dy``), or ``dh0``."""
+        ds = self.ds_t[t]
+        out = self.ds_t[t - 1] if t else None
+        if keep is None:
+            dh = torch.mm(dgh, self.w_hh, out=out)
+        else:
+            dh = torch.addmm(ds * keep, dgh, self.w_hh, out=out)
+        if t and self.dym is not None:
+            dh.add_(self.dym[t - 1])
+        self.dh = dh
+
+    def gru(self, lo, hi):
+        part, acts = self._part(lo, hi)
+        h_first, _ = self._first(lo)
+        fgi, fgh, keep, h_prev = _gru_factors(part, self.sat, h_first, acts, self.k,
+                                              self.bits_h)
+        keep_t, fgh_t = keep.unbind(0), fgh.unbind(0)
+        dgh_t, dgh_g = self.dgh_views
+        for t in range(hi - 1, lo - 1, -1):
+            j = t - lo
+            torch.mul(self.ds_t[t].unsqueeze(1), fgh_t[j], out=dgh_g[j])
+            self._state_gradient(t, dgh_t[j], keep_t[j])
+        torch.mul(self.dsum[lo:hi, :, None], fgi, out=self.dgi_g[lo:hi])
+        self._weight_gradients(hi - lo, h_prev)
+
+    def lstm(self, lo, hi, dc):
+        """Returns the cell gradient for step ``lo - 1``."""
+        part, acts = self._part(lo, hi)
+        h_first, c_first = self._first(lo)
+        fgi, fgh, mc, e, f, h_prev = _lstm_factors(part, self.sat, h_first, c_first, acts,
+                                                   self.k, self.bits_h)
+        mc_t = None if mc is None else mc.unbind(0)
+        e_t, f_t = e.unbind(0), f.unbind(0)
+        fgh3, fgho = fgh[:, :, :3].unbind(0), fgh[:, :, 3].unbind(0)
+        dcn_t, (dgh_t, dgh3, dgho) = self.dcn_t, self.dgh_views
+        na = self.not_active
+        for t in range(hi - 1, lo - 1, -1):
+            j, ds = t - lo, self.ds_t[t]
+            dc_new = torch.addcmul(dc if mc_t is None else dc * mc_t[j], ds, e_t[j],
+                                   out=dcn_t[t])
+            torch.mul(dc_new.unsqueeze(1), fgh3[j], out=dgh3[j])
+            torch.mul(ds, fgho[j], out=dgho[j])
+            dc = dc_new * f_t[j] if na is None else torch.addcmul(dc * na[t], dc_new, f_t[j])
+            self._state_gradient(t, dgh_t[j], None if na is None else na[t])
+        torch.mul(self.dcn[lo:hi, :, None], fgi[:, :, :3], out=self.dgi_g[lo:hi, :, :3])
+        torch.mul(self.dsum[lo:hi], fgi[:, :, 3], out=self.dgi_g[lo:hi, :, 3])
+        self._weight_gradients(hi - lo, h_prev)
+        return dc
 
 
 def reverse_index(lengths: torch.Tensor, steps: int) -> torch.Tensor:
