@@ -226,19 +226,21 @@ class _Recurrence:
         self.tables = _tables(mode, e)
         return self
 
-    def run(self, gi, h0, c0, lengths):
+    def run(self, gi, h0, c0, lengths, own: bool = False):
         """``gi`` (T, N, G) Q11 integers (any numeric dtype), ``h0`` (N, H), ``c0`` (N, H) Q11
         (LSTM), ``lengths`` (N,) -> ``(y (T, N, H), h_T, c_T)`` int64 (GRU: ``c0`` as given),
-        as :func:`_reference_direction`."""
+        as :func:`_reference_direction`. ``own``: ``gi`` is a temporary this may overwrite."""
         steps, n = gi.shape[0], gi.shape[1]
         hs, tab, dtype, w, c = self.hidden, self.tables, self.dtype, self.w, self.c
         off = (1 << self.e) + 0.5
-        add, mul, floor, copyto, matmul, clip = np.add, np.multiply, np.floor, np.copyto, \
-            np.matmul, self.clip
-        bias = np.add(gi, self.offset, dtype=dtype)             # gi + table offset
+        add, mul, floor, copyto, dot, clip = np.add, np.multiply, np.floor, np.copyto, np.dot, \
+            self.clip
+        if self.mode == "GRU":
+            n_in = np.add(gi[:, :, 2 * hs:], 0.5 + (1 << 16), dtype=np.float64)
+        bias = gi if own and gi.dtype == dtype else np.empty(gi.shape, dtype)
+        np.add(gi, self.offset, out=bias)                       # gi + table offset
         if self.mode == "GRU":
             bias[:, :, 2 * hs:] = 0
-            n_in = np.add(gi[:, :, 2 * hs:], 0.5 + (1 << 16), dtype=np.float64)
         full = bool((lengths >= steps).all())
         keep = (np.arange(steps)[:, None] >= lengths)[:, :, None]   # (T, N, 1): ended
         state = np.empty((steps + 1, n, hs), dtype)
@@ -256,19 +258,21 @@ class _Recurrence:
             g_i, g_f, g_g, g_o = (gates[:, k * hs:(k + 1) * hs] for k in range(4))
             t_g, t_c, t_tanh = tab["gates"], tab["cell"], tab["tanh_cell"]
             half = 0.5 + (1 << (CELL_BITS - 1))
-        for t in range(steps):
-            p, p_new = state[t], state[t + 1]
-            matmul(p, w, out=acc)
+        c = np.broadcast_to(c, acc.shape).copy()                # no broadcasting per step
+        ended = keep if not full else [None] * steps
+        n_in = n_in if self.mode == "GRU" else ended
+        for p, p_new, b_t, n_t, e_t in zip(state[:-1], state[1:], bias, n_in, ended):
+            dot(p, w, out=acc)
             add(acc, c, out=acc)
             floor(acc, out=acc)                                 # gh
             if clip:
                 _clip(acc, -(1 << 15), (1 << 15) - 1, out=acc)
-            add(acc, bias[t], out=acc)
+            add(acc, b_t, out=acc)
             if self.mode == "GRU":
                 copyto(i_rz, a_rz, casting="unsafe")
                 t_rz.take(i_rz, out=rz, mode="clip")           # r, z (* 2**-15)
                 mul(a_n, r, out=d)
-                add(d, n_in[t], out=d)
+                add(d, n_t, out=d)
                 copyto(i_h, d, casting="unsafe")
                 t_n.take(i_h, out=mu, mode="clip")              # mu
                 np.subtract(p, mu, out=d)
@@ -285,14 +289,15 @@ class _Recurrence:
                 t_tanh.take(i_h, out=q, mode="clip")
                 t_c.take(i_h, out=cell if full else c_new, mode="clip")
                 if not full:
-                    copyto(cell, c_new, where=~keep[t])
+                    copyto(cell, c_new, where=~e_t)
                 mul(g_o, q, out=d)
                 add(d, off, out=d)
             copyto(i_h, d, casting="unsafe")                    # floor: d > 0
             t_h.take(i_h, out=p_new, mode="clip")
             if not full:
-                copyto(p_new, p, where=keep[t])
-        y = np.subtract(state[1:], off).astype(I64)
+                copyto(p_new, p, where=e_t)
+        y = np.empty((steps, n, hs), I64)
+        np.subtract(state[1:], off, out=y, casting="unsafe")    # exact integers
         if not full:
             y[np.broadcast_to(keep, y.shape)] = 0
         h_n = (state[steps] - off).astype(I64)
@@ -348,19 +353,25 @@ class _Direction:
                    for r, a in zip(self.source, weights))
 
     def input_gates(self, x2d):
-        """``gate_q11(x2d, W_ih, b_ih, exp_in, exp_wih)``: float32-held integers when exact."""
+        """``gate_q11(x2d, W_ih, b_ih, exp_in, exp_wih)`` of integers ``x2d`` (any integer
+        dtype): a new array, of float32-held integers when that is exact."""
         if self.proj is not None:
             w, c, rows, shifted = self.proj
-            if int(np.abs(x2d).max(initial=0)) * rows + shifted <= 1 << 24:
+            if x2d.dtype.itemsize <= 2:                         # int8/16, uint8/16: by dtype
+                info = np.iinfo(x2d.dtype)
+                lim = max(-int(info.min), int(info.max))
+            else:
+                lim = max(-int(x2d.min(initial=0)), int(x2d.max(initial=0)))
+            if lim * rows + shifted <= 1 << 24:
                 gi = np.matmul(x2d.astype(np.float32), w)
                 np.add(gi, c, out=gi)
                 np.floor(gi, out=gi)
                 return _clip(gi, -(1 << 15), (1 << 15) - 1, out=gi)
-        return gate_q11(x2d, self.w_ih, self.b_ih, self.exp_in, self.exp_wih)
+        return gate_q11(iqmath.as_int(x2d), self.w_ih, self.b_ih, self.exp_in, self.exp_wih)
 
     def run(self, gi, h, c, lengths, reverse: bool):
-        """(T, N, G) input gates -> ``(y (T, N, H), h_T, c_T)``; the reverse direction reads
-        each sequence backwards within its length."""
+        """(T, N, G) input gates (a temporary, overwritten) -> ``(y (T, N, H), h_T, c_T)``;
+        the reverse direction reads each sequence backwards within its length."""
         steps = gi.shape[0]
         if reverse:
             idx = reverse_index(lengths, steps)
@@ -368,7 +379,7 @@ class _Direction:
         lim = 1 << (self.bits_h - 1)
         if self.rec is not None and -lim <= h.min(initial=0) and h.max(initial=0) < lim and (
                 self.mode == "GRU" or -(1 << 15) <= c.min(initial=0) and c.max(initial=0) < 1 << 15):
-            y, h, c = self.rec.run(gi, h, c, lengths)
+            y, h, c = self.rec.run(gi, h, c, lengths, own=True)
         else:
             y, h, c = _reference_direction(self.mode, iqmath.as_int(gi), h, c, self.w_hh,
                                            self.b_hh, self.exp_whh, self.exp_h, self.bits_h,
@@ -419,7 +430,8 @@ def rnn(mode: str, x, lengths, h0, c0, weights, *, exp_x: int, exp_w, bits_h: in
     preparation is kept for the next call with the same arrays.
     Returns ``(y (T, N, D*H) at exp_h, h_n (L*D, N, H), c_n (L*D, N, H) Q11 or None)``.
     """
-    x = iqmath.as_int(x)
+    if not (isinstance(x, np.ndarray) and x.dtype.kind in "iu"):
+        x = iqmath.as_int(x)                        # integers keep their dtype (see input_gates)
     steps, batch = x.shape[0], x.shape[1]
     dirs = 2 if bidirectional else 1
     exp_h = hidden_exp(bits_h)
