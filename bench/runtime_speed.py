@@ -11,8 +11,8 @@ Recurrent models (``--recurrent``, on by default): the keyword-spotting GRU and 
 ``bench/qat_overhead.py`` (49 frames of 40 MFCCs, 128 units), linger's runtime against the float
 model in onnxruntime, batch 1 and 32, bit-exactness checked.
 
-Usage: ``python bench/runtime_speed.py [--reps 50] [--profile] [--no-recurrent]
-[--openblas-coretype SkylakeX]``
+Usage: ``python bench/runtime_speed.py [--reps 50] [--profile] [--no-recurrent |
+--recurrent-only] [--openblas-coretype SkylakeX]``
 
 ``--openblas-coretype`` sets ``OPENBLAS_CORETYPE`` before numpy loads: OpenBLAS 0.3.31 does not
 recognise AMD Zen 5 and falls back to its AVX2 (Haswell) kernels; ``SkylakeX`` selects its
@@ -142,9 +142,16 @@ def main(argv=None):
     p.add_argument("--reps", type=int, default=50)
     p.add_argument("--profile", action="store_true", help="print the runtime's time per op type")
     p.add_argument("--no-recurrent", action="store_true", help="skip the GRU/LSTM models")
+    p.add_argument("--recurrent-only", action="store_true", help="only the GRU/LSTM models")
     p.add_argument("--openblas-coretype", metavar="NAME",
                    help="OPENBLAS_CORETYPE for this run (e.g. SkylakeX), set before numpy loads")
     args = p.parse_args(argv)
+    if args.recurrent_only:
+        print(f"machine: {_machine()}")
+        print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+        recurrent(args.reps)
+        print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+        return
     model, ours, qdq, flt, exact = _models()
     runners = {"linger runtime": lambda x: ours.run(None, {"input": x}),
                "onnxruntime QDQ": lambda x: qdq.run(None, {"input": x}),

@@ -228,8 +228,9 @@ class _Recurrence:
 
     def run(self, gi, h0, c0, lengths, own: bool = False):
         """``gi`` (T, N, G) Q11 integers (any numeric dtype), ``h0`` (N, H), ``c0`` (N, H) Q11
-        (LSTM), ``lengths`` (N,) -> ``(y (T, N, H), h_T, c_T)`` int64 (GRU: ``c0`` as given),
-        as :func:`_reference_direction`. ``own``: ``gi`` is a temporary this may overwrite."""
+        (LSTM), ``lengths`` (N,) or None (all T) -> ``(y (T, N, H), h_T, c_T)`` int64 (GRU:
+        ``c0`` as given), as :func:`_reference_direction`. ``own``: ``gi`` is a temporary this
+        may overwrite."""
         steps, n = gi.shape[0], gi.shape[1]
         hs, tab, dtype, w, c = self.hidden, self.tables, self.dtype, self.w, self.c
         off = (1 << self.e) + 0.5
@@ -241,8 +242,7 @@ class _Recurrence:
         np.add(gi, self.offset, out=bias)                       # gi + table offset
         if self.mode == "GRU":
             bias[:, :, 2 * hs:] = 0
-        full = bool((lengths >= steps).all())
-        keep = (np.arange(steps)[:, None] >= lengths)[:, :, None]   # (T, N, 1): ended
+        full = lengths is None or bool((lengths >= steps).all())
         state = np.empty((steps + 1, n, hs), dtype)
         np.add(h0, off, out=state[0])
         acc, idx = np.empty((n, w.shape[1]), dtype), np.empty((n, w.shape[1]), I64)
@@ -259,7 +259,8 @@ class _Recurrence:
             t_g, t_c, t_tanh = tab["gates"], tab["cell"], tab["tanh_cell"]
             half = 0.5 + (1 << (CELL_BITS - 1))
         c = np.broadcast_to(c, acc.shape).copy()                # no broadcasting per step
-        ended = keep if not full else [None] * steps
+        # (T, N, 1): the sequence has ended (keeps its state, gives 0)
+        ended = [None] * steps if full else (np.arange(steps)[:, None] >= lengths)[:, :, None]
         n_in = n_in if self.mode == "GRU" else ended
         for p, p_new, b_t, n_t, e_t in zip(state[:-1], state[1:], bias, n_in, ended):
             dot(p, w, out=acc)
@@ -299,7 +300,7 @@ class _Recurrence:
         y = np.empty((steps, n, hs), I64)
         np.subtract(state[1:], off, out=y, casting="unsafe")    # exact integers
         if not full:
-            y[np.broadcast_to(keep, y.shape)] = 0
+            y[np.broadcast_to(ended, y.shape)] = 0
         h_n = (state[steps] - off).astype(I64)
         return y, h_n, (cell.astype(I64) if self.mode == "LSTM" else c0)
 
@@ -369,23 +370,23 @@ class _Direction:
                 return _clip(gi, -(1 << 15), (1 << 15) - 1, out=gi)
         return gate_q11(iqmath.as_int(x2d), self.w_ih, self.b_ih, self.exp_in, self.exp_wih)
 
-    def run(self, gi, h, c, lengths, reverse: bool):
+    def run(self, gi, h, c, lengths, reverse: bool, states_fit: bool):
         """(T, N, G) input gates (a temporary, overwritten) -> ``(y (T, N, H), h_T, c_T)``;
-        the reverse direction reads each sequence backwards within its length."""
+        ``lengths`` None: all T. The reverse direction reads each sequence backwards within its
+        length. ``states_fit``: ``h``, ``c`` lie in their formats' ranges (the prepared path
+        assumes it)."""
         steps = gi.shape[0]
         if reverse:
-            idx = reverse_index(lengths, steps)
-            gi = np.take_along_axis(gi, idx[:, :, None], axis=0)
-        lim = 1 << (self.bits_h - 1)
-        if self.rec is not None and -lim <= h.min(initial=0) and h.max(initial=0) < lim and (
-                self.mode == "GRU" or -(1 << 15) <= c.min(initial=0) and c.max(initial=0) < 1 << 15):
+            idx = None if lengths is None else reverse_index(lengths, steps)[:, :, None]
+            gi = gi[::-1] if idx is None else np.take_along_axis(gi, idx, axis=0)
+        if self.rec is not None and states_fit:
             y, h, c = self.rec.run(gi, h, c, lengths, own=True)
         else:
-            y, h, c = _reference_direction(self.mode, iqmath.as_int(gi), h, c, self.w_hh,
-                                           self.b_hh, self.exp_whh, self.exp_h, self.bits_h,
-                                           lengths)
+            y, h, c = _reference_direction(
+                self.mode, iqmath.as_int(gi), h, c, self.w_hh, self.b_hh, self.exp_whh,
+                self.exp_h, self.bits_h, np.full(gi.shape[1], steps) if lengths is None else lengths)
         if reverse:
-            y = np.take_along_axis(y, idx[:, :, None], axis=0)
+            y = y[::-1] if idx is None else np.take_along_axis(y, idx, axis=0)
         return y, h, c
 
 
@@ -435,10 +436,15 @@ def rnn(mode: str, x, lengths, h0, c0, weights, *, exp_x: int, exp_w, bits_h: in
     steps, batch = x.shape[0], x.shape[1]
     dirs = 2 if bidirectional else 1
     exp_h = hidden_exp(bits_h)
-    lengths = np.full(batch, steps, dtype=I64) if lengths is None else iqmath.as_int(lengths)
+    lengths = None if lengths is None else iqmath.as_int(lengths)
+    if lengths is not None and (lengths >= steps).all():
+        lengths = None                                  # no sequence ends early
     shape = (num_layers * dirs, batch, hidden_size)
     h0 = np.zeros(shape, I64) if h0 is None else iqmath.as_int(h0)
     c0 = np.zeros(shape, I64) if c0 is None else iqmath.as_int(c0)
+    states = [(h0, bits_h)] + ([(c0, CELL_BITS)] if mode == "LSTM" else [])
+    fit = all(-(1 << (bits - 1)) <= v.min(initial=0) and v.max(initial=0) < 1 << (bits - 1)
+              for v, bits in states)                    # as the prepared path assumes
     h_n, c_n = np.zeros(shape, I64), np.zeros(shape, I64)
     inp, exp_in = x, int(exp_x)
     for layer in range(num_layers):
@@ -450,7 +456,7 @@ def rnn(mode: str, x, lengths, h0, c0, weights, *, exp_x: int, exp_w, bits_h: in
             # explicit sizes, not -1: a zero-size batch or sequence has no size to infer
             gi = prep.input_gates(inp.reshape(steps * batch, inp.shape[2]))
             gi = gi.reshape(steps, batch, gi.shape[1])                   # (T, N, G*H) Q11
-            y, h_n[k], c_n[k] = prep.run(gi, h0[k], c0[k], lengths, reverse=d == 1)
+            y, h_n[k], c_n[k] = prep.run(gi, h0[k], c0[k], lengths, d == 1, fit)
             outs.append(y)
         inp, exp_in = (outs[0] if dirs == 1 else np.concatenate(outs, axis=2)), exp_h
     return inp, h_n, (c_n if mode == "LSTM" else None)

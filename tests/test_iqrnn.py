@@ -81,7 +81,9 @@ def _reference_rnn(mode, x, lengths, h0, c0, weights, exp_x, exp_w, bits_h, dirs
                                                         (2, 8, False),     # shift <= 0
                                                         (60, 8, False),    # shift too large
                                                         (30, 16, False)])  # sums beyond 2**53
-def test_rnn_equals_reference_composition(mode, exp_whh, bits_h, prepared):
+@pytest.mark.parametrize("lengths", [[6, 2, 4], None])
+@pytest.mark.parametrize("state_scale", [1, 300])      # 300: h0 beyond bits_h, run as given
+def test_rnn_equals_reference_composition(mode, exp_whh, bits_h, prepared, lengths, state_scale):
     """Two layers, both directions, lengths, h0/c0 given, saturating inputs; on the prepared
     path or, where it cannot be proven exact, the reference steps."""
     rng = np.random.default_rng(exp_whh)
@@ -92,15 +94,15 @@ def test_rnn_equals_reference_composition(mode, exp_whh, bits_h, prepared):
                 rng.integers(-(1 << 12), 1 << 12, g)) for k in range(4)]
     exp_w = [7, exp_whh] * 4
     x = rng.integers(-128, 128, (steps, n, feat)) * np.array([1, 1, 1000])[None, :, None]
-    lengths = np.array([6, 2, 4])
     e = iqrnn.hidden_exp(bits_h)
-    h0 = rng.integers(-(1 << e), 1 << e, (4, n, hs))
+    h0 = rng.integers(-(1 << e), 1 << e, (4, n, hs)) * state_scale
     c0 = rng.integers(-(1 << 15), 1 << 15, (4, n, hs))
     assert (iqrnn._Recurrence.make(mode, weights[0][1], weights[0][3], exp_whh, e, bits_h)
             is not None) == prepared
-    got = iqrnn.rnn(mode, x, lengths, h0, c0, weights, exp_x=7, exp_w=exp_w, bits_h=bits_h,
+    got = iqrnn.rnn(mode, x, None if lengths is None else np.array(lengths), h0, c0, weights, exp_x=7, exp_w=exp_w, bits_h=bits_h,
                     num_layers=2, bidirectional=True, hidden_size=hs)
-    want = _reference_rnn(mode, x, lengths, h0, c0, weights, 7, exp_w, bits_h, 2)
+    want = _reference_rnn(mode, x, np.full(n, steps) if lengths is None else np.array(lengths),
+                          h0, c0, weights, 7, exp_w, bits_h, 2)
     assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
     if mode == "LSTM":
         assert np.array_equal(got[2], want[2])
