@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections import OrderedDict
 
 import numpy as np
 
@@ -258,7 +257,8 @@ class _Recurrence:
             g_i, g_f, g_g, g_o = (gates[:, k * hs:(k + 1) * hs] for k in range(4))
             t_g, t_c, t_tanh = tab["gates"], tab["cell"], tab["tanh_cell"]
             half = 0.5 + (1 << (CELL_BITS - 1))
-        c = np.broadcast_to(c, acc.shape).copy()                # no broadcasting per step
+        c = np.empty(acc.shape, dtype)                          # no broadcasting per step
+        c[...] = self.c
         # (T, N, 1): the sequence has ended (keeps its state, gives 0)
         ended = [None] * steps if full else (np.arange(steps)[:, None] >= lengths)[:, :, None]
         n_in = n_in if self.mode == "GRU" else ended
@@ -350,8 +350,10 @@ class _Direction:
                          int(np.abs(shifted).max(initial=0)))
 
     def matches(self, weights) -> bool:
-        return all((r is None and a is None) or (r is not None and r() is a)
-                   for r, a in zip(self.source, weights))
+        """Prepared from these very (still read-only) arrays."""
+        return len(self.source) == len(weights) and all(
+            (r is None and a is None) or (r is not None and r() is a and not a.flags.writeable)
+            for r, a in zip(self.source, weights))
 
     def input_gates(self, x2d):
         """``gate_q11(x2d, W_ih, b_ih, exp_in, exp_wih)`` of integers ``x2d`` (any integer
@@ -359,8 +361,7 @@ class _Direction:
         if self.proj is not None:
             w, c, rows, shifted = self.proj
             if x2d.dtype.itemsize <= 2:                         # int8/16, uint8/16: by dtype
-                info = np.iinfo(x2d.dtype)
-                lim = max(-int(info.min), int(info.max))
+                lim = 1 << (8 * x2d.dtype.itemsize - (x2d.dtype.kind == "i"))
             else:
                 lim = max(-int(x2d.min(initial=0)), int(x2d.max(initial=0)))
             if lim * rows + shifted <= 1 << 24:
@@ -390,8 +391,9 @@ class _Direction:
         return y, h, c
 
 
-#: Prepared directions of read-only weights (a runtime session's initializers), by identity.
-_PREPARED: "OrderedDict[tuple, _Direction]" = OrderedDict()
+#: Prepared directions of read-only weights (a runtime session's initializers), by identity;
+#: the oldest entries leave first.
+_PREPARED: "dict[tuple, _Direction]" = {}
 _PREPARED_MAX = 64
 _PREPARED_LOCK = threading.Lock()
 
@@ -400,22 +402,17 @@ def _prepared(mode, weights, exp_in: int, exp_wih: int, exp_whh: int, bits_h: in
     """The :class:`_Direction` of these weights; kept for the next call when every weight is a
     read-only array (taken as a constant: the runtime's initializers are), so a session
     prepares its weights once."""
-    shared = all(a is None or (isinstance(a, np.ndarray) and not a.flags.writeable)
-                 for a in weights)
     key = (mode, tuple(map(id, weights)), exp_in, exp_wih, exp_whh, bits_h)
-    if shared:
-        with _PREPARED_LOCK:
-            hit = _PREPARED.get(key)
-            if hit is not None and hit.matches(weights):
-                _PREPARED.move_to_end(key)
-                return hit
+    hit = _PREPARED.get(key)
+    if hit is not None and hit.matches(weights):
+        return hit
     prep = _Direction(mode, weights, exp_in, exp_wih, exp_whh, bits_h)
-    if shared:
+    if all(a is None or (isinstance(a, np.ndarray) and not a.flags.writeable) for a in weights):
         prep.source = tuple(None if a is None else weakref.ref(a) for a in weights)
         with _PREPARED_LOCK:
             _PREPARED[key] = prep
             while len(_PREPARED) > _PREPARED_MAX:
-                _PREPARED.popitem(last=False)
+                del _PREPARED[next(iter(_PREPARED))]
     return prep
 
 
