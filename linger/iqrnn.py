@@ -32,6 +32,12 @@ One step (PyTorch gate order; ``⊙`` element-wise; all sums exact in int64)::
 Sequence lengths: at step ``t`` a sequence with ``len <= t`` keeps its state and outputs 0, so
 ``h_n`` is the state after its last valid step (PyTorch's packed-sequence semantics). The reverse
 direction reads each sequence from its own last valid step back to step 0.
+
+How it runs: :func:`gru_step` / :func:`lstm_step` are the definition. :func:`rnn` computes the
+input projections of all steps as one float32 matmul and each step with :class:`_Recurrence`
+(pre-scaled weights, gate tables, float-held integers; every operation proven exact for the
+weights at hand), falling back to the definition where a bound fails. Read-only weights (a
+runtime session's initializers) are prepared once and kept.
 """
 
 from __future__ import annotations
@@ -140,7 +146,7 @@ def _segment(fn, scale: float, add: float = 0.0) -> np.ndarray:
 
 
 def _tables(mode: str, e: int) -> dict:
-    """The float64 tables of :class:`_Prepared` for ``exp_h = e`` (built once, shared)."""
+    """The float64 tables of :class:`_Recurrence` for ``exp_h = e`` (built once, shared)."""
     key = (mode, e)
     t = _TABLES.get(key)
     if t is None:
