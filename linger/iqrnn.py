@@ -389,9 +389,9 @@ class _Direction:
         if self.rec is not None and states_fit:
             y, h, c = self.rec.run(gi, h, c, lengths, own=True)
         else:
-            y, h, c = _reference_direction(
-                self.mode, iqmath.as_int(gi), h, c, self.w_hh, self.b_hh, self.exp_whh,
-                self.exp_h, self.bits_h, np.full(gi.shape[1], steps) if lengths is None else lengths)
+            lens = np.full(gi.shape[1], steps) if lengths is None else lengths
+            y, h, c = _reference_direction(self.mode, iqmath.as_int(gi), h, c, self.w_hh,
+                                           self.b_hh, self.exp_whh, self.exp_h, self.bits_h, lens)
         if reverse:
             y = y[::-1] if idx is None else np.take_along_axis(y, idx, axis=0)
         return y, h, c

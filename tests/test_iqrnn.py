@@ -1,8 +1,10 @@
 """The integer recurrence's prepared path (tables, float-held integers, pre-scaled BLAS) equals the
 reference step functions :func:`linger.iqrnn.gru_step` / :func:`linger.iqrnn.lstm_step` exactly:
-random and saturating values, weights of 8 to 24 bits (float32 and float64 matmuls), gate inputs
-with and without the clip, with lengths; the float32 input projection equals ``gate_q11``; a
-runtime session prepares its weights once."""
+random and saturating values, 8- and 16-bit weights and states (float32 and float64 matmuls),
+gate inputs with and without the clip, with lengths; whole multi-layer bidirectional runs equal
+the composed reference, also where the prepared path must step aside (shifts, 40-bit weights,
+states beyond their format); the float32 input projection equals ``gate_q11``; read-only weights
+are prepared once."""
 
 from __future__ import annotations
 
@@ -99,8 +101,9 @@ def test_rnn_equals_reference_composition(mode, exp_whh, bits_h, prepared, lengt
     c0 = rng.integers(-(1 << 15), 1 << 15, (4, n, hs))
     assert (iqrnn._Recurrence.make(mode, weights[0][1], weights[0][3], exp_whh, e, bits_h)
             is not None) == prepared
-    got = iqrnn.rnn(mode, x, None if lengths is None else np.array(lengths), h0, c0, weights, exp_x=7, exp_w=exp_w, bits_h=bits_h,
-                    num_layers=2, bidirectional=True, hidden_size=hs)
+    got = iqrnn.rnn(mode, x, None if lengths is None else np.array(lengths), h0, c0, weights,
+                    exp_x=7, exp_w=exp_w, bits_h=bits_h, num_layers=2, bidirectional=True,
+                    hidden_size=hs)
     want = _reference_rnn(mode, x, np.full(n, steps) if lengths is None else np.array(lengths),
                           h0, c0, weights, 7, exp_w, bits_h, 2)
     assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
