@@ -173,8 +173,8 @@ class _Recurrence:
     of :func:`gru_step` / :func:`lstm_step`, computed exactly (tests/test_iqrnn.py).
 
     Representation: the hidden state is stored as ``P = h + 2**e + 1/2`` (``e = exp_h``), a
-    positive half-integer, in the float dtype of the recurrent matmul; the LSTM cell ``c`` as
-    float64. Each rounding ``rs(v, k)`` is ``floor(v * 2**-k + 1/2)``, the scalings folded into
+    positive half-integer, in the float dtype of the recurrent matmul (GRU: in float64 too, for
+    its update); the LSTM cell ``c`` as float64. Each rounding ``rs(v, k)`` is ``floor(v * 2**-k + 1/2)``, the scalings folded into
     pre-scaled weights and tables; a floor of a value made positive by an offset is the
     truncating cast to int64, which then indexes the next table directly.
 
@@ -238,22 +238,24 @@ class _Recurrence:
         may overwrite."""
         steps, n = gi.shape[0], gi.shape[1]
         hs, tab, dtype, w, c = self.hidden, self.tables, self.dtype, self.w, self.c
-        off = (1 << self.e) + 0.5
+        off, gru = (1 << self.e) + 0.5, self.mode == "GRU"
         add, mul, floor, copyto, dot, clip = np.add, np.multiply, np.floor, np.copyto, np.dot, \
             self.clip
-        if self.mode == "GRU":
+        if gru:
             n_in = np.add(gi[:, :, 2 * hs:], 0.5 + (1 << 16), dtype=np.float64)
         bias = gi if own and gi.dtype == dtype else np.empty(gi.shape, dtype)
         np.add(gi, self.offset, out=bias)                       # gi + table offset
-        if self.mode == "GRU":
+        if gru:
             bias[:, :, 2 * hs:] = 0
         full = lengths is None or bool((lengths >= steps).all())
         state = np.empty((steps + 1, n, hs), dtype)
         np.add(h0, off, out=state[0])
         acc, idx = np.empty((n, w.shape[1]), dtype), np.empty((n, w.shape[1]), I64)
         d, i_h, t_h = np.empty((n, hs)), np.empty((n, hs), I64), tab["state"].astype(dtype)
-        if self.mode == "GRU":
-            rz, mu = np.empty((n, 2 * hs)), np.empty((n, hs))
+        if gru:
+            rz, mu, p64 = np.empty((n, 2 * hs)), np.empty((n, hs)), np.empty((n, hs))
+            p64[...] = state[0]                                 # P in float64 too
+            t_h64 = tab["state"]
             r, z, a_rz, a_n, i_rz = rz[:, :hs], rz[:, hs:], acc[:, :2 * hs], acc[:, 2 * hs:], \
                 idx[:, :2 * hs]
             t_rz, t_n = tab["rz"], tab["n"]
@@ -267,7 +269,7 @@ class _Recurrence:
         c[...] = self.c
         # (T, N, 1): the sequence has ended (keeps its state, gives 0)
         ended = [None] * steps if full else (np.arange(steps)[:, None] >= lengths)[:, :, None]
-        n_in = n_in if self.mode == "GRU" else ended
+        n_in = n_in if gru else ended
         for p, p_new, b_t, n_t, e_t in zip(state[:-1], state[1:], bias, n_in, ended):
             dot(p, w, out=acc)
             add(acc, c, out=acc)
@@ -275,14 +277,14 @@ class _Recurrence:
             if clip:
                 _clip(acc, -(1 << 15), (1 << 15) - 1, out=acc)
             add(acc, b_t, out=acc)
-            if self.mode == "GRU":
+            if gru:
                 copyto(i_rz, a_rz, casting="unsafe")
                 t_rz.take(i_rz, out=rz, mode="clip")           # r, z (* 2**-15)
                 mul(a_n, r, out=d)
                 add(d, n_t, out=d)
                 copyto(i_h, d, casting="unsafe")
                 t_n.take(i_h, out=mu, mode="clip")              # mu
-                np.subtract(p, mu, out=d)
+                np.subtract(p64, mu, out=d)
                 mul(d, z, out=d)
                 add(d, mu, out=d)
             else:
@@ -303,12 +305,17 @@ class _Recurrence:
             t_h.take(i_h, out=p_new, mode="clip")
             if not full:
                 copyto(p_new, p, where=e_t)
+            if gru:
+                if full:
+                    t_h64.take(i_h, out=p64, mode="clip")
+                else:
+                    copyto(p64, p_new)
         y = np.empty((steps, n, hs), I64)
         np.subtract(state[1:], off, out=y, casting="unsafe")    # exact integers
         if not full:
             y[np.broadcast_to(ended, y.shape)] = 0
         h_n = (state[steps] - off).astype(I64)
-        return y, h_n, (cell.astype(I64) if self.mode == "LSTM" else c0)
+        return y, h_n, (c0 if gru else cell.astype(I64))
 
 
 #: ``np.clip``'s ufunc without its Python wrapper (a few us per call at batch 1), if available.
