@@ -174,9 +174,10 @@ class _Recurrence:
 
     Representation: the hidden state is stored as ``P = h + 2**e + 1/2`` (``e = exp_h``), a
     positive half-integer, in the float dtype of the recurrent matmul (GRU: in float64 too, for
-    its update); the LSTM cell ``c`` as float64. Each rounding ``rs(v, k)`` is ``floor(v * 2**-k + 1/2)``, the scalings folded into
-    pre-scaled weights and tables; a floor of a value made positive by an offset is the
-    truncating cast to int64, which then indexes the next table directly.
+    its update); the LSTM cell ``c`` as float64. Each rounding ``rs(v, k)`` is
+    ``floor(v * 2**-k + 1/2)``, the scalings folded into pre-scaled weights and tables; a floor
+    of a value made positive by an offset is the truncating cast to int64, which then indexes
+    the next table directly.
 
     - ``A = P W_hh^T 2**-s + c`` (``s = exp_h + exp_whh - 11 >= 1``, weights pre-scaled) equals
       ``(h W_hh^T + b_hh) 2**-s + 1/2``; ``gh = sat16(floor(A))``, the clip skipped when the
