@@ -12,6 +12,7 @@ no hang, no sanitizer report.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import re
 import subprocess
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 import linger
 from linger import engine, packer
@@ -82,15 +84,28 @@ def _sanitized_run(data: bytes, feeds: dict, tmp_path) -> list:
     return [np.load(o) for o in outs]
 
 
+@functools.lru_cache(maxsize=None)
+def _native_lib():
+    """The ``-march=native`` engine library (with the fast paths this CPU has), or None where
+    the compiler refuses the flag."""
+    try:
+        return engine.build(native=True)
+    except engine.EngineBuildError:
+        return None
+
+
 def check_engine(data: bytes, feeds: dict, wants, tmp_path):
-    """C engine (sanitized program and ctypes) == numpy runtime == ``wants`` (PyTorch eval)."""
+    """C engine (sanitized program, ctypes, and the ``-march=native`` build whose fast paths
+    differ from the portable kernels) == numpy runtime == ``wants`` (PyTorch eval)."""
     runtime = InferenceSession(data).run(None, feeds)
     sanitized = _sanitized_run(data, feeds, tmp_path)
     bound = engine.Engine(data).run(None, feeds)
-    assert len(runtime) == len(sanitized) == len(bound) == len(wants)
-    for k, (r, s, b, w) in enumerate(zip(runtime, sanitized, bound, wants)):
+    native = engine.Engine(data, library=_native_lib()).run(None, feeds) if _native_lib() \
+        else bound
+    assert len(runtime) == len(sanitized) == len(bound) == len(native) == len(wants)
+    for k, (r, s, b, n, w) in enumerate(zip(runtime, sanitized, bound, native, wants)):
         w = np.asarray(w)
-        for got, who in ((s, "sanitized program"), (b, "ctypes")):
+        for got, who in ((s, "sanitized program"), (b, "ctypes"), (n, "native build")):
             assert got.dtype == r.dtype and got.shape == r.shape, (k, who)
             assert np.array_equal(got, r), f"output {k} ({who}) != numpy runtime"
         assert r.dtype == w.dtype and np.array_equal(r, w), f"output {k}: runtime != eval"
@@ -113,6 +128,57 @@ def test_bitexact_table(name, factory, shape, kwargs, tmp_path):
     data = _pack(linger.onnx.export(model, x, None, input_names=["input"]), x)
     for batch in (x, x * 1000.0):
         check_engine(data, {"input": batch.numpy()}, _eval(model, batch), tmp_path)
+
+
+#: Convolution geometries for the x86 fast path (k_conv_x86.c): strides and dilations that make
+#: several phase planes, asymmetric padding, output rows longer than a tile and rows a tile
+#: splits, output channels not a multiple of its block of four, odd and large K, groups, 1-d,
+#: and 16-bit outputs (its int64 requantization route); batch 2.
+FAST_CONV = [
+    ("s1_p1_rows_split", lambda: nn.Conv2d(5, 6, 3, padding=1), (2, 5, 11, 13)),
+    ("s2_k4_p1", lambda: nn.Conv2d(4, 8, 4, stride=2, padding=1), (2, 4, 15, 17)),
+    ("s3_dil2", lambda: nn.Conv2d(3, 5, 3, stride=3, dilation=2, padding=2), (2, 3, 19, 20)),
+    ("s_2x1_rect", lambda: nn.Conv2d(4, 4, (3, 2), stride=(2, 1), padding=(1, 0)), (2, 4, 9, 70)),
+    ("same_even_kernel", lambda: nn.Conv2d(4, 7, 4, padding="same"), (2, 4, 10, 9)),
+    ("large_k", lambda: nn.Conv2d(48, 12, 3, padding=1), (2, 48, 6, 6)),
+    ("pointwise_odd_k", lambda: nn.Conv2d(7, 9, 1), (2, 7, 5, 5)),
+    ("groups_coutg4", lambda: nn.Conv2d(6, 12, 3, groups=3, padding=1), (2, 6, 8, 8)),
+    ("conv1d_long", lambda: nn.Conv1d(3, 8, 5, stride=2, padding=2), (2, 3, 300)),
+    ("conv1d_dil3", lambda: nn.Conv1d(4, 5, 3, dilation=3), (2, 4, 90)),
+]
+
+
+@pytest.mark.parametrize("name,layer,shape", FAST_CONV, ids=[r[0] for r in FAST_CONV])
+@pytest.mark.parametrize("out_bits", [8, 16])
+def test_fast_conv_geometries_under_sanitizers(name, layer, shape, out_bits, tmp_path):
+    """The ``-march=native`` build (AVX2 GEMM convolutions where the CPU has AVX2) under
+    ASan/UBSan equals the numpy runtime and PyTorch eval, ordinary and saturating inputs."""
+    if _native_lib() is None:
+        pytest.skip("the C compiler refuses -march=native here")
+    model = bitexact._calibrated(lambda: nn.Sequential(layer()), shape, {"out_bits": out_bits})
+    x = torch.randn(*shape) * 2.0
+    data = _pack(linger.onnx.export(model, x, None, input_names=["input"]), x)
+    (tmp_path / "model.bin").write_bytes(data)
+    for k, batch in enumerate((x, x * 1000.0)):
+        want = _eval(model, batch)[0]
+        np.save(tmp_path / f"in{k}.npy", batch.numpy())
+        res = engine.run_cli(str(tmp_path / "model.bin"), [str(tmp_path / f"in{k}.npy")],
+                             [str(tmp_path / f"out{k}.npy")], sanitize=True, native=True)
+        assert res.returncode == 0 and "Sanitizer" not in res.stderr \
+            and "runtime error" not in res.stderr, res.stderr
+        got = np.load(tmp_path / f"out{k}.npy")
+        assert np.array_equal(got, InferenceSession(data).run(None, {"input": batch.numpy()})[0])
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+
+
+def test_fast_conv_is_compiled_into_the_native_build_on_avx2():
+    """Where the CPU has AVX2 the native build must carry the fast path (else the geometry test
+    above would only exercise the portable kernel); the plain build never does."""
+    assert engine.fast_paths() == []
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    if _native_lib() is None or not re.search(r"\bavx2\b", flags):
+        pytest.skip("no AVX2 CPU (or no -march=native) here")
+    assert engine.fast_paths(engine.load_library(_native_lib())) == ["x86-conv"]
 
 
 def test_embedding_text_model(tmp_path):
@@ -249,6 +315,32 @@ def _rnn_case(model, tmp_path):
                      tmp_path)
 
 
+class _WideRNN(nn.Module):
+    """Rows longer than the engine's 256-product int32 blocks (k_rnn.c dot_row): 300 input
+    features into a GRU, then an LSTM with 260 hidden units."""
+
+    def __init__(self):
+        super().__init__()
+        self.gru = nn.GRU(300, 6, batch_first=True)
+        self.lstm = nn.LSTM(6, 260, batch_first=True)
+
+    def forward(self, x):
+        return self.lstm(self.gru(x)[0])[0]
+
+
+def test_rnn_rows_longer_than_an_int32_block(tmp_path):
+    torch.manual_seed(0)
+    model = linger.init(_WideRNN()).train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(2, 3, 300))
+    model.eval()
+    x = torch.randn(2, 3, 300)
+    data = _pack(linger.onnx.export(model, x, None, input_names=["x"]), x)
+    for batch in (x, x * 1000.0):
+        check_engine(data, {"x": batch.numpy()}, _eval(model, batch), tmp_path)
+
+
 @pytest.mark.parametrize("combo", rnn.COMBOS, ids=[rnn._id(c) for c in rnn.COMBOS])
 def test_rnn_table(combo, tmp_path):
     rnn.set_seed(0)
@@ -297,9 +389,14 @@ def test_engine_sources_use_no_malloc_no_libc_and_no_float_in_integer_kernels():
     for path in engine.engine_sources():
         text = Path(path).read_text()
         includes = set(re.findall(r"#include <([^>]+)>", text))
-        assert includes <= {"stdint.h", "stddef.h", "string.h"}, (path, includes)
+        # the x86 fast path's compiler intrinsics (no library), only inside its AVX2 switch
+        allowed = {"immintrin.h"} if Path(path).name == "k_conv_x86.c" else set()
+        assert includes <= {"stdint.h", "stddef.h", "string.h"} | allowed, (path, includes)
+        if allowed:
+            assert text.index("#if defined(__AVX2__)") < text.index("#include <immintrin.h>")
         assert not re.search(r"\b(malloc|calloc|realloc|free|printf|assert)\s*\(", text), path
-    for family in ("k_conv.c", "k_linear.c", "k_iqarith.c", "k_nonlinear.c", "k_rnn.c", "k_act.c",
+    for family in ("k_conv.c", "k_conv_x86.c", "k_linear.c", "k_iqarith.c", "k_nonlinear.c",
+                   "k_rnn.c", "k_act.c",
                    "k_reduce.c", "k_mask.c"):
         text = (Path(engine.CSRC) / family).read_text()
         assert not re.search(r"\b(float|double)\b", text), family

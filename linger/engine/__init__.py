@@ -142,6 +142,7 @@ def load_library(path: str | None = None):
                                      ctypes.POINTER(U32), ctypes.POINTER(ctypes.c_char_p),
                                      ctypes.POINTER(U32)]),
                 ("le_sizeof_model", S, []), ("le_num_supported_ops", U32, []),
+                ("le_fast_paths", U32, []),
                 ("le_supported_op", ctypes.c_char_p, [U32, ctypes.POINTER(ctypes.c_char_p)])):
             fn = getattr(lib, name)
             fn.restype, fn.argtypes = res, args
@@ -158,6 +159,14 @@ def supported_ops(lib=None) -> list[str]:
         op = lib.le_supported_op(k, ctypes.byref(dom))
         out.append(f"{dom.value.decode()}::{op.decode()}")
     return out
+
+
+def fast_paths(lib=None) -> list[str]:
+    """The optional fast paths compiled into the engine library ``lib`` (default: the plain
+    build): ``"x86-conv"`` when int8 convolutions run as an AVX2 GEMM (a ``native=True`` build
+    on a CPU with AVX2). They compute the same integers as the portable kernels."""
+    lib = lib or load_library()
+    return ["x86-conv"] if lib.le_fast_paths() & 1 else []
 
 
 def _aligned(nbytes: int) -> np.ndarray:
@@ -280,9 +289,9 @@ class Engine:
 
 
 def run_cli(model: str, inputs: list, outputs: list, sanitize: bool = False,
-            timeout: float = 60) -> subprocess.CompletedProcess:
+            timeout: float = 60, native: bool = False) -> subprocess.CompletedProcess:
     """Run the ``linger-engine`` program (built on first use) on files."""
-    args = [build_cli(sanitize), model] + list(inputs)
+    args = [build_cli(sanitize, native), model] + list(inputs)
     if len(inputs) != 1 or len(outputs) != 1:
         args.append("--")
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0:abort_on_error=0",

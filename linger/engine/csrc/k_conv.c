@@ -4,16 +4,9 @@
  * ConvTranspose1dInt/2dInt: W (Cin, Cout/group, [kh,] kw), PyTorch's output geometry.
  * Sums are exact in int64 (data and weights are at most 16 bits). 1-d ops run as 2-d with a
  * height of 1. */
-#include "le_internal.h"
+#include "le_conv.h"
 
-typedef struct {
-    int64_t n, c, h, w;           /* input */
-    int64_t cout, cg, kh, kw;     /* weight: cg = input channels per group */
-    int64_t oh, ow, groups, coutg;
-    int64_t sh, sw, dh, dw, pt, pl;
-    int64_t shift, bits_o;
-    int transposed;
-} geom;
+typedef le_conv_geom geom;
 
 le_status le_layer_attrs(const le_op *op, int64_t *shift, int64_t *bits_x, int64_t *bits_w,
                          int64_t *bits_o) {
@@ -285,6 +278,10 @@ static int int8_path(const geom *g, const le_tensor *x, const le_tensor *w) {
            && g->cg * g->kh * g->kw <= ((int64_t)1 << 17) - 1;
 }
 
+/* the x86 GEMM path is compiled in and has enough output channels per group to fill its
+ * blocks of four */
+static int simd_pays(const geom *g) { return le_conv_simd_available() && g->coutg >= 4; }
+
 typedef void (*conv_fn)(const geom *, const void *, const void *, const int32_t *,
                         const le_tensor *);
 
@@ -296,6 +293,13 @@ static le_status run(le_op *op, int transposed) {
     const int32_t *bias;
     int k;
     LE_CHECK(geometry(op, transposed, &g, &x, &w, &y, &bias));
+    if (int8_path(&g, &x, &w) && simd_pays(&g)) {
+        op->scratch = le_conv_i8_simd_scratch(&g);
+        if (op->run)
+            le_conv_i8_simd(&g, (const int8_t *)x.data, (const int8_t *)w.data, bias, &y,
+                            op->m->scratch);
+        return LE_OK;
+    }
     if (int8_path(&g, &x, &w)) {
         op->scratch = (size_t)(g.ow * g.cg * g.kh * g.kw);
         if (op->run)

@@ -149,6 +149,27 @@ static le_status max_pool(le_op *op) {
     to2d(&g, nd, k, s, d, pb, &x);
     g.oh = nd == 2 ? o[0] : 1;
     g.ow = o[nd - 1];
+    if (x.dtype == LE_INT8) {   /* the common case, without per-element dtype dispatch */
+        const int8_t *xp = (const int8_t *)x.data;
+        int8_t *yp = (int8_t *)(void *)y.data;
+        int64_t b, oy, ox, ky, kx;
+        for (b = 0; b < g.outer; b++)
+            for (oy = 0; oy < g.oh; oy++)
+                for (ox = 0; ox < g.ow; ox++) {
+                    int best = -128;   /* also the value of a window of padding only */
+                    for (ky = 0; ky < g.kh; ky++) {
+                        int64_t iy = oy * g.sh - g.pt + ky * g.dh;
+                        if (iy < 0 || iy >= g.h) continue;
+                        for (kx = 0; kx < g.kw; kx++) {
+                            int64_t ix = ox * g.sw - g.pl + kx * g.dw;
+                            if (ix >= 0 && ix < g.w && xp[(b * g.h + iy) * g.w + ix] > best)
+                                best = xp[(b * g.h + iy) * g.w + ix];
+                        }
+                    }
+                    *yp++ = (int8_t)best;
+                }
+        return LE_OK;
+    }
     {
         int64_t b, oy, ox, ky, kx, out = 0;
         for (b = 0; b < g.outer; b++)

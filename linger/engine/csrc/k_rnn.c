@@ -8,7 +8,8 @@
  * with gi = sat16(rs(x W_ih^T + b_ih, exp_in + exp_wih - 11)), gh likewise from h.
  * A sequence with length <= t keeps its state and outputs 0 at step t; the reverse direction
  * reads each sequence from its own last valid step back. Inputs: X, lengths, h0[, c0], then per
- * layer and direction W_ih, W_hh[, B_ih, B_hh]. Scratch (int32): layer outputs, states, gates. */
+ * layer and direction W_ih, W_hh[, B_ih, B_hh]. Scratch (int32): layer outputs, states, gates,
+ * one input row. */
 #include "le_internal.h"
 #include "le_tables.h"
 
@@ -117,27 +118,46 @@ static le_status setup(le_op *op, int lstm, rnn *r) {
         /* scratch in int32: layer outputs (two when layers > 1), h, c, gi, gh, h', c' rows */
         int64_t seq = r->steps * r->n * r->dirs * r->hs;
         int64_t words = (r->layers > 1 ? 2 : 1) * seq + 2 * r->n * r->hs + 2 * r->g * r->hs
-                        + 2 * r->hs;
+                        + 2 * r->hs + r->f;
         op->scratch = (size_t)words * 4;
     }
     return LE_OK;
 }
 
+/* in . W[row] in int64 for int8 or int16 W (the weight dtypes; |in| <= 2**15) */
+static int64_t dot_row(const int32_t *in, const le_tensor *w, int64_t row, int64_t fin) {
+    int64_t acc = 0, i = 0;
+    if (w->dtype == LE_INT8) {
+        /* |in * W| <= 2**22: blocks of 256 products sum exactly in int32 */
+        const int8_t *wr = (const int8_t *)w->data + row * fin;
+        int32_t s;
+        int j;
+        for (; i + 256 <= fin; i += 256) {
+            for (s = 0, j = 0; j < 256; j++) s += in[i + j] * wr[i + j];
+            acc += s;
+        }
+        for (s = 0; i < fin; i++) s += in[i] * wr[i];
+        return acc + s;
+    }
+    {
+        const int16_t *wr = (const int16_t *)(const void *)w->data + row * fin;
+        for (; i < fin; i++) acc += (int64_t)in[i] * wr[i];
+    }
+    return acc;
+}
+
 /* out[j] = sat16(rs(in . W[j] + b[j], shift)) for the g*hs gate rows */
 static void gates(const int32_t *in, int64_t fin, const le_tensor *w, const le_tensor *b,
                   int64_t rows, int64_t shift, int32_t *out) {
-    int64_t j, i;
-    for (j = 0; j < rows; j++) {
-        int64_t acc = b ? le_ld(b, j) : 0;
-        for (i = 0; i < fin; i++) acc += (int64_t)in[i] * le_ld(w, j * fin + i);
-        out[j] = (int32_t)le_requant(acc, shift, 16);
-    }
+    int64_t j;
+    for (j = 0; j < rows; j++)
+        out[j] = (int32_t)le_requant((b ? le_ld(b, j) : 0) + dot_row(in, w, j, fin), shift, 16);
 }
 
 static le_status run(le_op *op, int lstm) {
     rnn r;
     int64_t per, seq, l, d, t, n, j, i;
-    int32_t *ybuf[2], *h, *c, *gi, *gh, *hnew, *cnew;
+    int32_t *ybuf[2], *h, *c, *gi, *gh, *hnew, *cnew, *xrow;
     LE_CHECK(setup(op, lstm, &r));
     if (!op->run) return LE_OK;
     per = r.bias ? 4 : 2;
@@ -150,6 +170,7 @@ static le_status run(le_op *op, int lstm) {
     gh = gi + r.g * r.hs;
     hnew = gh + r.g * r.hs;
     cnew = hnew + r.hs;
+    xrow = cnew + r.hs;
     if (r.has_len)
         for (n = 0; n < r.n; n++) {
             int64_t len = le_ld(&r.lengths, n);
@@ -189,12 +210,9 @@ static le_status run(le_op *op, int lstm) {
                     /* input gates of row (tt, n) */
                     if (l == 0) {
                         int64_t off = r.batch_first ? (n * r.steps + tt) * r.f : (tt * r.n + n) * r.f;
-                        for (j = 0; j < r.g * r.hs; j++) {
-                            int64_t acc = r.bias ? le_ld(&bih, j) : 0;
-                            for (i = 0; i < fin; i++)
-                                acc += le_ld(&r.x, off + i) * le_ld(&wih, j * fin + i);
-                            gi[j] = (int32_t)le_requant(acc, exp_in + ewih - LE_GATE_Q, 16);
-                        }
+                        for (i = 0; i < fin; i++) xrow[i] = (int32_t)le_ld(&r.x, off + i);
+                        gates(xrow, fin, &wih, r.bias ? &bih : NULL, r.g * r.hs,
+                              exp_in + ewih - LE_GATE_Q, gi);
                     } else {
                         gates(yin + (tt * r.n + n) * fin, fin, &wih, r.bias ? &bih : NULL,
                               r.g * r.hs, exp_in + ewih - LE_GATE_Q, gi);

@@ -5,6 +5,7 @@
  * once with bounds checks (the rules of linger/packfile/reader.py) and then runs every op's
  * kernel in "check" mode: after a successful le_open, every offset, length, id, attribute,
  * dtype and shape a kernel will touch has been checked. */
+#include "le_conv.h"
 #include "le_internal.h"
 
 #define HEADER_SIZE 64u
@@ -506,6 +507,8 @@ le_status le_io(const le_model *m, int which, uint32_t k, le_io_info *info) {
 }
 
 size_t le_sizeof_model(void) { return sizeof(le_model); }
+
+uint32_t le_fast_paths(void) { return le_conv_simd_available() ? LE_FAST_X86_CONV : 0u; }
 
 uint32_t le_num_ops(const le_model *m) { return m && m->file ? m->n_ops : 0; }
 int32_t le_failed_op(const le_model *m) { return m ? m->failed_op : -1; }

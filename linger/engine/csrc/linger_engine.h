@@ -132,6 +132,12 @@ size_t le_sizeof_model(void);
 uint32_t le_num_supported_ops(void);
 const char *le_supported_op(uint32_t k, const char **domain);
 
+/* Optional fast paths compiled into this build (bit mask; the integers are the same with or
+ * without them): LE_FAST_X86_CONV, int8 convolutions as an AVX2 GEMM (built with -mavx2 or
+ * -march=native on such a CPU, without -DLE_PORTABLE). */
+#define LE_FAST_X86_CONV 1u
+uint32_t le_fast_paths(void);
+
 #ifdef __cplusplus
 }
 #endif
