@@ -164,6 +164,8 @@ def _tables(mode: str, e: int) -> dict:
             c = np.arange(1 << CELL_BITS) - (1 << (CELL_BITS - 1))        # c + 2**15 -> c
             t["cell"] = c.astype(np.float64)
             t["tanh_cell"] = _lut(tanh_q15)[c & 0xFFFF].astype(np.float64)
+        for a in t.values():
+            a.setflags(write=False)                             # shared by every run
         _TABLES[key] = t
     return t
 
