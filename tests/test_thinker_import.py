@@ -687,10 +687,9 @@ def test_sample_cli_pack_and_run(tmp_path, capsys):
     assert "output: shape [1, 100], float32" in capsys.readouterr().out
 
 
-def test_new_ops_pack_and_run_bit_exact():
-    """LutInt, LayerNormLuna, LSTMLuna, SoftmaxLuna in one packed file: same bits as the ONNX."""
-    from linger.packer import pack
-
+def luna_mixed_model():
+    """An original graph whose import holds LutInt, LayerNormLuna, LSTMLuna and SoftmaxLuna
+    (also run by the C engine's tests): ``(model, input shape)``."""
     t, f, h = 4, 8, 6
     wl = RNG.integers(-32768, 32768, size=f).astype(np.int16)
     bl = RNG.integers(-9999, 9999, size=f).astype(np.int32)
@@ -713,10 +712,18 @@ def test_new_ops_pack_and_run_bit_exact():
     ]
     m = model(nodes, [("x", F32, [1, t, f])], [("out", F32, [1, t, h]), ("cn", F32, None)],
               [("wl", wl), ("bl", bl), ("wih", wih), ("whh", whh)], opset=12)
+    return m, (1, t, f)
+
+
+def test_new_ops_pack_and_run_bit_exact():
+    """LutInt, LayerNormLuna, LSTMLuna, SoftmaxLuna in one packed file: same bits as the ONNX."""
+    from linger.packer import pack
+
+    m, shape = luna_mixed_model()
     res = pack(m, target="venus")
     ops = {o.op_type for o in InferenceSession(res.data)._graph.nodes}
     assert {"LutInt", "LayerNormLuna", "LSTMLuna", "SoftmaxLuna"} <= ops
-    x = RNG.normal(0, 4, size=(1, t, f)).astype(np.float32)
+    x = RNG.normal(0, 4, size=shape).astype(np.float32)
     a = InferenceSession(res.data).run(None, {"x": x})
     b = InferenceSession(m).run(None, {"x": x})
     assert all(np.array_equal(u, v) for u, v in zip(a, b))

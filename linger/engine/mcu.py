@@ -30,15 +30,18 @@ CFLAGS = CPU + ("-Os", "-std=c99", "-pedantic", "-Wall", "-Wextra", "-Werror",
                 "-ffunction-sections", "-fdata-sections")
 #: op sets: families left out of the registry (registry.c's LE_NO_* switches)
 _NEW = ("ACT", "REDUCE", "RESAMPLE", "MASK")  # the families added for published networks
+_LUNA = ("LUNA",)  # the original toolchain's algorithms, for imported models (k_luna.c)
 OP_SETS = {
     "all ops": (),
     "CNN (conv, linear, pool, quant, layout, element-wise)": ("IQARITH", "NONLINEAR", "RNN",
-                                                              *_NEW),
-    "CNN + iq arithmetic and non-linear tables": ("RNN", *_NEW),
+                                                              *_NEW, *_LUNA),
+    "CNN + iq arithmetic and non-linear tables": ("RNN", *_NEW, *_LUNA),
     "CNN + activations, reductions, resampling (MobileNetV3, PANNs)": ("IQARITH", "NONLINEAR",
-                                                                       "RNN", "MASK"),
+                                                                       "RNN", "MASK", *_LUNA),
     "RNN (GRU/LSTM, linear, quant, layout, element-wise)": ("CONV", "POOL", "IQARITH",
-                                                             "NONLINEAR", *_NEW),
+                                                             "NONLINEAR", *_NEW, *_LUNA),
+    "imported original RNN (Luna LSTM/GRU/softmax/layer norm, LutInt, linear, quant, layout)":
+        ("CONV", "POOL", "IQARITH", "NONLINEAR", "RNN", *_NEW),
 }
 
 

@@ -19,6 +19,7 @@ FAMILY(act)
 FAMILY(reduce)
 FAMILY(resample)
 FAMILY(mask)
+FAMILY(luna)
 #undef FAMILY
 
 #define ENTRY(name) {#name, le_ops_##name, &le_ops_##name##_count}
@@ -56,6 +57,9 @@ const le_family le_families[] = {
 #endif
 #ifndef LE_NO_MASK
     ENTRY(mask),
+#endif
+#ifndef LE_NO_LUNA
+    ENTRY(luna),
 #endif
 };
 const uint32_t le_num_families = sizeof le_families / sizeof le_families[0];

@@ -176,6 +176,10 @@ def to_q25(q, exp: int):
 
 
 # -- layer norm: Q10 normalised value through a 768-entry 1/sqrt table ------------------------------
+#: The original's fixed epsilon (a float64 constant; the C engine reads its exact binary value).
+LAYERNORM_EPS = 1e-5
+
+
 def _rsqrt_table():
     """``T[i] = min(32767, floor(2**15 * sqrt(256 / (i + 256))))``, i = 0..767, exactly:
     ``floor(2**19 / sqrt(t)) = isqrt(floor(2**38 / t))``."""
@@ -199,7 +203,7 @@ def layernorm_q10(x, k: int, exp_x: int):
     x = np.asarray(x, np.int64)
     s1 = x.sum(axis=-1, keepdims=True)
     s2 = (x * x).sum(axis=-1, keepdims=True)
-    q_eps = math.floor(1e-5 * 2.0 ** (2 * int(exp_x)) * k * k + 0.5)
+    q_eps = math.floor(LAYERNORM_EPS * 2.0 ** (2 * int(exp_x)) * k * k + 0.5)
     ks2, s1s1 = k * s2, s1 * s1
     d = ks2 - s1s1 + q_eps
     if max(int(ks2.max(initial=0)), int(s1s1.max(initial=0)), int(d.max(initial=0)),
