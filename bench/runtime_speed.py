@@ -7,12 +7,14 @@ onnxruntime. Batch 1 and 32; every repetition runs the three in turn (interleave
 changes hit all alike); prints medians with the 25-75 % range, the ratios runtime / onnxruntime,
 the machine and its load. ``--profile`` adds the runtime's time per op type.
 
-Recurrent models (``--recurrent``, on by default): the keyword-spotting GRU and LSTM of
-``bench/qat_overhead.py`` (49 frames of 40 MFCCs, 128 units), linger's runtime against the float
-model in onnxruntime, batch 1 and 32, bit-exactness checked.
+Recurrent models (on by default; ``--recurrent-only`` runs just them): the keyword-spotting GRU
+and LSTM of ``bench/qat_overhead.py`` (49 frames of 40 MFCCs, 128 units), linger's runtime against
+the float model in onnxruntime, batch 1 and 32; the runtime's outputs are checked bit for bit
+against PyTorch eval and against onnxruntime on the ``format="exact"`` export (the step functions
+unrolled as standard ONNX), with one saturating sample (x 1000) in the batch.
 
-Usage: ``python bench/runtime_speed.py [--reps 50] [--profile] [--no-recurrent]
-[--openblas-coretype SkylakeX]``
+Usage: ``python bench/runtime_speed.py [--reps 50] [--profile] [--no-recurrent |
+--recurrent-only] [--openblas-coretype SkylakeX]``
 
 ``--openblas-coretype`` sets ``OPENBLAS_CORETYPE`` before numpy loads: OpenBLAS 0.3.31 does not
 recognise AMD Zen 5 and falls back to its AVX2 (Haswell) kernels; ``SkylakeX`` selects its
@@ -120,21 +122,30 @@ def recurrent(reps: int) -> None:
         with torch.no_grad():
             model.train()(torch.randn(32, 49, 40))
         model.eval()
+        dyn = {"input": {0: "batch"}}
         ours = linger.runtime.InferenceSession(linger.onnx.export(
-            model, torch.randn(1, 49, 40), None, dynamic_axes={"input": {0: "batch"}}))
-        name = ours.get_inputs()[0].name
+            model, torch.randn(1, 49, 40), None, dynamic_axes=dyn))
+        # an independent check of the runtime's prepared recurrence: the exact export unrolls
+        # the step functions as standard ONNX, run by onnxruntime
+        unrolled = _ort(linger.onnx.export(model, torch.randn(1, 49, 40), None, format="exact",
+                                           dynamic_axes=dyn).SerializeToString())
+        name, uname = ours.get_inputs()[0].name, unrolled.get_inputs()[0].name
         runners = {"linger runtime": lambda x: ours.run(None, {name: x}),
                    "onnxruntime float": lambda x: flt.run(None, {"input": x})}
         for batch in (1, 32):
             x = np.random.default_rng(0).standard_normal((batch, 49, 40)).astype(np.float32)
+            x[0] *= 1000                                        # saturating inputs
+            got = runners["linger runtime"](x)[0]
             with torch.no_grad():
-                exact = np.array_equal(runners["linger runtime"](x)[0],
-                                       model(torch.from_numpy(x)).plain().numpy())
+                exact = np.array_equal(got, model(torch.from_numpy(x)).plain().numpy()) \
+                    and np.array_equal(got, unrolled.run(None, {uname: x})[0])
             med = _timed(runners, x, reps)
-            print(f"KWS {cell.__name__} 49x40 h128, batch {batch:2d} (bit-exact: {exact}): "
+            print(f"KWS {cell.__name__} 49x40 h128, batch {batch:2d} (bit-exact with PyTorch"
+                  f" eval and the exact export in onnxruntime: {exact}): "
                   + ", ".join(f"{k} {v[1]:.2f} ms [{v[0]:.2f}-{v[2]:.2f}]"
                               for k, v in med.items())
-                  + f"; linger/ort-float = {med['linger runtime'][1] / med['onnxruntime float'][1]:.2f}")
+                  + f"; linger/ort-float ="
+                  f" {med['linger runtime'][1] / med['onnxruntime float'][1]:.2f}")
 
 
 def main(argv=None):
@@ -142,9 +153,16 @@ def main(argv=None):
     p.add_argument("--reps", type=int, default=50)
     p.add_argument("--profile", action="store_true", help="print the runtime's time per op type")
     p.add_argument("--no-recurrent", action="store_true", help="skip the GRU/LSTM models")
+    p.add_argument("--recurrent-only", action="store_true", help="only the GRU/LSTM models")
     p.add_argument("--openblas-coretype", metavar="NAME",
                    help="OPENBLAS_CORETYPE for this run (e.g. SkylakeX), set before numpy loads")
     args = p.parse_args(argv)
+    if args.recurrent_only:
+        print(f"machine: {_machine()}")
+        print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+        recurrent(args.reps)
+        print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+        return
     model, ours, qdq, flt, exact = _models()
     runners = {"linger runtime": lambda x: ours.run(None, {"input": x}),
                "onnxruntime QDQ": lambda x: qdq.run(None, {"input": x}),

@@ -32,9 +32,18 @@ One step (PyTorch gate order; ``⊙`` element-wise; all sums exact in int64)::
 Sequence lengths: at step ``t`` a sequence with ``len <= t`` keeps its state and outputs 0, so
 ``h_n`` is the state after its last valid step (PyTorch's packed-sequence semantics). The reverse
 direction reads each sequence from its own last valid step back to step 0.
+
+How it runs: :func:`gru_step` / :func:`lstm_step` are the definition. :func:`rnn` computes the
+input projections of all steps as one float32 matmul and each step with :class:`_Recurrence`
+(pre-scaled weights, gate tables, float-held integers; every operation proven exact for the
+weights at hand), falling back to the definition where a bound fails. Read-only weights (a
+runtime session's initializers) are prepared once and kept.
 """
 
 from __future__ import annotations
+
+import threading
+import weakref
 
 import numpy as np
 
@@ -110,27 +119,6 @@ def reverse_index(lengths: np.ndarray, steps: int) -> np.ndarray:
     return np.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)
 
 
-class _Recurrent:
-    """``W_hh`` and ``b_hh`` of one direction, prepared once for all steps: the recurrent matmul
-    runs in float32 BLAS when every partial sum is an integer of at most 2**24 (then exact in any
-    summation order; ``|h| <= 2**(bits_h - 1)`` bounds it from the weights alone), else float64
-    up to 2**53, else int64. :meth:`gates` equals :func:`gate_q11` ``(h, w_hh, b_hh, exp_h,
-    exp_whh)``."""
-
-    def __init__(self, w_hh, b_hh, exp_whh: int, exp_h: int, bits_h: int):
-        self.dtype = _exact_float(w_hh.shape[1] * (1 << (bits_h - 1)) *
-                                  int(np.abs(w_hh).max(initial=0)))
-        self.w = np.ascontiguousarray(w_hh.T if self.dtype is None else w_hh.T.astype(self.dtype))
-        self.b = b_hh
-        self.shift = int(exp_h) + int(exp_whh) - GATE_Q
-
-    def gates(self, h):
-        acc = h @ self.w if self.dtype is None else (h.astype(self.dtype) @ self.w).astype(I64)
-        if self.b is not None:
-            acc += self.b
-        return iqmath.requant(acc, self.shift, 16)                          # (N, G*H) Q11
-
-
 _LUTS: dict = {}
 
 
@@ -145,65 +133,303 @@ def _lut(fn) -> np.ndarray:
     return t
 
 
-def _gate(fn, x):
-    """``fn(sat16(x))`` through the table of :func:`_lut`."""
-    return _lut(fn)[iqmath.saturate(x, 16) & 0xFFFF]
+#: Entries of one gate-table segment: every sum of two int16 values, offset by ``2**16``.
+_SEG = 1 << 17
+_TABLES: dict = {}
 
 
-def _gru_step_fast(gi, h, rec: _Recurrent, exp_h: int, bits_h: int):
-    """:func:`gru_step` with prepared weights and table gates (same integers)."""
-    hs = h.shape[1]
-    gh = rec.gates(h)
-    rz = _gate(sigmoid_q15, gi[:, :2 * hs] + gh[:, :2 * hs])
-    r, z = rz[:, :hs], rz[:, hs:]
-    n = _gate(tanh_q15, gi[:, 2 * hs:] + rshift(r * gh[:, 2 * hs:], PROB_Q))
-    acc = ((1 << PROB_Q) - z) * n + z * (h << (PROB_Q - exp_h))
-    return iqmath.requant(acc, 2 * PROB_Q - exp_h, bits_h)
+def _segment(fn, scale: float, add: float = 0.0) -> np.ndarray:
+    """float64 ``fn(sat16(k - 2**16)) * scale + add`` for ``k`` in ``[0, 2**17)``: the gate of a
+    sum ``gi + gh`` of two int16 values, read at ``gi + gh + 2**16`` (saturation included)."""
+    k = np.clip(np.arange(_SEG) - (1 << 16), -(1 << 15), (1 << 15) - 1)
+    return _lut(fn)[k & 0xFFFF] * scale + add
 
 
-def _lstm_step_fast(gi, h, c, rec: _Recurrent, exp_h: int, bits_h: int):
-    """:func:`lstm_step` with prepared weights and table gates (same integers)."""
-    hs = h.shape[1]
-    g = gi + rec.gates(h)
-    s = _gate(sigmoid_q15, g)
-    i, f, o = s[:, :hs], s[:, hs:2 * hs], s[:, 3 * hs:]
-    gg = _gate(tanh_q15, g[:, 2 * hs:3 * hs])
-    shift = 2 * PROB_Q - PROB_Q - CELL_Q
-    c_new = iqmath.requant((f * c << shift) + i * gg, 2 * PROB_Q - CELL_Q, CELL_BITS)
-    h_new = iqmath.requant(o * _lut(tanh_q15)[c_new & 0xFFFF], 2 * PROB_Q - exp_h, bits_h)
-    return h_new, c_new
-
-
-def _direction(mode, gi, h, c, w_hh, b_hh, exp_whh, exp_h, bits_h, lengths, reverse):
-    """Run one direction over (T, N, G) input gates; returns (y (T, N, H), h_T, c_T).
-
-    The steps are :func:`gru_step` / :func:`lstm_step`, computed by their prepared twins
-    (tests/test_iqrnn.py checks them against each other)."""
-    steps = gi.shape[0]
-    rec = _Recurrent(w_hh, b_hh, exp_whh, exp_h, bits_h)
-    full = bool((lengths >= steps).all())           # no sequence ends early: no masking
-    if reverse:
-        idx = reverse_index(lengths, steps)
-        gi = np.take_along_axis(gi, idx[:, :, None], axis=0)
-    y = np.zeros((steps, h.shape[0], h.shape[1]), dtype=I64)
-    for t in range(steps):
+def _tables(mode: str, e: int) -> dict:
+    """The float64 tables of :class:`_Recurrence` for ``exp_h = e`` (built once, shared)."""
+    key = (mode, e)
+    t = _TABLES.get(key)
+    if t is None:
+        top = (1 << (e + 1)) - 1
+        # P = h + 2**e + 1/2 of the stored state, from floor(P') = h' + 2**e >= 0 unsaturated
+        t = {"state": np.minimum(np.arange(top + 2), top) + 0.5}
         if mode == "GRU":
-            h_new = _gru_step_fast(gi[t], h, rec, exp_h, bits_h)
+            t["rz"] = _segment(sigmoid_q15, 2.0 ** -PROB_Q)
+            t["n"] = _segment(tanh_q15, 2.0 ** (e - PROB_Q), (1 << e) + 0.5)
         else:
-            h_new, c_new = _lstm_step_fast(gi[t], h, c, rec, exp_h, bits_h)
-        if full:
-            h, y[t] = h_new, h_new
-            if mode == "LSTM":
-                c = c_new
-            continue
-        active = (t < lengths)[:, None]                                  # (N, 1)
+            t["gates"] = np.concatenate([_segment(sigmoid_q15, 2.0 ** -19),
+                                         _segment(sigmoid_q15, 2.0 ** -PROB_Q),
+                                         _segment(tanh_q15, 1.0),
+                                         _segment(sigmoid_q15, 2.0 ** (e - 2 * PROB_Q))])
+            c = np.arange(1 << CELL_BITS) - (1 << (CELL_BITS - 1))        # c + 2**15 -> c
+            t["cell"] = c.astype(np.float64)
+            t["tanh_cell"] = _lut(tanh_q15)[c & 0xFFFF].astype(np.float64)
+        for a in t.values():
+            a.setflags(write=False)                             # shared by every run
+        _TABLES[key] = t
+    return t
+
+
+class _Recurrence:
+    """One direction's recurrence as ~15 numpy calls per step on float-held integers: the steps
+    of :func:`gru_step` / :func:`lstm_step`, computed exactly (tests/test_iqrnn.py).
+
+    Representation: the hidden state is stored as ``P = h + 2**e + 1/2`` (``e = exp_h``), a
+    positive half-integer, in the float dtype of the recurrent matmul (GRU: in float64 too, for
+    its update); the LSTM cell ``c`` as float64. Each rounding ``rs(v, k)`` is
+    ``floor(v * 2**-k + 1/2)``, the scalings folded into pre-scaled weights and tables; a floor
+    of a value made positive by an offset is the truncating cast to int64, which then indexes
+    the next table directly.
+
+    - ``A = P W_hh^T 2**-s + c`` (``s = exp_h + exp_whh - 11 >= 1``, weights pre-scaled) equals
+      ``(h W_hh^T + b_hh) 2**-s + 1/2``; ``gh = sat16(floor(A))``, the clip skipped when the
+      weights bound ``|gh|`` inside int16 for every ``h``. In float32 when every partial sum,
+      an integer on the grid ``2**-(s+1)``, stays ``<= 2**24`` (float64 up to ``2**53``).
+    - Gates: ``gh + gi + 2**16`` indexes a table of ``gate(sat16(.)) * scale`` over all sums of
+      two int16 values (LSTM: the four gates' tables side by side, each column offset into its
+      own; GRU: ``r`` and ``z`` share one).
+    - GRU: ``n`` reads ``int(r 2**-15 gh_n + gi_n + 1/2 + 2**16)``; its table holds
+      ``mu = n 2**(e-15) + 2**e + 1/2``, so ``P' = mu + z 2**-15 (P - mu)`` and
+      ``h' + 2**e = min(floor(P'), 2**(e+1) - 1)``, which one more table turns into the new
+      ``P`` (the saturation of ``h'`` included).
+    - LSTM (gate tables scaled by ``2**-19``, ``2**-15``, ``1``, ``2**(e-30)``):
+      ``S = i g 2**-19 + f c 2**-15``; ``int(S + 1/2 + 2**15)`` indexes ``tanh(c')`` and
+      ``c'`` (``sat16`` is the take's clip); ``P' = o tanh(c') 2**(e-30) + 2**e + 1/2``.
+
+    The products of Q15 values are integers on the grid ``2**-30`` below ``2**23`` of it times
+    ``2**e``: exact in float64. :meth:`make` checks the rest and returns ``None`` where a bound
+    fails (the reference steps run).
+    """
+
+    @classmethod
+    def make(cls, mode, w_hh, b_hh, exp_whh: int, exp_h: int, bits_h: int):
+        """The prepared direction, or ``None`` when its float arithmetic is not provably exact."""
+        e, s = int(exp_h), int(exp_h) + int(exp_whh) - GATE_Q
+        if e != hidden_exp(bits_h) or not 1 <= e <= 15 or not 1 <= s <= 40:
+            return None
+        w = np.asarray(w_hh, dtype=I64)
+        rows = np.abs(w).sum(axis=1)
+        if int(rows.max(initial=0)) > 1 << (52 - e):               # int64 sums below overflow
+            return None
+        b = np.zeros(w.shape[0], I64) if b_hh is None else np.asarray(b_hh, dtype=I64)
+        # (A * 2**(s+1)) = 2P W + 2 b - (2**(e+1) + 1) sum W + 2**s: |2P| <= 2**(e+2) - 1
+        c2 = 2 * b - ((1 << (e + 1)) + 1) * w.sum(axis=1) + (1 << s)
+        dtype = _exact_float(int(rows.max(initial=0)) * ((1 << (e + 2)) - 1)
+                             + int(np.abs(c2).max(initial=0)))
+        if dtype is None:
+            return None
+        self = cls()
+        self.mode, self.e, self.hidden, self.dtype = mode, e, w.shape[1], dtype
+        self.w = np.ascontiguousarray((w.T * 2.0 ** -s).astype(dtype))
+        self.c = (c2 * 2.0 ** -(s + 1)).astype(dtype)
+        gh = [(b + sign * (rows << e) + (1 << (s - 1))) >> s for sign in (-1, 1)]
+        self.clip = not (gh[0].min(initial=0) >= -(1 << 15) and gh[1].max(initial=0) < 1 << 15)
+        hs = self.hidden
+        offset = np.full(w.shape[0], float(1 << 16))
         if mode == "LSTM":
+            offset += np.repeat(np.arange(4) * _SEG, hs)
+        else:
+            offset[2 * hs:] = 0.0                               # gh_n stays gh_n
+        self.offset = offset.astype(dtype)
+        self.tables = _tables(mode, e)
+        return self
+
+    def run(self, gi, h0, c0, lengths, own: bool = False):
+        """``gi`` (T, N, G) Q11 integers (any numeric dtype), ``h0`` (N, H), ``c0`` (N, H) Q11
+        (LSTM), ``lengths`` (N,) or None (all T) -> ``(y (T, N, H), h_T, c_T)`` int64 (GRU:
+        ``c0`` as given), as :func:`_reference_direction`. ``own``: ``gi`` is a temporary this
+        may overwrite."""
+        steps, n = gi.shape[0], gi.shape[1]
+        hs, tab, dtype, w, c = self.hidden, self.tables, self.dtype, self.w, self.c
+        off, gru = (1 << self.e) + 0.5, self.mode == "GRU"
+        add, mul, floor, copyto, dot, clip = np.add, np.multiply, np.floor, np.copyto, np.dot, \
+            self.clip
+        if gru:
+            n_in = np.add(gi[:, :, 2 * hs:], 0.5 + (1 << 16), dtype=np.float64)
+        bias = gi if own and gi.dtype == dtype else np.empty(gi.shape, dtype)
+        np.add(gi, self.offset, out=bias)                       # gi + table offset
+        if gru:
+            bias[:, :, 2 * hs:] = 0
+        full = lengths is None or bool((lengths >= steps).all())
+        state = np.empty((steps + 1, n, hs), dtype)
+        np.add(h0, off, out=state[0])
+        acc, idx = np.empty((n, w.shape[1]), dtype), np.empty((n, w.shape[1]), I64)
+        d, i_h, t_h = np.empty((n, hs)), np.empty((n, hs), I64), tab["state"].astype(dtype)
+        if gru:
+            rz, mu, p64 = np.empty((n, 2 * hs)), np.empty((n, hs)), np.empty((n, hs))
+            p64[...] = state[0]                                 # P in float64 too
+            t_h64 = tab["state"]
+            r, z, a_rz, a_n, i_rz = rz[:, :hs], rz[:, hs:], acc[:, :2 * hs], acc[:, 2 * hs:], \
+                idx[:, :2 * hs]
+            t_rz, t_n = tab["rz"], tab["n"]
+        else:
+            gates, s, q = np.empty(acc.shape), np.empty((n, hs)), np.empty((n, hs))
+            cell, c_new = np.array(c0, dtype=np.float64), np.empty((n, hs))
+            g_i, g_f, g_g, g_o = (gates[:, k * hs:(k + 1) * hs] for k in range(4))
+            t_g, t_c, t_tanh = tab["gates"], tab["cell"], tab["tanh_cell"]
+            half = 0.5 + (1 << (CELL_BITS - 1))
+        c = np.empty(acc.shape, dtype)                          # no broadcasting per step
+        c[...] = self.c
+        # (T, N, 1): the sequence has ended (keeps its state, gives 0)
+        ended = [None] * steps if full else (np.arange(steps)[:, None] >= lengths)[:, :, None]
+        n_in = n_in if gru else ended
+        for p, p_new, b_t, n_t, e_t in zip(state[:-1], state[1:], bias, n_in, ended):
+            dot(p, w, out=acc)
+            add(acc, c, out=acc)
+            floor(acc, out=acc)                                 # gh
+            if clip:
+                _clip(acc, -(1 << 15), (1 << 15) - 1, out=acc)
+            add(acc, b_t, out=acc)
+            if gru:
+                copyto(i_rz, a_rz, casting="unsafe")
+                t_rz.take(i_rz, out=rz, mode="clip")           # r, z (* 2**-15)
+                mul(a_n, r, out=d)
+                add(d, n_t, out=d)
+                copyto(i_h, d, casting="unsafe")
+                t_n.take(i_h, out=mu, mode="clip")              # mu
+                np.subtract(p64, mu, out=d)
+                mul(d, z, out=d)
+                add(d, mu, out=d)
+            else:
+                copyto(idx, acc, casting="unsafe")
+                t_g.take(idx, out=gates, mode="clip")
+                mul(g_i, g_g, out=s)
+                mul(g_f, cell, out=q)
+                add(s, q, out=s)
+                add(s, half, out=s)
+                copyto(i_h, s, casting="unsafe")                # c' + 2**15 before sat16
+                t_tanh.take(i_h, out=q, mode="clip")
+                t_c.take(i_h, out=cell if full else c_new, mode="clip")
+                if not full:
+                    copyto(cell, c_new, where=~e_t)
+                mul(g_o, q, out=d)
+                add(d, off, out=d)
+            copyto(i_h, d, casting="unsafe")                    # floor: d > 0
+            t_h.take(i_h, out=p_new, mode="clip")
+            if not full:
+                copyto(p_new, p, where=e_t)
+            if gru:
+                if full:
+                    t_h64.take(i_h, out=p64, mode="clip")
+                else:
+                    copyto(p64, p_new)
+        y = np.empty((steps, n, hs), I64)
+        np.subtract(state[1:], off, out=y, casting="unsafe")    # exact integers
+        if not full:
+            y[np.broadcast_to(ended, y.shape)] = 0
+        h_n = (state[steps] - off).astype(I64)
+        return y, h_n, (c0 if gru else cell.astype(I64))
+
+
+#: ``np.clip``'s ufunc without its Python wrapper (a few us per call at batch 1), if available.
+_clip = getattr(getattr(np, "_core", None) and np._core.umath, "clip", np.clip)
+
+
+def _reference_direction(mode, gi, h, c, w_hh, b_hh, exp_whh, exp_h, bits_h, lengths):
+    """:func:`gru_step` / :func:`lstm_step` over ``gi`` (T, N, G), each sequence keeping its
+    state (and giving 0) after its length: ``(y (T, N, H), h_T, c_T)``."""
+    y = np.zeros((gi.shape[0],) + h.shape, dtype=I64)
+    for t in range(gi.shape[0]):
+        active = (t < lengths)[:, None]
+        if mode == "GRU":
+            h_new = gru_step(gi[t], h, w_hh, b_hh, exp_whh, exp_h, bits_h)
+        else:
+            h_new, c_new = lstm_step(gi[t], h, c, w_hh, b_hh, exp_whh, exp_h, bits_h)
             c = np.where(active, c_new, c)
         h = np.where(active, h_new, h)
         y[t] = np.where(active, h_new, 0)
-    if reverse:
-        y = np.take_along_axis(y, idx[:, :, None], axis=0)
     return y, h, c
+
+
+class _Direction:
+    """One layer and direction of :func:`rnn`, prepared once for its weights: the input
+    projection in float32 where exact, the recurrence by :class:`_Recurrence` where it is
+    exact, else the reference steps."""
+
+    def __init__(self, mode, weights, exp_in: int, exp_wih: int, exp_whh: int, bits_h: int):
+        self.source = ()                                        # see _prepared
+        self.w_ih, self.w_hh, self.b_ih, self.b_hh = (
+            None if a is None else iqmath.as_int(a) for a in weights)
+        self.mode, self.exp_in, self.exp_wih, self.exp_whh = mode, exp_in, exp_wih, exp_whh
+        self.bits_h, self.exp_h = bits_h, hidden_exp(bits_h)
+        self.rec = _Recurrence.make(mode, self.w_hh, self.b_hh, exp_whh, self.exp_h, bits_h)
+        # gi = sat16(floor(x W_ih^T 2**-s + (b_ih + 2**(s-1)) 2**-s)) in float32 when
+        # max|x| * max_j sum_k |W_ih[j, k]| + max|b_ih + 2**(s-1)| <= 2**24 (checked per run)
+        s = exp_in + exp_wih - GATE_Q
+        self.proj = None
+        if self.rec is not None and 1 <= s <= 62:
+            shifted = (0 if self.b_ih is None else self.b_ih) + (1 << (s - 1)) \
+                + np.zeros(self.w_ih.shape[0], I64)
+            self.proj = (np.ascontiguousarray((self.w_ih.T * 2.0 ** -s).astype(np.float32)),
+                         (shifted * 2.0 ** -s).astype(np.float32),
+                         int(np.abs(self.w_ih).sum(axis=1).max(initial=0)),
+                         int(np.abs(shifted).max(initial=0)))
+
+    def matches(self, weights) -> bool:
+        """Prepared from these very (still read-only) arrays."""
+        return len(self.source) == len(weights) and all(
+            (r is None and a is None) or (r is not None and r() is a and not a.flags.writeable)
+            for r, a in zip(self.source, weights))
+
+    def input_gates(self, x2d):
+        """``gate_q11(x2d, W_ih, b_ih, exp_in, exp_wih)`` of integers ``x2d`` (any integer
+        dtype): a new array, of float32-held integers when that is exact."""
+        if self.proj is not None:
+            w, c, rows, shifted = self.proj
+            if x2d.dtype.itemsize <= 2:                         # int8/16, uint8/16: by dtype
+                lim = 1 << (8 * x2d.dtype.itemsize - (x2d.dtype.kind == "i"))
+            else:
+                lim = max(-int(x2d.min(initial=0)), int(x2d.max(initial=0)))
+            if lim * rows + shifted <= 1 << 24:
+                gi = np.matmul(x2d.astype(np.float32), w)
+                np.add(gi, c, out=gi)
+                np.floor(gi, out=gi)
+                return _clip(gi, -(1 << 15), (1 << 15) - 1, out=gi)
+        return gate_q11(iqmath.as_int(x2d), self.w_ih, self.b_ih, self.exp_in, self.exp_wih)
+
+    def run(self, gi, h, c, lengths, reverse: bool, states_fit: bool):
+        """(T, N, G) input gates (a temporary, overwritten) -> ``(y (T, N, H), h_T, c_T)``;
+        ``lengths`` None: all T. The reverse direction reads each sequence backwards within its
+        length. ``states_fit``: ``h``, ``c`` lie in their formats' ranges (the prepared path
+        assumes it)."""
+        steps = gi.shape[0]
+        if reverse:
+            idx = None if lengths is None else reverse_index(lengths, steps)[:, :, None]
+            gi = gi[::-1] if idx is None else np.take_along_axis(gi, idx, axis=0)
+        if self.rec is not None and states_fit:
+            y, h, c = self.rec.run(gi, h, c, lengths, own=True)
+        else:
+            lens = np.full(gi.shape[1], steps) if lengths is None else lengths
+            y, h, c = _reference_direction(self.mode, iqmath.as_int(gi), h, c, self.w_hh,
+                                           self.b_hh, self.exp_whh, self.exp_h, self.bits_h, lens)
+        if reverse:
+            y = y[::-1] if idx is None else np.take_along_axis(y, idx, axis=0)
+        return y, h, c
+
+
+#: Prepared directions of read-only weights (a runtime session's initializers), by identity;
+#: the oldest entries leave first.
+_PREPARED: "dict[tuple, _Direction]" = {}
+_PREPARED_MAX = 64
+_PREPARED_LOCK = threading.Lock()
+
+
+def _prepared(mode, weights, exp_in: int, exp_wih: int, exp_whh: int, bits_h: int):
+    """The :class:`_Direction` of these weights; kept for the next call when every weight is a
+    read-only array (taken as a constant: the runtime's initializers are), so a session
+    prepares its weights once."""
+    key = (mode, tuple(map(id, weights)), exp_in, exp_wih, exp_whh, bits_h)
+    hit = _PREPARED.get(key)
+    if hit is not None and hit.matches(weights):
+        return hit
+    prep = _Direction(mode, weights, exp_in, exp_wih, exp_whh, bits_h)
+    if all(a is None or (isinstance(a, np.ndarray) and not a.flags.writeable) for a in weights):
+        prep.source = tuple(None if a is None else weakref.ref(a) for a in weights)
+        with _PREPARED_LOCK:
+            _PREPARED[key] = prep
+            while len(_PREPARED) > _PREPARED_MAX:
+                del _PREPARED[next(iter(_PREPARED))]
+    return prep
 
 
 def rnn(mode: str, x, lengths, h0, c0, weights, *, exp_x: int, exp_w, bits_h: int,
@@ -214,31 +440,36 @@ def rnn(mode: str, x, lengths, h0, c0, weights, *, exp_x: int, exp_w, bits_h: in
     ``h0`` (L*D, N, H) at ``exp_h = hidden_exp(bits_h)`` or None (zeros); ``c0`` (LSTM) Q11 or
     None; ``weights[k] = (W_ih, W_hh, b_ih or None, b_hh or None)`` for layer ``l`` and
     direction ``d`` (``k = l*D + d``, reverse ``d = 1``), ``exp_w[2k]``, ``exp_w[2k + 1]`` the
-    exponents of ``W_ih``, ``W_hh``.
+    exponents of ``W_ih``, ``W_hh``. Read-only weight arrays are taken as constants: their
+    preparation is kept for the next call with the same arrays.
     Returns ``(y (T, N, D*H) at exp_h, h_n (L*D, N, H), c_n (L*D, N, H) Q11 or None)``.
     """
-    x = iqmath.as_int(x)
+    if not (isinstance(x, np.ndarray) and x.dtype.kind in "iu"):
+        x = iqmath.as_int(x)                        # integers keep their dtype (see input_gates)
     steps, batch = x.shape[0], x.shape[1]
     dirs = 2 if bidirectional else 1
     exp_h = hidden_exp(bits_h)
-    lengths = np.full(batch, steps, dtype=I64) if lengths is None else iqmath.as_int(lengths)
+    lengths = None if lengths is None else iqmath.as_int(lengths)
+    if lengths is not None and (lengths >= steps).all():
+        lengths = None                                  # no sequence ends early
     shape = (num_layers * dirs, batch, hidden_size)
     h0 = np.zeros(shape, I64) if h0 is None else iqmath.as_int(h0)
     c0 = np.zeros(shape, I64) if c0 is None else iqmath.as_int(c0)
+    states = [(h0, bits_h)] + ([(c0, CELL_BITS)] if mode == "LSTM" else [])
+    fit = all(-(1 << (bits - 1)) <= v.min(initial=0) and v.max(initial=0) < 1 << (bits - 1)
+              for v, bits in states)                    # as the prepared path assumes
     h_n, c_n = np.zeros(shape, I64), np.zeros(shape, I64)
     inp, exp_in = x, int(exp_x)
     for layer in range(num_layers):
         outs = []
         for d in range(dirs):
             k = layer * dirs + d
-            w_ih, w_hh, b_ih, b_hh = (None if a is None else iqmath.as_int(a) for a in weights[k])
+            prep = _prepared(mode, tuple(weights[k]), exp_in, int(exp_w[2 * k]),
+                             int(exp_w[2 * k + 1]), bits_h)
             # explicit sizes, not -1: a zero-size batch or sequence has no size to infer
-            gi = gate_q11(inp.reshape(steps * batch, inp.shape[2]), w_ih, b_ih, exp_in,
-                          exp_w[2 * k])
-            gi = gi.reshape(steps, batch, w_ih.shape[0])                 # (T, N, G*H) Q11
-            y, h_n[k], c_n[k] = _direction(mode, gi, h0[k], c0[k], w_hh, b_hh,
-                                           int(exp_w[2 * k + 1]), exp_h, bits_h, lengths,
-                                           reverse=d == 1)
+            gi = prep.input_gates(inp.reshape(steps * batch, inp.shape[2]))
+            gi = gi.reshape(steps, batch, gi.shape[1])                   # (T, N, G*H) Q11
+            y, h_n[k], c_n[k] = prep.run(gi, h0[k], c0[k], lengths, d == 1, fit)
             outs.append(y)
-        inp, exp_in = np.concatenate(outs, axis=2), exp_h                # (T, N, D*H)
+        inp, exp_in = (outs[0] if dirs == 1 else np.concatenate(outs, axis=2)), exp_h
     return inp, h_n, (c_n if mode == "LSTM" else None)

@@ -127,7 +127,7 @@ def _run(mode, inputs, *, hidden_size, num_layers, bidirectional, batch_first, h
     if batch_first:
         y = y.transpose(1, 0, 2)
     dt = numerics.int_dtype(bits_h)
-    outs = [np.ascontiguousarray(y).astype(dt), hn.astype(dt)]
+    outs = [y.astype(dt, order="C"), hn.astype(dt)]              # one pass, C order
     if mode == "LSTM":
         outs.append(cn.astype(numerics.int_dtype(iqrnn.CELL_BITS)))
     return outs
