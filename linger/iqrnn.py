@@ -368,7 +368,7 @@ class _Direction:
     def matches(self, weights) -> bool:
         """Prepared from these very (still read-only) arrays."""
         return len(self.source) == len(weights) and all(
-            (r is None and a is None) or (r is not None and r() is a and not a.flags.writeable)
+            (r is None and a is None) or (r is not None and r() is a and _constant(a))
             for r, a in zip(self.source, weights))
 
     def input_gates(self, x2d):
@@ -414,6 +414,17 @@ _PREPARED_MAX = 64
 _PREPARED_LOCK = threading.Lock()
 
 
+def _constant(a) -> bool:
+    """``a`` cannot change: a read-only array whose memory no writable array shares (every
+    array along its ``base`` chain read-only; the chain ends in its own data or in ``bytes``).
+    A read-only view of a writable array is not constant: its base may still be edited."""
+    while isinstance(a, np.ndarray):
+        if a.flags.writeable:
+            return False
+        a = a.base
+    return a is None or isinstance(a, bytes)
+
+
 def _prepared(mode, weights, exp_in: int, exp_wih: int, exp_whh: int, bits_h: int):
     """The :class:`_Direction` of these weights; kept for the next call when every weight is a
     read-only array (taken as a constant: the runtime's initializers are), so a session
@@ -423,7 +434,7 @@ def _prepared(mode, weights, exp_in: int, exp_wih: int, exp_whh: int, bits_h: in
     if hit is not None and hit.matches(weights):
         return hit
     prep = _Direction(mode, weights, exp_in, exp_wih, exp_whh, bits_h)
-    if all(a is None or (isinstance(a, np.ndarray) and not a.flags.writeable) for a in weights):
+    if all(a is None or _constant(a) for a in weights):
         prep.source = tuple(None if a is None else weakref.ref(a) for a in weights)
         with _PREPARED_LOCK:
             _PREPARED[key] = prep

@@ -138,6 +138,13 @@ def test_read_only_weights_are_prepared_once():
     other[0][0, 0] += 1
     other[0].setflags(write=False)
     assert not np.array_equal(iqrnn._prepared("GRU", other, 7, 7, 9, 8).w_ih, first.w_ih)
+    base = weights[0].copy()                       # a read-only view of writable memory
+    view = base[:]
+    view.setflags(write=False)
+    shared = [view, weights[1], None, None]
+    first = iqrnn._prepared("GRU", shared, 7, 7, 9, 8)
+    base[0, 0] += 1                                # edited through its base
+    assert iqrnn._prepared("GRU", shared, 7, 7, 9, 8) is not first
 
 
 @pytest.mark.parametrize("fn", [iqmath.sigmoid_q15, iqmath.tanh_q15])

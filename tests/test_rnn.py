@@ -400,3 +400,27 @@ def test_digits_gru_example_runs():
     res = mod.run(seed=0, float_epochs=6, qat_epochs=1, hidden=32)  # short: full run in README
     assert res["runtime_bit_exact"]
     assert res["float"] > 75 and res["int8"] > res["float"] - 5
+
+
+def test_sessions_prepare_recurrent_weights_once_from_onnx_and_packed_files():
+    """A runtime session's initializers are constants (read-only, owning or bytes-backed
+    memory), so the recurrence prepares its weights once per session, from an ONNX graph and
+    from a packed file alike; the second run gives the same outputs."""
+    from linger import packer
+    from linger.runtime import InferenceSession
+    set_seed(0)
+    model = linger.init(nn.GRU(5, 6)).train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(4, 2, 5))
+    model.eval()
+    x = torch.randn(4, 1, 5)
+    graph = linger.onnx.export(model, x, None, input_names=["x"])
+    for source in (graph, packer.pack(graph, target="arcs", force=True).data):
+        iqrnn._PREPARED.clear()
+        session = InferenceSession(source)
+        first = session.run(None, {"x": x.numpy()})
+        assert len(iqrnn._PREPARED) == 1
+        again = session.run(None, {"x": x.numpy()})
+        assert len(iqrnn._PREPARED) == 1
+        assert all(np.array_equal(a, b) for a, b in zip(first, again))

@@ -38,6 +38,8 @@ def graph_parts(data: bytes, where: str):
     inits = {}
     for tid, arr in pm.params.items():
         arr = np.ascontiguousarray(arr)
+        if arr.base is not None:   # own the memory: read-only then means constant (iqrnn's cache)
+            arr = arr.copy()
         arr.setflags(write=False)  # shared by every run: a kernel or caller must not edit it
         inits[names[tid]] = arr
 
