@@ -162,6 +162,7 @@ def test_dynamic_batch_axis_is_symbolic():
 
 def test_qdq_export_runs_in_onnxruntime_close_to_linger():
     ort = pytest.importorskip("onnxruntime")
+    set_seed(0)                                # the weights too: the same model every run
     model = calibrated(DepthwiseCNN(in_channels=1, stem_stride=1), (16, 1, 8, 8))
     x = torch.randn(32, 1, 8, 8)
     m = linger.onnx.export(model, x[:1], None, format="qdq",
@@ -171,5 +172,7 @@ def test_qdq_export_runs_in_onnxruntime_close_to_linger():
     want = model(x).detach().numpy()
     step = 2.0 ** -int(model.classifier.output_exp)
     # documented bound (docs/export.md): QuantizeLinear rounds half to even and float32 sums are
-    # not exact, so each requantization may move a value by one step; measured here <= 2 steps.
-    assert np.abs(got - want).max() <= 2 * step
+    # not exact, so each requantization may move a value by one step and the differences
+    # compound; over 40 seeds of this model the largest was 6 steps (2 for this seed); the
+    # docs promise at most 8.
+    assert np.abs(got - want).max() <= 8 * step
