@@ -134,7 +134,8 @@ def test_bitexact_table(name, factory, shape, kwargs, tmp_path):
 #: Convolution geometries for the x86 fast path (k_conv_x86.c): strides and dilations that make
 #: several phase planes, asymmetric padding, output rows longer than a tile and rows a tile
 #: splits, output channels not a multiple of its block of four, odd and large K, groups, 1-d,
-#: and 16-bit outputs (its int64 requantization route); batch 2.
+#: and 16-bit outputs (its int64 requantization route); batch 2. Beyond its limits on strides,
+#: dilations and scratch size (k_conv_x86.c make_plan) the portable kernel runs.
 FAST_CONV = [
     ("s1_p1_rows_split", lambda: nn.Conv2d(5, 6, 3, padding=1), (2, 5, 11, 13)),
     ("s2_k4_p1", lambda: nn.Conv2d(4, 8, 4, stride=2, padding=1), (2, 4, 15, 17)),
@@ -146,6 +147,12 @@ FAST_CONV = [
     ("groups_coutg4", lambda: nn.Conv2d(6, 12, 3, groups=3, padding=1), (2, 6, 8, 8)),
     ("conv1d_long", lambda: nn.Conv1d(3, 8, 5, stride=2, padding=2), (2, 3, 300)),
     ("conv1d_dil3", lambda: nn.Conv1d(4, 5, 3, dilation=3), (2, 4, 90)),
+    # at the fast path's stride limit (64: 256 phase planes for 4 channels) and beyond it (the
+    # portable kernel runs)
+    ("stride64_dil100", lambda: nn.Conv2d(4, 8, 3, stride=(64, 1), dilation=(100, 1),
+                                          padding=(100, 1)), (2, 4, 9, 9)),
+    ("beyond_limits", lambda: nn.Conv2d(4, 8, 3, stride=(65, 2), dilation=(1, 3),
+                                        padding=(1, 3)), (2, 4, 9, 9)),
 ]
 
 

@@ -278,9 +278,11 @@ static int int8_path(const geom *g, const le_tensor *x, const le_tensor *w) {
            && g->cg * g->kh * g->kw <= ((int64_t)1 << 17) - 1;
 }
 
-/* the x86 GEMM path is compiled in and has enough output channels per group to fill its
- * blocks of four */
-static int simd_pays(const geom *g) { return le_conv_simd_available() && g->coutg >= 4; }
+/* the x86 GEMM path is compiled in, takes this geometry and has enough output channels per
+ * group to fill its blocks of four */
+static int simd_pays(const geom *g) {
+    return le_conv_simd_available() && g->coutg >= 4 && le_conv_i8_simd_scratch(g) > 0;
+}
 
 typedef void (*conv_fn)(const geom *, const void *, const void *, const int32_t *,
                         const le_tensor *);

@@ -34,33 +34,47 @@ typedef struct {
 
 static size_t round32(size_t n) { return (n + 31u) & ~(size_t)31u; }
 
-static void make_plan(const le_conv_geom *g, plan *p) {
-    int64_t hpad = (g->oh - 1) * g->sh + (g->kh - 1) * g->dh + 1;
-    int64_t wpad = (g->ow - 1) * g->sw + (g->kw - 1) * g->dw + 1;
-    int64_t reach;
-    p->k = g->cg * g->kh * g->kw;
+/* The largest part of the scratch this path takes (bytes); a geometry needing more (absurd
+ * strides, dilations or paddings) runs on the portable kernel. Keeps every product below in
+ * int64 and the total within a 32-bit size_t. */
+#define PART_MAX ((int64_t)1 << 28)
+
+/* 0 when the geometry is outside this path's limits */
+static int make_plan(const le_conv_geom *g, plan *p) {
+    int64_t hpad, wpad, reach, planes;
+    if (g->cg < 1 || g->sh > 64 || g->sw > 64 || g->dh > 4096 || g->dw > 4096
+        || g->oh > PART_MAX || g->ow > PART_MAX || g->coutg > PART_MAX)
+        return 0;
+    hpad = (g->oh - 1) * g->sh + (g->kh - 1) * g->dh + 1;      /* < 2**35 + 2**29 */
+    wpad = (g->ow - 1) * g->sw + (g->kw - 1) * g->dw + 1;
+    p->k = g->cg * g->kh * g->kw;                              /* < 2**17 (int8 path) */
     p->k2 = (p->k + 1) / 2;
     p->hs = (hpad + g->sh - 1) / g->sh;
     p->ws = (wpad + g->sw - 1) / g->sw;
+    if (p->hs > PART_MAX || p->ws > PART_MAX || p->hs * p->ws > PART_MAX
+        || g->oh * p->ws > PART_MAX)
+        return 0;
     p->pv = g->oh * p->ws;
     p->tiles = (p->pv + TP - 1) / TP;
     /* the farthest byte a tile reads: last virtual position + the largest tap offset + 1 */
     reach = p->tiles * TP + ((g->kh - 1) * g->dh / g->sh) * p->ws + (g->kw - 1) * g->dw / g->sw;
-    p->plane = reach > p->hs * p->ws ? reach : p->hs * p->ws;
+    p->plane = reach > p->hs * p->ws ? reach : p->hs * p->ws;  /* < 2**29 + 2**17 * 2**12 */
+    planes = g->cg * g->sh * g->sw;                            /* < 2**29 */
     p->coutg4 = (g->coutg + 3) / 4 * 4;
+    if (p->plane > PART_MAX / planes || p->coutg4 * p->k2 > PART_MAX / 4) return 0;
     p->planes_at = 0;
-    p->w_at = round32((size_t)(g->cg * g->sh * g->sw * p->plane));
+    p->w_at = round32((size_t)(planes * p->plane));
     p->b_at = p->w_at + round32((size_t)(p->coutg4 * p->k2) * 4u);
     p->taps_at = p->b_at + (size_t)(TP * p->k2) * 4u;
     p->size = p->taps_at + (size_t)(2 * p->k2) * sizeof(int64_t);
+    return 1;
 }
 
 int le_conv_simd_available(void) { return 1; }
 
 size_t le_conv_i8_simd_scratch(const le_conv_geom *g) {
     plan p;
-    make_plan(g, &p);
-    return p.size;
+    return make_plan(g, &p) ? p.size : 0;
 }
 
 /* the phase planes of one group's channels (zeros outside the input) */
@@ -233,7 +247,7 @@ void le_conv_i8_simd(const le_conv_geom *g, const int8_t *x, const int8_t *w,
     int32_t *wp;
     int64_t *offs;
     __m256i *b;
-    make_plan(g, &p);
+    if (!make_plan(g, &p)) return;     /* not reached: le_conv_i8_simd_scratch said 0 */
     offs = (int64_t *)(void *)(scratch + p.taps_at);
     tap_offsets(g, &p, offs);
     planes = (int8_t *)(void *)(scratch + p.planes_at);

@@ -17,7 +17,8 @@ typedef struct {
 /* Nonzero when this build has the x86 int8 GEMM path (AVX2; compiled with -mavx2 or
  * -march=native on such a CPU, and without -DLE_PORTABLE). */
 int le_conv_simd_available(void);
-/* Scratch bytes the x86 path needs for g (int8 data and weights, sums within int32). */
+/* Scratch bytes the x86 path needs for g (int8 data and weights, sums within int32); 0 when
+ * g is outside its limits (then the portable kernel runs). */
 size_t le_conv_i8_simd_scratch(const le_conv_geom *g);
 /* y = sat(rs(conv(x, W) + B, shift)) for int8 x and W, as the portable kernels compute it. */
 void le_conv_i8_simd(const le_conv_geom *g, const int8_t *x, const int8_t *w,
