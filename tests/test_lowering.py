@@ -250,6 +250,24 @@ def test_what_cannot_be_lowered_is_reported_by_its_own_name():
     assert {v.node for v in res.errors} == {"layer"}
 
 
+def test_a_huge_dilation_is_reported_not_written_out():
+    """Writing out dilation 4096 would grow the weights ~2700x into thousands of kernel pieces
+    (the packer ground for minutes); past dilation.MAX_GROWTH the pass does not apply and the
+    layer is reported by name, with the rule and what to do."""
+    from linger.packer.lower import dilation
+    model = layer_model("Conv2dInt", (1, 4, 9, 9), (8, 4, 3, 3), strides=[64, 1],
+                        pads=[4096, 1, 4096, 1], dilations=[4096, 1])
+    res = packer.check(model, "venus")
+    assert not res.lowerings
+    assert {v.node for v in res.errors} == {"layer"}
+    assert any("dilation" in v.rule for v in res.errors)
+    # just inside the growth limit it is still lowered, exactly
+    d = (dilation.MAX_GROWTH * 3 - 1) // 2
+    model = layer_model("Conv1dInt", (1, 2, 2 * d + 1), (3, 2, 3), dilations=[d])
+    res = packer.check(model, "venus")
+    assert res.lowerings and not res.errors
+
+
 def test_transposed_conv_weight_split_is_exact():
     # align8(Cout) * align2(Cin) * kh * kw <= 32768: 64 x 64 x 3 x 3 = 36864 is past it
     model, x_shape = _build(("ConvTranspose2dInt", (1, 64, 4, 4), (64, 64, 3, 3),
