@@ -451,8 +451,9 @@ def rnn(mode: str, x, lengths, h0, c0, weights, *, exp_x: int, exp_w, bits_h: in
     ``h0`` (L*D, N, H) at ``exp_h = hidden_exp(bits_h)`` or None (zeros); ``c0`` (LSTM) Q11 or
     None; ``weights[k] = (W_ih, W_hh, b_ih or None, b_hh or None)`` for layer ``l`` and
     direction ``d`` (``k = l*D + d``, reverse ``d = 1``), ``exp_w[2k]``, ``exp_w[2k + 1]`` the
-    exponents of ``W_ih``, ``W_hh``. Read-only weight arrays are taken as constants: their
-    preparation is kept for the next call with the same arrays.
+    exponents of ``W_ih``, ``W_hh``. Weight arrays that cannot change (read-only, and no
+    writable array shares their memory) are taken as constants: their preparation is kept for
+    the next call with the same arrays.
     Returns ``(y (T, N, D*H) at exp_h, h_n (L*D, N, H), c_n (L*D, N, H) Q11 or None)``.
     """
     if not (isinstance(x, np.ndarray) and x.dtype.kind in "iu"):
