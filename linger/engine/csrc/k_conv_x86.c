@@ -58,7 +58,7 @@ static int make_plan(const le_conv_geom *g, plan *p) {
     p->tiles = (p->pv + TP - 1) / TP;
     /* the farthest byte a tile reads: last virtual position + the largest tap offset + 1 */
     reach = p->tiles * TP + ((g->kh - 1) * g->dh / g->sh) * p->ws + (g->kw - 1) * g->dw / g->sw;
-    p->plane = reach > p->hs * p->ws ? reach : p->hs * p->ws;  /* < 2**29 + 2**17 * 2**12 */
+    p->plane = reach > p->hs * p->ws ? reach : p->hs * p->ws;  /* < 2**58: checked below */
     planes = g->cg * g->sh * g->sw;                            /* < 2**29 */
     p->coutg4 = (g->coutg + 3) / 4 * 4;
     if (p->plane > PART_MAX / planes || p->coutg4 * p->k2 > PART_MAX / 4) return 0;
