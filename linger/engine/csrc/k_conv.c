@@ -278,12 +278,6 @@ static int int8_path(const geom *g, const le_tensor *x, const le_tensor *w) {
            && g->cg * g->kh * g->kw <= ((int64_t)1 << 17) - 1;
 }
 
-/* the x86 GEMM path is compiled in, takes this geometry and has enough output channels per
- * group to fill its blocks of four */
-static int simd_pays(const geom *g) {
-    return le_conv_simd_available() && g->coutg >= 4 && le_conv_i8_simd_scratch(g) > 0;
-}
-
 typedef void (*conv_fn)(const geom *, const void *, const void *, const int32_t *,
                         const le_tensor *);
 
@@ -295,14 +289,17 @@ static le_status run(le_op *op, int transposed) {
     const int32_t *bias;
     int k;
     LE_CHECK(geometry(op, transposed, &g, &x, &w, &y, &bias));
-    if (int8_path(&g, &x, &w) && simd_pays(&g)) {
-        op->scratch = le_conv_i8_simd_scratch(&g);
-        if (op->run)
-            le_conv_i8_simd(&g, (const int8_t *)x.data, (const int8_t *)w.data, bias, &y,
-                            op->m->scratch);
-        return LE_OK;
-    }
     if (int8_path(&g, &x, &w)) {
+        /* the x86 GEMM path where it is compiled in, takes this geometry (scratch 0: no) and
+         * has enough output channels per group to fill its blocks of four */
+        size_t simd = le_conv_simd_available() && g.coutg >= 4 ? le_conv_i8_simd_scratch(&g) : 0;
+        if (simd) {
+            op->scratch = simd;
+            if (op->run)
+                le_conv_i8_simd(&g, (const int8_t *)x.data, (const int8_t *)w.data, bias, &y,
+                                op->m->scratch);
+            return LE_OK;
+        }
         op->scratch = (size_t)(g.ow * g.cg * g.kh * g.kw);
         if (op->run)
             conv_i8_rows(&g, (const int8_t *)x.data, (const int8_t *)w.data, bias, &y,

@@ -184,12 +184,11 @@ static void gemm4(const int32_t *w, int64_t k2, const __m256i *b, int64_t nb, in
     }
 }
 
-/* q[i] = sat(rs(acc[i] + bias, s)) for one tile, in int32: r = acc + bias + 2**(s-1) + 2**30
- * lies in [0, 2**31) (the caller's bound), so rs = (r >> s) - 2**(30-s) with a logical shift of
- * a non-negative value, the floor of the division */
+/* q[i] = sat(rs(acc[i] + bias, s)) for one tile, by the 32-bit route of le_rs32_fits (the
+ * caller's check) */
 static void requant_tile(const int32_t *acc, int64_t n, int64_t bias, int s, int32_t lo,
                          int32_t hi, int8_t *q) {
-    const __m256i add = _mm256_set1_epi32((int32_t)(bias + ((int64_t)1 << (s - 1)) + (1 << 30)));
+    const __m256i add = _mm256_set1_epi32((int32_t)le_rs32_add(bias, s));
     const __m256i sub = _mm256_set1_epi32(1 << (30 - s)), vlo = _mm256_set1_epi32(lo),
                   vhi = _mm256_set1_epi32(hi);
     const __m128i cnt = _mm_cvtsi32_si128(s);
@@ -206,13 +205,6 @@ static void requant_tile(const int32_t *acc, int64_t n, int64_t bias, int s, int
         v0 = _mm256_permute4x64_epi64(_mm256_packs_epi16(v0, v0), 0x08);
         _mm_storeu_si128((__m128i *)(void *)(q + i), _mm256_castsi256_si128(v0));
     }
-}
-
-/* the int32 route of requant_tile holds for this output channel */
-static int int32_route(const le_conv_geom *g, const plan *p, int int8_out, int64_t bias) {
-    int64_t b = bias < 0 ? -bias : bias;
-    return int8_out && g->shift >= 1 && g->shift <= 30
-           && p->k * 16384 + b + ((int64_t)1 << (g->shift - 1)) < ((int64_t)1 << 30);
 }
 
 /* tile t's outputs of one channel (plane at yc) into y: the valid columns of each row, from
@@ -266,7 +258,8 @@ void le_conv_i8_simd(const le_conv_geom *g, const int8_t *x, const int8_t *w,
                     gemm4(wp + ob * p.k2, p.k2, b, nb, out);
                     for (j = 0; j < 4 && ob + j < g->coutg; j++) {
                         int64_t oc = grp * g->coutg + ob + j, bc = bias ? bias[oc] : 0;
-                        int fast = int32_route(g, &p, int8_out, bc);
+                        /* |sum| <= K * 2**14 (int8 x int8) */
+                        int fast = int8_out && le_rs32_fits(p.k * 16384, bc, g->shift);
                         if (fast)
                             requant_tile(out + j * TP, 16 * nb, bc, (int)g->shift,
                                          (int32_t)le_qmin(g->bits_o), (int32_t)le_qmax(g->bits_o),

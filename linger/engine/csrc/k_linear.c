@@ -77,19 +77,12 @@ static le_status linear(le_op *op) {
     return LE_OK;
 }
 
-/* y = sat(rs(x * m + a, s)) for one int8 row, in int32: r = x*m + a + 2**(s-1) + 2**30 lies in
- * [0, 2**31) (the caller checks 128 |m| + |a| + 2**(s-1) < 2**30, 1 <= s <= 30), so
- * rs = (r >> s) - 2**(30-s) with a logical shift, the floor of the division. Blocks of 16
- * with a fixed trip count, which compilers vectorize at -O2. */
-static int affine_i8_fits(int64_t m, int64_t a, int64_t s) {
-    return s >= 1 && s <= 30
-           && 128 * (m < 0 ? -m : m) + (a < 0 ? -a : a) + ((int64_t)1 << (s - 1))
-                  < ((int64_t)1 << 30);
-}
-
+/* y = sat(rs(x * m + a, s)) for one int8 row, by the 32-bit route of le_rs32_fits (the caller
+ * checks it with vmax = 128 |m|). Blocks of 16 with a fixed trip count, which compilers
+ * vectorize at -O2. */
 static void affine_i8(const int8_t *x, int8_t *y, int64_t n, int32_t m, int64_t a, int s,
                       int32_t lo, int32_t hi) {
-    const uint32_t add = (uint32_t)(a + ((int64_t)1 << (s - 1)) + ((int64_t)1 << 30));
+    const uint32_t add = le_rs32_add(a, s);
     const int32_t sub = (int32_t)1 << (30 - s);
     int64_t k = 0;
     int j;
@@ -124,7 +117,7 @@ static le_status batch_norm(le_op *op) {
         for (n = 0, i = 0; n < x.dims[0] * (x.numel ? 1 : 0); n++)
             for (ch = 0; ch < c; ch++) {
                 int64_t wc = le_ld(&w, ch), bc = b ? b[ch] : 0;
-                if (fast && affine_i8_fits(wc, bc, shift)) {
+                if (fast && le_rs32_fits(128 * (wc < 0 ? -wc : wc), bc, shift)) {
                     affine_i8((const int8_t *)x.data + i, (int8_t *)(void *)y.data + i, inner,
                               (int32_t)wc, bc, (int)shift, (int32_t)le_qmin(bo),
                               (int32_t)le_qmax(bo));

@@ -153,6 +153,17 @@ static inline int64_t le_requant(int64_t acc, int64_t shift, int64_t bits) {
     acc = acc < -lim ? -lim : (acc > lim ? lim : acc);
     return le_sat(acc * ((int64_t)1 << s), bits);
 }
+/* The 32-bit route of a rounding shift, for kernels that vectorize it: rs(v + a, s) for
+ * 1 <= s <= 30, |v| <= vmax and vmax + |a| + 2**(s-1) < 2**30 (le_rs32_fits) is
+ * (r >> s) - 2**(30-s) with r = v + a + 2**(s-1) + 2**30 = v + le_rs32_add(a, s), which lies in
+ * [0, 2**31): a logical shift of a non-negative value, the floor of the division. */
+static inline int le_rs32_fits(int64_t vmax, int64_t a, int64_t s) {
+    return s >= 1 && s <= 30 && vmax + (a < 0 ? -a : a) + ((int64_t)1 << (s - 1))
+                                    < ((int64_t)1 << 30);
+}
+static inline uint32_t le_rs32_add(int64_t a, int64_t s) {
+    return (uint32_t)(a + ((int64_t)1 << (s - 1)) + ((int64_t)1 << 30));
+}
 /* floor(a / b) for b > 0 */
 static inline int64_t le_floordiv(int64_t a, int64_t b) {
     int64_t q = a / b;
