@@ -38,6 +38,8 @@ autograd node keeping its input).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .. import iqrnn, numerics
@@ -84,16 +86,43 @@ def _saturates(raw: torch.Tensor, lo: int, hi: int) -> bool:
     return bool(low < lo) or bool(high > hi)
 
 
-def _gates_may_saturate(gq_abs: float, w_hh, b_hh) -> tuple:
-    """``(gh, pre)``: whether ``W_hh h + b_hh`` and ``gi + W_hh h + b_hh`` on Q11 (integer
-    units; ``gq_abs`` bounds ``|gi|``) can leave int16 for any state on the hidden grid
-    (``|h| <= 1``). Bounded by the weights' absolute row sums, once per call, with slack for
-    the rounding and the float sums. Usually neither can, and the steps skip both clamps."""
-    r = w_hh.detach().double().abs().sum(1)
-    if b_hh is not None:
-        r = r + b_hh.detach().double().abs()
-    gh = (float(r.max()) if r.numel() else 0.0) * 2.0 ** GATE_Q * (1 + 2.0 ** -12) + 1.0
-    return gh > _I16[1], gh + gq_abs > _I16[1]
+def _gate_bounds(gq_abs: float, w_hh, b_hh, h0, exp_h: int, bits_h: int) -> tuple:
+    """``(clamp gh, clamp pre, exact)`` for every state on the hidden grid (``|h| <= 1``), from
+    the weights' absolute row sums, once per call (``gq_abs`` bounds the rounded input gates
+    ``|gq|``, integer units):
+
+    - whether ``W_hh h + b_hh`` and ``gq + W_hh h + b_hh`` on Q11 can leave int16 (with slack
+      for the rounding and the float sums); usually neither can, and the steps skip both clamps;
+    - ``exact``: whether ``gq + (W_hh h + b_hh) * 2**11 + 1/2`` (the rounding offset) is exact in
+      the data's float type whatever the order of its sums: true when ``2**11 W_hh h`` (``h``
+      in integer units, ``h0`` included), ``2**11 b_hh + 1/2`` and ``gq`` lie on a grid
+      ``2**-m`` with every partial sum below ``2**digits`` units (``digits`` 24 for float32).
+      Then one ``addmm`` gives the gates before their ``floor`` (no separate rounding of
+      ``gh``), and the matrix product may take the fastest layout (float sums in any order
+      give the same, exact, value)."""
+    hmax = max(-numerics.qmin(bits_h), numerics.qmax(bits_h))   # |h| in integer units
+    w, b = w_hh.detach(), None if b_hh is None else b_hh.detach()
+    r = w.abs().sum(1).mul_(hmax * 2.0 ** -exp_h)           # bounds |W_hh h|, |h| <= 1
+    if b is not None:
+        r.add_(b.abs())
+    # bounds |2**11 (W_hh h + b_hh)|, with slack for the float sums (relative error far
+    # below 2**-10) and the rounding
+    gh = (float(r.max()) if r.numel() else 0.0) * (2.0 ** GATE_Q * (1 + 2.0 ** -10)) + 1.0
+    bound = gh + gq_abs
+    digits = 2 - math.frexp(torch.finfo(w.dtype).eps)[1]       # significand bits: 24 (float32)
+    m = digits - math.frexp(bound)[1] if math.isfinite(bound) else 0
+    # on the grid 2**-m: (the float products by powers of two are exact, as is b + 1/2 there)
+    exact = m >= 1 and _integral(w * 2.0 ** (GATE_Q - exp_h + m)) and \
+        (b is None or _integral(b * 2.0 ** (GATE_Q + m)))
+    if exact and h0.numel():
+        hq = h0.detach() * 2.0 ** exp_h
+        exact = _integral(hq) and float(hq.abs().max()) <= hmax
+    return gh > _I16[1], gh + gq_abs > _I16[1], exact
+
+
+def _integral(x: torch.Tensor) -> bool:
+    """Whether every value of ``x`` is an integer."""
+    return torch.equal(x, x.floor())
 
 
 def _mul_(x: torch.Tensor, *factors) -> torch.Tensor:
@@ -151,7 +180,8 @@ def _hidden_out(hr, h, t, yt, carried, active, acts, bits_h, k):
     return torch.where(active[t], h_new, h, out=carried[t])
 
 
-def _gru_forward(gq, h0, w_hh, b_hh, active, exp_h, bits_h, k, clamp_gh, clamp_pre, raw):
+def _gru_forward(gq, h0, w_hh, b_hh, active, exp_h, bits_h, k, clamp_gh, clamp_pre, exact,
+                 raw):
     """Forward over all steps; returns ``y, h_T``, the buffers backward needs and which of
     them saturated somewhere (``{"gh", "pre", "h"}``: True where a mask is needed).
     ``raw``: ``gq`` holds the unrounded gates, rounded step by step (see :func:`_gates`)."""
@@ -234,16 +264,30 @@ def _gru_factors(saved, sat, h_first, acts, k, bits_h):
 
 
 def _lstm_forward(gq, h0, c0, w_hh, b_hh, active, exp_h, bits_h, k, clamp_gh, clamp_pre,
-                  raw):
-    """Forward over all steps; returns ``y, h_T, c_T``, the buffers backward needs and which
-    of them saturated somewhere (``{"c", "h"}``). Kept: the unclamped values of every
-    quantization point that saturated somewhere (for the masks) and the activations before
-    rounding (the step computes them anyway; recomputing them in backward would cost more)."""
+                  exact, raw):
+    """Forward over all steps; returns ``y, h_T, c_T``, the buffers backward needs (see
+    :func:`_lstm_factors`) and ``{}`` (the buffers say what saturated). Kept: the states after
+    every step (``y`` itself and the cells, or the carried ones with lengths), the unclamped
+    values of every quantization point that saturated somewhere (for the masks; None where
+    nothing did) and the activations before rounding (the step computes them anyway;
+    recomputing them in backward would cost more).
+
+    The state ``h`` is carried in integer units (``W_hh`` scaled by ``2**(11 - exp_h)``: the
+    same products as ``h`` times ``2**11 W_hh``), ``y`` and the carried states are scaled to
+    real values after the loop. ``exact`` (:func:`_gate_bounds`, and ``gh`` cannot saturate):
+    the gates of :data:`_CHUNK` steps are rounded together and given ``b_hh`` and the rounding
+    offset, and each step's ``addmm`` onto them and a ``floor`` give ``gq + gh``."""
     steps, n, g = gq.shape
     hs = g // 4
     lo_c, hi_c = numerics.qmin(CELL_BITS), numerics.qmax(CELL_BITS)
-    wt = (w_hh * 2.0 ** GATE_Q).t()
-    b = None if b_hh is None else b_hh * 2.0 ** GATE_Q
+    lo_h, hi_h = numerics.qmin(bits_h), numerics.qmax(bits_h)
+    exact = exact and not clamp_gh
+    wt = (w_hh * 2.0 ** (GATE_Q - exp_h)).t()       # per integer unit of h
+    if exact:
+        wt = wt.contiguous()                         # the fastest layout: the sums are exact
+        b = k.half if b_hh is None else b_hh * 2.0 ** GATE_Q + 0.5
+    else:
+        b = None if b_hh is None else b_hh * 2.0 ** GATE_Q
 
     def buf(width):
         return _buffer(gq, steps, n, width)
@@ -254,66 +298,94 @@ def _lstm_forward(gq, h0, c0, w_hh, b_hh, active, exp_h, bits_h, k, clamp_gh, cl
     sig, tg = buf(g), buf(hs)         # sigmoid of the gates, tanh of gate g
     c_raw, tcr = buf(hs), buf(hs)     # new cell on Q11 (not clamped), its tanh
     h_raw, y = buf(hs), buf(hs)       # new state on the hidden grid (not clamped); output
-    h_car = c_car = acts = None
-    if active is not None:
-        h_car, c_car, acts = buf(hs), buf(hs), active.to(gq.dtype)
+    if active is None:
+        h_st, c_st, acts, hq = y, buf(hs), None, None  # the states after each step
+    else:
+        h_st, c_st, acts, hq = buf(hs), buf(hs), active.to(gq.dtype), gq.new_empty(n, hs)
+    # exact: gq + b + 1/2 for a run of steps (the saved ``pre`` itself when it is kept)
+    run = gq.new_empty(min(steps, _CHUNK), n, g) if exact and pre is None else None
+    run_g = None if run is None else run[..., 2 * hs:3 * hs].unbind(0)
     # the rounded activations go to small reused tensors: writing them into (T, N, .) buffers
     # as well costs more (memory traffic) than rounding again in backward
     s, gg, tc = gq.new_empty(n, g), gq.new_empty(n, hs), gq.new_empty(n, hs)
     i, f, o = s[:, :hs], s[:, hs:2 * hs], s[:, 3 * hs:]   # views made once: slicing is an op
     pc_g = scratch[:, 2 * hs:3 * hs]
-    h, c = h0, c0
+    h, c = h0 * 2.0 ** exp_h, c0
     bufs = zip(gq.unbind(0), _unbound(gh_raw, steps), _unbound(pre, steps),
-               *(x.unbind(0) for x in (sig, tg, c_raw, tcr, h_raw, y)))
-    for t, (gq_t, gh, pr, sg, tgt, cr, tcrt, hr, yt) in enumerate(bufs):
-        if raw:                                      # round this step's gates onto Q11
-            gq_t = _round(gq_t, 2.0 ** GATE_Q, k, out=gtmp)
-        gh = _matmul_q11(h, wt, b, scratch if gh is None else gh).add_(k.half).floor_()
-        if clamp_gh:
-            gh = gh.clamp(*_I16)                                                 # (N, 4H) Q11
-        if clamp_pre:
-            pc = torch.clamp(torch.add(gq_t, gh, out=pr), *_I16, out=scratch).mul_(k.gate)
+               *(x.unbind(0) for x in (sig, tg, c_raw, tcr, h_raw, y, c_st)))
+    for t, (gq_t, gh, pr, sg, tgt, cr, tcrt, hr, yt, ct) in enumerate(bufs):
+        if exact:
+            j = t % _CHUNK
+            if j == 0:                               # this run's gq + b + 1/2
+                part = slice(t, min(t + _CHUNK, steps))
+                dst = pre[part] if run is None else run[:part.stop - t]
+                if raw:
+                    _round(gq[part], 2.0 ** GATE_Q, k, out=dst).add_(b)
+                else:
+                    torch.add(gq[part], b, out=dst)
+                run_t = dst.unbind(0)
+            p = run_t[j].addmm_(h, wt).floor_()                              # gq + gh
+            if clamp_pre:
+                pc, pcg = torch.clamp(p, *_I16, out=scratch).mul_(k.gate), pc_g
+            else:
+                pc, pcg = p.mul_(k.gate), run_g[j]
         else:
-            pc = gh.add_(gq_t).mul_(k.gate)          # gh is scratch or a clamped copy
+            if raw:                                  # round this step's gates onto Q11
+                gq_t = _round(gq_t, 2.0 ** GATE_Q, k, out=gtmp)
+            gh = _matmul_q11(h, wt, b, scratch if gh is None else gh).add_(k.half).floor_()
+            if clamp_gh:
+                gh = gh.clamp(*_I16)                                             # (N, 4H) Q11
+            if clamp_pre:
+                pc = torch.clamp(torch.add(gq_t, gh, out=pr), *_I16, out=scratch).mul_(k.gate)
+            else:
+                pc = gh.add_(gq_t).mul_(k.gate)      # gh is scratch or a clamped copy
+            pcg = pc_g if pc is scratch else pc[:, 2 * hs:3 * hs]
         _round(torch.sigmoid(pc, out=sg), 2.0 ** PROB_Q, k, out=s)   # Q15, integer units
-        ggr = _round(torch.tanh(pc_g if pc is scratch else pc[:, 2 * hs:3 * hs], out=tgt),
-                     2.0 ** PROB_Q, k, out=gg).mul_(k.prob)
-        # (i*2**15 * gg) + (f*2**15 * c) = 2**15 (i gg + f c), rounded the same way
-        _round((f * c).add_(i * ggr), 2.0 ** (CELL_Q - PROB_Q), k, out=cr)
-        c_new = cr.clamp(lo_c, hi_c).mul_(k.cell)
+        _round(torch.tanh(pcg, out=tgt), 2.0 ** PROB_Q, k, out=gg)   # integer units
+        # (f*2**15 * c) + (i*2**15 * gg*2**15) * 2**-15 = 2**15 (f c + i gg), rounded the same
+        # way (a power-of-two factor commutes with float rounding; the alpha product is exact)
+        _round((f * c).add_(i * gg, alpha=k.prob), 2.0 ** (CELL_Q - PROB_Q), k, out=cr)
+        c_new = torch.clamp(cr, lo_c, hi_c, out=ct if acts is None else None).mul_(k.cell)
         tcq = _round(torch.tanh(c_new, out=tcrt), 2.0 ** PROB_Q, k, out=tc)    # integer units
         _round(o * tcq, 2.0 ** (exp_h - 2 * PROB_Q), k, out=hr)     # o*2**15 * tc*2**15
-        h = _hidden_out(hr, h, t, yt, h_car, active, acts, bits_h, k)
-        c = c_new if active is None else torch.where(active[t], c_new, c, out=c_car[t])
+        if acts is None:
+            h, c = torch.clamp(hr, lo_h, hi_h, out=yt), c_new        # integer units
+        else:
+            torch.mul(torch.clamp(hr, lo_h, hi_h, out=hq), acts[t], out=yt)
+            h = torch.where(active[t], hq, h, out=h_st[t])
+            c = torch.where(active[t], c_new, c, out=ct)
+    y.mul_(k.h)                                      # integer units -> real
+    if h_st is not y:
+        h_st.mul_(k.h)
+    h = h0 if steps == 0 else h_st[-1]
     gh_raw = gh_raw if clamp_gh and _saturates(gh_raw, *_I16) else None
     pre = pre if clamp_pre and _saturates(pre, *_I16) else None
-    sat = {"c": _saturates(c_raw, lo_c, hi_c),
-           "h": _saturates(h_raw, numerics.qmin(bits_h), numerics.qmax(bits_h))}
-    return y, h, c, (gh_raw, pre, c_raw, h_raw, h_car, c_car, sig, tg, tcr), sat
+    c_raw = c_raw if _saturates(c_raw, lo_c, hi_c) else None
+    h_raw = h_raw if _saturates(h_raw, lo_h, hi_h) else None
+    return y, h, c, (gh_raw, pre, c_raw, h_raw, h_st, c_st, sig, tg, tcr), {}
 
 
-def _lstm_factors(saved, sat, h_first, c_first, acts, k, bits_h):
-    """For a run of steps (the buffers' slices): ``fgi`` (C, N, 4, H), the gate-input gradients
+def _lstm_factors(saved, h_prev, c_prev, acts, k, bits_h):
+    """For a run of steps (the buffers' slices, :func:`_lstm_forward`; ``h_prev``, ``c_prev``
+    (C, N, H) the states entering the steps): ``fgi`` (C, N, 4, H), the gate-input gradients
     per unit of the gradient reaching the new cell (gates i, f, g) or the new state (gate o),
     ``fgh`` the same times the recurrent gates' saturation masks, ``mc`` (or None: ones) and
-    ``e`` (C, N, H): the new cell's gradient is ``dc' mc + dh' e``, ``f`` the forget gate, and
-    ``h_prev`` (C, N, H) the states entering the steps."""
-    gh_raw, pre, c_raw, h_raw, h_car, c_car, sig, tg, tcr = saved
+    ``e`` (C, N, H): the new cell's gradient is ``dc' mc + dh' e``, and ``f`` the forget gate."""
+    gh_raw, pre, c_raw, h_raw, _, _, sig, tg, tcr = saved
     steps, n, g = sig.shape
     hs = g // 4
     m_gh = None if gh_raw is None else _clamp_mask(gh_raw, *_I16)[1]
     m_pre = None if pre is None else _clamp_mask(pre, *_I16)[1]
-    cc, m_c = _clamp_mask(c_raw, numerics.qmin(CELL_BITS), numerics.qmax(CELL_BITS), sat["c"])
-    c_new = cc * k.cell
-    hc, m_h = _clamp_mask(h_raw, numerics.qmin(bits_h), numerics.qmax(bits_h), sat["h"])
-    h_prev = _before(h_first, hc * k.h if h_car is None else h_car)
-    c_prev = _before(c_first, c_new if c_car is None else c_car)
+    m_c = None if c_raw is None else \
+        _clamp_mask(c_raw, numerics.qmin(CELL_BITS), numerics.qmax(CELL_BITS))[1]
+    m_h = None if h_raw is None else \
+        _clamp_mask(h_raw, numerics.qmin(bits_h), numerics.qmax(bits_h))[1]
     s = _round(sig, 2.0 ** PROB_Q, k).mul_(k.prob)                               # Q15, real
     i, f, o = s[..., :hs], s[..., hs:2 * hs], s[..., 3 * hs:]
     gg = _round(tg, 2.0 ** PROB_Q, k).mul_(k.prob)
     tc = _round(tcr, 2.0 ** PROB_Q, k).mul_(k.prob)
-    fgi = _mul_(torch.sub(k.one, sig).mul_(sig), m_pre).view(steps, n, 4, hs)  # sigmoid'
-    f_i, f_f, f_g, f_o = fgi.unbind(2)
+    fgi = _mul_(torch.addcmul(sig, sig, sig, value=-1.0), m_pre).view(steps, n, 4, hs)
+    f_i, f_f, f_g, f_o = fgi.unbind(2)                 # sigmoid' = s - s*s, then per gate
     f_i.mul_(gg)
     f_f.mul_(c_prev)
     torch.mul(i, torch.addcmul(k.one, tg, tg, value=-1.0), out=f_g)             # tanh'
@@ -323,7 +395,7 @@ def _lstm_factors(saved, sat, h_first, c_first, acts, k, bits_h):
               acts)                                            # dc'/dh' through o * tanh(c')
     mc = m_c if acts is None else _mul_(acts.expand(steps, n, hs).clone(), m_c)
     fgh = fgi if m_gh is None else fgi * m_gh.view(steps, n, 4, hs)
-    return fgi, fgh, mc, e, f.contiguous(), h_prev
+    return fgi, fgh, mc, e, f
 
 
 def _state(raw, carried, t, bits, scale):
@@ -340,17 +412,18 @@ def _gradient_start(dh_t, dym, last):
     return last.copy_(dh_t) if dym is None else torch.add(dh_t, dym[-1], out=last)
 
 
-def _gates(gi, w_hh, b_hh, k):
+def _gates(gi, w_hh, b_hh, h0, k, exp_h, bits_h):
     """The input gates on Q11 (integer units) and what the loop needs to know about them:
-    ``(gates, mask, raw, (clamp gh, clamp gi + gh))``. Usually nothing saturates: then
-    ``gates`` is ``gi`` itself (``raw`` True) and each step rounds its own slice, which saves
-    writing and reading a (T, N, G) tensor; else ``gates`` is rounded and clamped here and
-    ``mask`` is its straight-through mask. The extremes come from ``gi``'s (rounding is
-    monotone, and this is the same float rounding as the loop's)."""
+    ``(gates, mask, raw, (clamp gh, clamp gi + gh, exact))`` (see :func:`_gate_bounds`).
+    Usually nothing saturates: then ``gates`` is ``gi`` itself (``raw`` True) and the loop
+    rounds it a few steps at a time, which saves writing and reading a (T, N, G) tensor; else
+    ``gates`` is rounded and clamped here and ``mask`` is its straight-through mask. The
+    extremes come from ``gi``'s (rounding is monotone, and this is the same float rounding as
+    the loop's)."""
     if gi.numel() == 0:
-        return gi, None, True, (False, False)
+        return gi, None, True, (False, False, False)
     low, high = (float(_round(v, 2.0 ** GATE_Q, k)) for v in torch.aminmax(gi))
-    clamps = _gates_may_saturate(min(max(-low, high), 2.0 ** 15), w_hh, b_hh)
+    clamps = _gate_bounds(min(max(-low, high), 2.0 ** 15), w_hh, b_hh, h0, exp_h, bits_h)
     if low >= _I16[0] and high <= _I16[1]:
         return gi, None, True, clamps
     gq, m_gi = _clamp_mask(_round(gi, 2.0 ** GATE_Q, k), *_I16)
@@ -374,7 +447,7 @@ class RecurrentDirection(torch.autograd.Function):
         k = _Consts(gi, exp_h)
         lstm = c0 is not None
         with torch.inference_mode():
-            gq, m_gi, raw, clamps = _gates(gi, w_hh, b_hh, k)
+            gq, m_gi, raw, clamps = _gates(gi, w_hh, b_hh, h0, k, exp_h, bits_h)
             if lstm:
                 y, h, c, bufs, sat = _lstm_forward(gq, h0, c0, w_hh, b_hh, active, exp_h,
                                                    bits_h, k, *clamps, raw)
@@ -382,8 +455,9 @@ class RecurrentDirection(torch.autograd.Function):
                 y, h, bufs, sat = _gru_forward(gq, h0, w_hh, b_hh, active, exp_h, bits_h, k,
                                                *clamps, raw)
         h = h.clone()                                # h_T must not alias y[T-1]
-        m_gi, c = _normal(m_gi), torch.zeros_like(h0) if not lstm else _normal(c)
-        ctx.sat = sat
+        c = c.clone() if lstm else torch.zeros_like(h0)  # nor c_T a saved buffer
+        m_gi = _normal(m_gi)
+        ctx.sat, ctx.steps = sat, gi.shape[0]
         ctx.lstm, ctx.has_bias, ctx.exp_h, ctx.bits_h = lstm, b_hh is not None, exp_h, bits_h
         ctx.save_for_backward(w_hh, active, h0, c0, m_gi, *bufs)   # seen by saved-tensor hooks
         return y, h, c
@@ -391,7 +465,7 @@ class RecurrentDirection(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy, dh_t, dc_t):
         w_hh, active, h0, c0, m_gi, *bufs = ctx.saved_tensors
-        steps, g = bufs[3].shape[0], w_hh.shape[0]                       # bufs[3]: h_raw
+        steps, g = ctx.steps, w_hh.shape[0]
         if steps == 0:
             db = w_hh.new_zeros(g) if ctx.has_bias else None
             return None, dh_t, dc_t, torch.zeros_like(w_hh), db, None, None, None
@@ -416,26 +490,31 @@ class _Backward:
     ``db_hh`` (one matrix product per run: ``dgh`` lives in a run-sized buffer that stays in
     cache).
 
+    ``direct``: an LSTM whose recurrent gates never saturated has ``dgh`` equal to ``dgi`` (the
+    same factors), so the steps write ``dgh`` into ``dgi`` itself and the run skips computing
+    ``dgi`` (a GRU's ``dgh`` differs: ``gh_n`` enters as ``r * gh_n``).
+
     ``dsum`` (T, N, H) holds the gradient reaching each step's output ``h'`` (``dh`` of the
     later steps plus ``dy``, written by the step after it)."""
 
     def __init__(self, ctx, w_hh, active, h0, c0, bufs, dy, dh_t):
-        steps, n, hs, g = bufs[3].shape[0], h0.shape[0], h0.shape[1], w_hh.shape[0]
+        steps, n, hs, g = ctx.steps, h0.shape[0], h0.shape[1], w_hh.shape[0]
         self.w_hh, self.h0, self.c0, self.bufs, self.sat = w_hh, h0, c0, bufs, ctx.sat
         self.bits_h, self.k = ctx.bits_h, _Consts(w_hh, ctx.exp_h)
         self.acts = None if active is None else active.to(w_hh.dtype)              # (T, N, 1)
         self.dym = dy if dy is None or self.acts is None else dy * self.acts  # y is 0 past len
         self.not_active = None if self.acts is None else 1.0 - self.acts
         self.dsum = h0.new_empty(steps, n, hs)
-        run = min(steps, _CHUNK)
-        self.dgh = h0.new_empty(run, n, g)                # of W_hh h + b_hh, masked: one run
+        self.direct = ctx.lstm and bufs[0] is None        # bufs[0]: gh where it saturated
         self.dgi = _buffer(h0, steps, n, g)
+        # of W_hh h + b_hh, masked: dgi itself (direct) or one run's buffer, in cache
+        self.dgh = self.dgi if self.direct else h0.new_empty(min(steps, _CHUNK), n, g)
         self.dw = _zeros(w_hh, g, hs)
         self.db = _zeros(w_hh, g) if ctx.has_bias else None
         self.dcn = h0.new_empty(steps, n, hs) if ctx.lstm else None   # reaching c' (LSTM)
         self.ds_t = self.dsum.unbind(0)
         self.dgi_g = self.dgi.view(steps, n, g // hs, hs)
-        dgh_g = self.dgh.view(run, n, g // hs, hs)        # per-step views, made once
+        dgh_g = self.dgh.view(-1, n, g // hs, hs)         # per-step views, made once
         if ctx.lstm:
             self.dcn_t = self.dcn.unbind(0)
             self.dgh_views = (self.dgh.unbind(0), dgh_g[:, :, :3].unbind(0),
@@ -446,21 +525,26 @@ class _Backward:
         self.dh = None                                    # dh0 once the first step is done
 
     def _first(self, lo):
-        """States entering step ``lo``: ``(h, c)`` (``c`` None for a GRU)."""
-        b, k = self.bufs, self.k
-        if lo == 0:
-            return self.h0, self.c0
-        h = _state(b[3], b[4], lo - 1, self.bits_h, k.h)
-        return h, (_state(b[2], b[5], lo - 1, CELL_BITS, k.cell) if self.c0 is not None
-                   else None)
+        """The state entering step ``lo`` (GRU)."""
+        b = self.bufs
+        return self.h0 if lo == 0 else _state(b[3], b[4], lo - 1, self.bits_h, self.k.h)
+
+    def _entering(self, lo, hi):
+        """``(h, c)`` (C, N, H): the states entering steps ``lo:hi`` (LSTM; the saved states
+        after each step, views but for the first run)."""
+        h_st, c_st = self.bufs[4], self.bufs[5]
+        if lo:
+            return h_st[lo - 1:hi - 1], c_st[lo - 1:hi - 1]
+        return _before(self.h0, h_st[:hi]), _before(self.c0, c_st[:hi])
 
     def _part(self, lo, hi):
         return [None if b is None else b[lo:hi] for b in self.bufs], \
             None if self.acts is None else self.acts[lo:hi]
 
-    def _weight_gradients(self, steps, h_prev):
-        """Add a run's share to ``dW_hh`` and ``db_hh`` (``steps`` steps, ``h_prev`` theirs)."""
-        flat = self.dgh[:steps].view(-1, self.dgh.shape[-1])              # (C*N, G)
+    def _weight_gradients(self, lo, hi, h_prev):
+        """Add a run's share to ``dW_hh`` and ``db_hh`` (steps ``lo:hi``, ``h_prev`` theirs)."""
+        run = self.dgi[lo:hi] if self.direct else self.dgh[:hi - lo]
+        flat = run.view(-1, run.shape[-1])                                  # (C*N, G)
         torch.addmm(self.dw, flat.t(), h_prev.reshape(-1, h_prev.shape[-1]), out=self.dw)
         if self.db is not None:
             self.db.add_(flat.sum(0))
@@ -479,7 +563,7 @@ class _Backward:
 
     def gru(self, lo, hi):
         part, acts = self._part(lo, hi)
-        h_first, _ = self._first(lo)
+        h_first = self._first(lo)
         fgi, fgh, keep, h_prev = _gru_factors(part, self.sat, h_first, acts, self.k,
                                               self.bits_h)
         keep_t, fgh_t = keep.unbind(0), fgh.unbind(0)
@@ -489,30 +573,30 @@ class _Backward:
             torch.mul(self.ds_t[t].unsqueeze(1), fgh_t[j], out=dgh_g[j])
             self._state_gradient(t, dgh_t[j], keep_t[j])
         torch.mul(self.dsum[lo:hi, :, None], fgi, out=self.dgi_g[lo:hi])
-        self._weight_gradients(hi - lo, h_prev)
+        self._weight_gradients(lo, hi, h_prev)
 
     def lstm(self, lo, hi, dc):
         """Returns the cell gradient for step ``lo - 1``."""
         part, acts = self._part(lo, hi)
-        h_first, c_first = self._first(lo)
-        fgi, fgh, mc, e, f, h_prev = _lstm_factors(part, self.sat, h_first, c_first, acts,
-                                                   self.k, self.bits_h)
+        h_prev, c_prev = self._entering(lo, hi)
+        fgi, fgh, mc, e, f = _lstm_factors(part, h_prev, c_prev, acts, self.k, self.bits_h)
         mc_t = None if mc is None else mc.unbind(0)
         e_t, f_t = e.unbind(0), f.unbind(0)
         fgh3, fgho = fgh[:, :, :3].unbind(0), fgh[:, :, 3].unbind(0)
         dcn_t, (dgh_t, dgh3, dgho) = self.dcn_t, self.dgh_views
-        na = self.not_active
+        na, at = self.not_active, 0 if self.direct else lo    # dgh's step ``t`` is t - at
         for t in range(hi - 1, lo - 1, -1):
             j, ds = t - lo, self.ds_t[t]
             dc_new = torch.addcmul(dc if mc_t is None else dc * mc_t[j], ds, e_t[j],
                                    out=dcn_t[t])
-            torch.mul(dc_new.unsqueeze(1), fgh3[j], out=dgh3[j])
-            torch.mul(ds, fgho[j], out=dgho[j])
+            torch.mul(dc_new.unsqueeze(1), fgh3[j], out=dgh3[t - at])
+            torch.mul(ds, fgho[j], out=dgho[t - at])
             dc = dc_new * f_t[j] if na is None else torch.addcmul(dc * na[t], dc_new, f_t[j])
-            self._state_gradient(t, dgh_t[j], None if na is None else na[t])
-        torch.mul(self.dcn[lo:hi, :, None], fgi[:, :, :3], out=self.dgi_g[lo:hi, :, :3])
-        torch.mul(self.dsum[lo:hi], fgi[:, :, 3], out=self.dgi_g[lo:hi, :, 3])
-        self._weight_gradients(hi - lo, h_prev)
+            self._state_gradient(t, dgh_t[t - at], None if na is None else na[t])
+        if not self.direct:                               # else the steps wrote dgi
+            torch.mul(self.dcn[lo:hi, :, None], fgi[:, :, :3], out=self.dgi_g[lo:hi, :, :3])
+            torch.mul(self.dsum[lo:hi], fgi[:, :, 3], out=self.dgi_g[lo:hi, :, 3])
+        self._weight_gradients(lo, hi, h_prev)
         return dc
 
 
