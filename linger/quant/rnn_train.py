@@ -56,7 +56,7 @@ class _Consts:
     def __init__(self, like: torch.Tensor, exp_h: int):
         def c(v):
             return torch.tensor(v, dtype=like.dtype, device=like.device)
-        self.one, self.half = c(1.0), c(0.5)
+        self.zero, self.one, self.half = c(0.0), c(1.0), c(0.5)
         self.gate, self.prob = c(2.0 ** -GATE_Q), c(2.0 ** -PROB_Q)
         self.cell, self.h = c(2.0 ** -CELL_Q), c(2.0 ** -exp_h)
 
@@ -295,7 +295,7 @@ def _lstm_forward(gq, h0, c0, w_hh, b_hh, active, exp_h, bits_h, k, clamp_gh, cl
     pre = buf(g) if clamp_pre else None              # gi + gh, not clamped
     scratch = gq.new_empty(n, g)                     # gh and gi + gh when they cannot saturate
     gtmp = gq.new_empty(n, g)                        # this step's gates on Q11 (raw)
-    sig, tg = buf(g), buf(hs)         # sigmoid of the gates, tanh of gate g
+    sig = buf(g)                      # the activations: sigmoid of gates i, f, o, tanh of g
     c_raw, tcr = buf(hs), buf(hs)     # new cell on Q11 (not clamped), its tanh
     h_raw, y = buf(hs), buf(hs)       # new state on the hidden grid (not clamped); output
     if active is None:
@@ -307,13 +307,14 @@ def _lstm_forward(gq, h0, c0, w_hh, b_hh, active, exp_h, bits_h, k, clamp_gh, cl
     run_g = None if run is None else run[..., 2 * hs:3 * hs].unbind(0)
     # the rounded activations go to small reused tensors: writing them into (T, N, .) buffers
     # as well costs more (memory traffic) than rounding again in backward
-    s, gg, tc = gq.new_empty(n, g), gq.new_empty(n, hs), gq.new_empty(n, hs)
-    i, f, o = s[:, :hs], s[:, hs:2 * hs], s[:, 3 * hs:]   # views made once: slicing is an op
+    q, tc = gq.new_empty(n, g), gq.new_empty(n, hs)      # Q15, integer units: i, f, gg, o
+    i, f, gg, o = q.view(n, 4, hs).unbind(1)     # views made once (slicing is an op)
+    sig_g = sig[..., 2 * hs:3 * hs].unbind(0)
     pc_g = scratch[:, 2 * hs:3 * hs]
     h, c = h0 * 2.0 ** exp_h, c0
     bufs = zip(gq.unbind(0), _unbound(gh_raw, steps), _unbound(pre, steps),
-               *(x.unbind(0) for x in (sig, tg, c_raw, tcr, h_raw, y, c_st)))
-    for t, (gq_t, gh, pr, sg, tgt, cr, tcrt, hr, yt, ct) in enumerate(bufs):
+               *(x.unbind(0) for x in (sig, c_raw, tcr, h_raw, y, c_st)))
+    for t, (gq_t, gh, pr, sg, cr, tcrt, hr, yt, ct) in enumerate(bufs):
         if exact:
             j = t % _CHUNK
             if j == 0:                               # this run's gq + b + 1/2
@@ -340,14 +341,15 @@ def _lstm_forward(gq, h0, c0, w_hh, b_hh, active, exp_h, bits_h, k, clamp_gh, cl
             else:
                 pc = gh.add_(gq_t).mul_(k.gate)      # gh is scratch or a clamped copy
             pcg = pc_g if pc is scratch else pc[:, 2 * hs:3 * hs]
-        _round(torch.sigmoid(pc, out=sg), 2.0 ** PROB_Q, k, out=s)   # Q15, integer units
-        _round(torch.tanh(pcg, out=tgt), 2.0 ** PROB_Q, k, out=gg)   # integer units
+        torch.sigmoid(pc, out=sg)                    # over all four gates: one op
+        torch.tanh(pcg, out=sig_g[t])                # gate g's place
+        _round(sg, 2.0 ** PROB_Q, k, out=q)          # Q15, integer units: i, f, gg, o
         # (f*2**15 * c) + (i*2**15 * gg*2**15) * 2**-15 = 2**15 (f c + i gg), rounded the same
         # way (a power-of-two factor commutes with float rounding; the alpha product is exact)
         _round((f * c).add_(i * gg, alpha=k.prob), 2.0 ** (CELL_Q - PROB_Q), k, out=cr)
         c_new = torch.clamp(cr, lo_c, hi_c, out=ct if acts is None else None).mul_(k.cell)
-        tcq = _round(torch.tanh(c_new, out=tcrt), 2.0 ** PROB_Q, k, out=tc)    # integer units
-        _round(o * tcq, 2.0 ** (exp_h - 2 * PROB_Q), k, out=hr)     # o*2**15 * tc*2**15
+        _round(torch.tanh(c_new, out=tcrt), 2.0 ** PROB_Q, k, out=tc)         # integer units
+        _round(o * tc, 2.0 ** (exp_h - 2 * PROB_Q), k, out=hr)     # o*2**15 * tc*2**15
         if acts is None:
             h, c = torch.clamp(hr, lo_h, hi_h, out=yt), c_new        # integer units
         else:
@@ -362,7 +364,7 @@ def _lstm_forward(gq, h0, c0, w_hh, b_hh, active, exp_h, bits_h, k, clamp_gh, cl
     pre = pre if clamp_pre and _saturates(pre, *_I16) else None
     c_raw = c_raw if _saturates(c_raw, lo_c, hi_c) else None
     h_raw = h_raw if _saturates(h_raw, lo_h, hi_h) else None
-    return y, h, c, (gh_raw, pre, c_raw, h_raw, h_st, c_st, sig, tg, tcr), {}
+    return y, h, c, (gh_raw, pre, c_raw, h_raw, h_st, c_st, sig, tcr), {}
 
 
 def _lstm_factors(saved, h_prev, c_prev, acts, k, bits_h):
@@ -371,7 +373,7 @@ def _lstm_factors(saved, h_prev, c_prev, acts, k, bits_h):
     per unit of the gradient reaching the new cell (gates i, f, g) or the new state (gate o),
     ``fgh`` the same times the recurrent gates' saturation masks, ``mc`` (or None: ones) and
     ``e`` (C, N, H): the new cell's gradient is ``dc' mc + dh' e``, and ``f`` the forget gate."""
-    gh_raw, pre, c_raw, h_raw, _, _, sig, tg, tcr = saved
+    gh_raw, pre, c_raw, h_raw, _, _, sig, tcr = saved
     steps, n, g = sig.shape
     hs = g // 4
     m_gh = None if gh_raw is None else _clamp_mask(gh_raw, *_I16)[1]
@@ -380,22 +382,22 @@ def _lstm_factors(saved, h_prev, c_prev, acts, k, bits_h):
         _clamp_mask(c_raw, numerics.qmin(CELL_BITS), numerics.qmax(CELL_BITS))[1]
     m_h = None if h_raw is None else \
         _clamp_mask(h_raw, numerics.qmin(bits_h), numerics.qmax(bits_h))[1]
-    s = _round(sig, 2.0 ** PROB_Q, k).mul_(k.prob)                               # Q15, real
-    i, f, o = s[..., :hs], s[..., hs:2 * hs], s[..., 3 * hs:]
-    gg = _round(tg, 2.0 ** PROB_Q, k).mul_(k.prob)
-    tc = _round(tcr, 2.0 ** PROB_Q, k).mul_(k.prob)
+    q = _round(sig, 2.0 ** PROB_Q, k)                   # Q15, integer units: i, f, gg, o
+    q_i, q_f, q_g, q_o = q.view(steps, n, 4, hs).unbind(2)
+    tcq = _round(tcr, 2.0 ** PROB_Q, k)
+    tg = sig[..., 2 * hs:3 * hs]                                  # tanh of gate g
     fgi = _mul_(torch.addcmul(sig, sig, sig, value=-1.0), m_pre).view(steps, n, 4, hs)
     f_i, f_f, f_g, f_o = fgi.unbind(2)                 # sigmoid' = s - s*s, then per gate
-    f_i.mul_(gg)
+    torch.addcmul(k.zero, f_i, q_g, value=k.prob, out=f_i)                      # times gg
     f_f.mul_(c_prev)
-    torch.mul(i, torch.addcmul(k.one, tg, tg, value=-1.0), out=f_g)             # tanh'
+    torch.mul(q_i, torch.addcmul(k.prob, tg, tg, value=-k.prob), out=f_g)       # i tanh'
     _mul_(f_g, None if m_pre is None else m_pre[..., 2 * hs:3 * hs])
-    _mul_(f_o.mul_(tc), m_h, acts)
-    e = _mul_(torch.mul(o, torch.addcmul(k.one, tcr, tcr, value=-1.0)), m_h, m_c,
+    _mul_(torch.addcmul(k.zero, f_o, tcq, value=k.prob, out=f_o), m_h, acts)   # times tc
+    e = _mul_(torch.mul(q_o, torch.addcmul(k.prob, tcr, tcr, value=-k.prob)), m_h, m_c,
               acts)                                            # dc'/dh' through o * tanh(c')
     mc = m_c if acts is None else _mul_(acts.expand(steps, n, hs).clone(), m_c)
     fgh = fgi if m_gh is None else fgi * m_gh.view(steps, n, 4, hs)
-    return fgi, fgh, mc, e, f
+    return fgi, fgh, mc, e, q_f * k.prob
 
 
 def _state(raw, carried, t, bits, scale):
