@@ -446,7 +446,7 @@ def _gates(gi, half, b_ih, gi_abs, w_hh, b_hh, h0, k, exp_h, bits_h):
         gq_abs = gi_abs * 2.0 ** GATE_Q + 0.5                       # bounds |round(gi 2**11)|
         if gq_abs + gh > _I16[1]:                     # not settled: the extremes of gi
             babs = 0.0 if b_ih is None else float(b_ih.detach().abs().max())
-            gi_max = max(abs(float(v)) for v in torch.aminmax(gi))
+            gi_max = max(abs(float(v)) for v in _extremes(gi))
             gq_abs = (gi_max + babs) * 2.0 ** GATE_Q + 0.5
         if gq_abs <= _I16[1]:
             return gi, None, True, _gate_bounds(gh, gq_abs, w_hh, b_hh, h0, exp_h, bits_h), \
@@ -454,12 +454,17 @@ def _gates(gi, half, b_ih, gi_abs, w_hh, b_hh, h0, k, exp_h, bits_h):
         if b_ih is not None:                          # may saturate: the gates with their bias
             gi = gi + b_ih                            # (exact, see _projection_bound)
         half = k.half
-    low, high = (float(_round(v, 2.0 ** GATE_Q, k)) for v in torch.aminmax(gi))
+    low, high = (float(_round(v, 2.0 ** GATE_Q, k)) for v in _extremes(gi))
     clamps = _gate_bounds(gh, min(max(-low, high), 2.0 ** 15), w_hh, b_hh, h0, exp_h, bits_h)
     if low >= _I16[0] and high <= _I16[1]:
         return gi, None, True, clamps, half
     gq, m_gi = _clamp_mask(_round(gi, 2.0 ** GATE_Q, k), *_I16)
     return gq, m_gi, False, clamps, half
+
+
+def _extremes(gi: torch.Tensor):
+    """``(min, max)`` of the input gates (one pass over them)."""
+    return torch.aminmax(gi)
 
 
 def _projection_bound(x, w_ih, b_ih, exp_x: int, exp_w: int):
