@@ -190,7 +190,8 @@ class _QuantRNN(QuantMixin):
                 outs.append(y)
                 hn.append(h)
                 cn.append(c)
-            inp, exp_in = torch.cat(outs, 2), g.h                                # (T, N, D*H)
+            inp = outs[0] if len(outs) == 1 else torch.cat(outs, 2)             # (T, N, D*H)
+            exp_in = g.h
             exp_x = iqrnn.hidden_exp(self._bits_h)
             if self.dropout and layer < self.num_layers - 1:
                 inp = fake_quant(F.dropout(inp, self.dropout, True), g.h, g.bits_h)

@@ -123,18 +123,23 @@ def _gate_bounds(gh: float, gq_abs: float, w_hh, b_hh, h0, exp_h: int, bits_h: i
     digits = 2 - math.frexp(torch.finfo(w.dtype).eps)[1]       # significand bits: 24 (float32)
     m = digits - math.frexp(bound)[1] if math.isfinite(bound) else 0
     # on the grid 2**-m: (the float products by powers of two are exact, as is b + 1/2 there)
-    exact = m >= 1 and _integral(w * 2.0 ** (GATE_Q - exp_h + m)) and \
-        (b is None or _integral(b * 2.0 ** (GATE_Q + m)))
+    exact = m >= 1 and _integral(w, 2.0 ** (GATE_Q - exp_h + m)) and \
+        (b is None or _integral(b, 2.0 ** (GATE_Q + m)))
     if exact and h0.numel():
-        hq = h0.detach() * 2.0 ** exp_h
         hmax = max(-numerics.qmin(bits_h), numerics.qmax(bits_h))   # as in _hh_bound
-        exact = _integral(hq) and float(hq.abs().max()) <= hmax
+        exact = _integral(h0.detach(), 2.0 ** exp_h) and \
+            float(h0.detach().abs().max()) * 2.0 ** exp_h <= hmax
     return gh > _I16[1], bound > _I16[1], exact
 
 
-def _integral(x: torch.Tensor) -> bool:
-    """Whether every value of ``x`` is an integer."""
-    return torch.equal(x, x.floor())
+def _integral(x: torch.Tensor, scale: float) -> bool:
+    """Whether every value of ``x * scale`` (a power of two: exact) is an integer: its
+    fractional parts are all 0 (NaN and infinity give NaN). Two ops and one reduction
+    (``torch.equal(v, v.floor())`` costs ~2x as much)."""
+    if x.numel() == 0:
+        return True
+    low, high = torch.aminmax(torch.mul(x, scale).frac_())
+    return float(low) == 0.0 and float(high) == 0.0
 
 
 def _mul_(x: torch.Tensor, *factors) -> torch.Tensor:
@@ -381,12 +386,15 @@ def _lstm_forward(gq, h0, c0, w_hh, b_hh, active, exp_h, bits_h, k, clamp_gh, cl
     return y, h, c, (gh_raw, pre, c_raw, h_raw, h_st, c_st, sig, tcr), {}
 
 
-def _lstm_factors(saved, h_prev, c_prev, acts, k, bits_h):
+def _lstm_factors(saved, h_prev, c_prev, acts, k, bits_h, out):
     """For a run of steps (the buffers' slices, :func:`_lstm_forward`; ``h_prev``, ``c_prev``
     (C, N, H) the states entering the steps): ``fgi`` (C, N, 4, H), the gate-input gradients
     per unit of the gradient reaching the new cell (gates i, f, g) or the new state (gate o),
     ``fgh`` the same times the recurrent gates' saturation masks, ``mc`` (or None: ones) and
-    ``e`` (C, N, H): the new cell's gradient is ``dc' mc + dh' e``, and ``f`` the forget gate."""
+    ``e`` (C, N, H): the new cell's gradient is ``dc' mc + dh' e``, and ``f`` the forget gate.
+    ``out``: buffers for the run's values, (C, N, 4H) twice and (C, N, H) four times, reused
+    run after run (they stay in cache; fresh tensors cost more)."""
+    q_b, fgi_b, tcq_b, tmp_b, e_b, f_b = out
     gh_raw, pre, c_raw, h_raw, _, _, sig, tcr = saved
     steps, n, g = sig.shape
     hs = g // 4
@@ -396,22 +404,23 @@ def _lstm_factors(saved, h_prev, c_prev, acts, k, bits_h):
         _clamp_mask(c_raw, numerics.qmin(CELL_BITS), numerics.qmax(CELL_BITS))[1]
     m_h = None if h_raw is None else \
         _clamp_mask(h_raw, numerics.qmin(bits_h), numerics.qmax(bits_h))[1]
-    q = _round(sig, 2.0 ** PROB_Q, k)                   # Q15, integer units: i, f, gg, o
+    q = _round(sig, 2.0 ** PROB_Q, k, out=q_b)         # Q15, integer units: i, f, gg, o
     q_i, q_f, q_g, q_o = q.view(steps, n, 4, hs).unbind(2)
-    tcq = _round(tcr, 2.0 ** PROB_Q, k)
+    tcq = _round(tcr, 2.0 ** PROB_Q, k, out=tcq_b)
     tg = sig[..., 2 * hs:3 * hs]                                  # tanh of gate g
-    fgi = _mul_(torch.addcmul(sig, sig, sig, value=-1.0), m_pre).view(steps, n, 4, hs)
+    fgi = _mul_(torch.addcmul(sig, sig, sig, value=-1.0, out=fgi_b), m_pre).view(steps, n, 4,
+                                                                                hs)
     f_i, f_f, f_g, f_o = fgi.unbind(2)                 # sigmoid' = s - s*s, then per gate
     torch.addcmul(k.zero, f_i, q_g, value=k.prob, out=f_i)                      # times gg
     f_f.mul_(c_prev)
-    torch.mul(q_i, torch.addcmul(k.prob, tg, tg, value=-k.prob), out=f_g)       # i tanh'
+    torch.mul(q_i, torch.addcmul(k.prob, tg, tg, value=-k.prob, out=tmp_b), out=f_g)  # i tanh'
     _mul_(f_g, None if m_pre is None else m_pre[..., 2 * hs:3 * hs])
     _mul_(torch.addcmul(k.zero, f_o, tcq, value=k.prob, out=f_o), m_h, acts)   # times tc
-    e = _mul_(torch.mul(q_o, torch.addcmul(k.prob, tcr, tcr, value=-k.prob)), m_h, m_c,
-              acts)                                            # dc'/dh' through o * tanh(c')
+    tanh_c = torch.addcmul(k.prob, tcr, tcr, value=-k.prob, out=tmp_b)
+    e = _mul_(torch.mul(q_o, tanh_c, out=e_b), m_h, m_c, acts)  # dc'/dh' through o tanh(c')
     mc = m_c if acts is None else _mul_(acts.expand(steps, n, hs).clone(), m_c)
     fgh = fgi if m_gh is None else fgi * m_gh.view(steps, n, 4, hs)
-    return fgi, fgh, mc, e, q_f * k.prob
+    return fgi, fgh, mc, e, torch.mul(q_f, k.prob, out=f_b)
 
 
 def _state(raw, carried, t, bits, scale):
@@ -479,7 +488,8 @@ def _projection_bound(x, w_ih, b_ih, exp_x: int, exp_w: int):
         return None
     x, w = x.detach(), w_ih.detach()
     b = None if b_ih is None else b_ih.detach()
-    r = w.abs().sum(1).mul_(float(x.abs().amax()))                       # bounds |x W_ih^T|
+    low, high = torch.aminmax(x)
+    r = w.abs().sum(1).mul_(max(-float(low), float(high)))               # bounds |x W_ih^T|
     if b is not None:
         r.add_(b.abs())
     bound = float(r.max()) * (1 + 2.0 ** -10)           # slack for the float sums
@@ -489,8 +499,8 @@ def _projection_bound(x, w_ih, b_ih, exp_x: int, exp_w: int):
     if not math.isfinite(bound) or bound * 2.0 ** unit >= 2.0 ** digits or \
             (bound * 2.0 ** GATE_Q + 0.5) * 2.0 ** gate_unit >= 2.0 ** digits:
         return None
-    if not (_integral(x * 2.0 ** exp_x) and _integral(w * 2.0 ** exp_w)
-            and (b is None or _integral(b * 2.0 ** unit))):
+    if not (_integral(x, 2.0 ** exp_x) and _integral(w, 2.0 ** exp_w)
+            and (b is None or _integral(b, 2.0 ** unit))):
         return None
     return bound
 
@@ -611,7 +621,9 @@ class _Backward:
         self.dgi_g = self.dgi.view(steps, n, g // hs, hs)
         dgh_g = self.dgh.view(-1, n, g // hs, hs)         # per-step views, made once
         if ctx.lstm:
-            self.dcn_t = self.dcn.unbind(0)
+            self.dcn_t = self.dcn.unbind(0), self.dcn.unsqueeze(2).unbind(0)  # (N, H), (N, 1, H)
+            run = min(steps, _CHUNK)                      # the factors' buffers (one run)
+            self.factors = [h0.new_empty(run, n, w) for w in (g, g, hs, hs, hs, hs)]
             self.dgh_views = (self.dgh.unbind(0), dgh_g[:, :, :3].unbind(0),
                               dgh_g[:, :, 3].unbind(0))
         else:
@@ -674,19 +686,20 @@ class _Backward:
         """Returns the cell gradient for step ``lo - 1``."""
         part, acts = self._part(lo, hi)
         h_prev, c_prev = self._entering(lo, hi)
-        fgi, fgh, mc, e, f = _lstm_factors(part, h_prev, c_prev, acts, self.k, self.bits_h)
+        fgi, fgh, mc, e, f = _lstm_factors(part, h_prev, c_prev, acts, self.k, self.bits_h,
+                                           [b[:hi - lo] for b in self.factors])
         mc_t = None if mc is None else mc.unbind(0)
         e_t, f_t = e.unbind(0), f.unbind(0)
         fgh3, fgho = fgh[:, :, :3].unbind(0), fgh[:, :, 3].unbind(0)
-        dcn_t, (dgh_t, dgh3, dgho) = self.dcn_t, self.dgh_views
+        (dcn_t, dcn_u), (dgh_t, dgh3, dgho) = self.dcn_t, self.dgh_views
         na, at = self.not_active, 0 if self.direct else lo    # dgh's step ``t`` is t - at
         for t in range(hi - 1, lo - 1, -1):
             j, ds = t - lo, self.ds_t[t]
-            dc_new = torch.addcmul(dc if mc_t is None else dc * mc_t[j], ds, e_t[j],
-                                   out=dcn_t[t])
-            torch.mul(dc_new.unsqueeze(1), fgh3[j], out=dgh3[t - at])
+            torch.addcmul(dc if mc_t is None else dc * mc_t[j], ds, e_t[j], out=dcn_t[t])
+            torch.mul(dcn_u[t], fgh3[j], out=dgh3[t - at])           # dc' for gates i, f, g
             torch.mul(ds, fgho[j], out=dgho[t - at])
-            dc = dc_new * f_t[j] if na is None else torch.addcmul(dc * na[t], dc_new, f_t[j])
+            dc = dcn_t[t] * f_t[j] if na is None else \
+                torch.addcmul(dc * na[t], dcn_t[t], f_t[j])
             self._state_gradient(t, dgh_t[t - at], None if na is None else na[t])
         if not self.direct:                               # else the steps wrote dgi
             torch.mul(self.dcn[lo:hi, :, None], fgi[:, :, :3], out=self.dgi_g[lo:hi, :, :3])
