@@ -624,6 +624,9 @@ class _Backward:
             self.dcn_t = self.dcn.unbind(0), self.dcn.unsqueeze(2).unbind(0)  # (N, H), (N, 1, H)
             run = min(steps, _CHUNK)                      # the factors' buffers (one run)
             self.factors = [h0.new_empty(run, n, w) for w in (g, g, hs, hs, hs, hs)]
+            fgi = self.factors[1].view(run, n, 4, hs)     # and their per-step views
+            self.factor_views = (fgi[:, :, :3].unbind(0), fgi[:, :, 3].unbind(0),
+                                 self.factors[4].unbind(0), self.factors[5].unbind(0))
             self.dgh_views = (self.dgh.unbind(0), dgh_g[:, :, :3].unbind(0),
                               dgh_g[:, :, 3].unbind(0))
         else:
@@ -689,8 +692,9 @@ class _Backward:
         fgi, fgh, mc, e, f = _lstm_factors(part, h_prev, c_prev, acts, self.k, self.bits_h,
                                            [b[:hi - lo] for b in self.factors])
         mc_t = None if mc is None else mc.unbind(0)
-        e_t, f_t = e.unbind(0), f.unbind(0)
-        fgh3, fgho = fgh[:, :, :3].unbind(0), fgh[:, :, 3].unbind(0)
+        fgh3, fgho, e_t, f_t = self.factor_views          # e and f are in their buffers
+        if fgh is not fgi:                                # recurrent gates saturated
+            fgh3, fgho = fgh[:, :, :3].unbind(0), fgh[:, :, 3].unbind(0)
         (dcn_t, dcn_u), (dgh_t, dgh3, dgho) = self.dcn_t, self.dgh_views
         na, at = self.not_active, 0 if self.direct else lo    # dgh's step ``t`` is t - at
         for t in range(hi - 1, lo - 1, -1):
