@@ -327,6 +327,7 @@ def _lstm_forward(gq, h0, c0, w_hh, b_hh, active, exp_h, bits_h, k, clamp_gh, cl
     # the rounded activations go to small reused tensors: writing them into (T, N, .) buffers
     # as well costs more (memory traffic) than rounding again in backward
     q, tc = gq.new_empty(n, g), gq.new_empty(n, hs)      # Q15, integer units: i, f, gg, o
+    fc, ig = gq.new_empty(n, hs), gq.new_empty(n, hs)    # products, reused
     i, f, gg, o = q.view(n, 4, hs).unbind(1)     # views made once (slicing is an op)
     sig_g = sig[..., 2 * hs:3 * hs].unbind(0)
     pc_g = scratch[:, 2 * hs:3 * hs]
@@ -365,10 +366,11 @@ def _lstm_forward(gq, h0, c0, w_hh, b_hh, active, exp_h, bits_h, k, clamp_gh, cl
         _round(sg, 2.0 ** PROB_Q, k, out=q)          # Q15, integer units: i, f, gg, o
         # (f*2**15 * c) + (i*2**15 * gg*2**15) * 2**-15 = 2**15 (f c + i gg), rounded the same
         # way (a power-of-two factor commutes with float rounding; the alpha product is exact)
-        _round((f * c).add_(i * gg, alpha=k.prob), 2.0 ** (CELL_Q - PROB_Q), k, out=cr)
+        _round(torch.mul(f, c, out=fc).add_(torch.mul(i, gg, out=ig), alpha=k.prob),
+               2.0 ** (CELL_Q - PROB_Q), k, out=cr)
         c_new = torch.clamp(cr, lo_c, hi_c, out=ct if acts is None else None).mul_(k.cell)
         _round(torch.tanh(c_new, out=tcrt), 2.0 ** PROB_Q, k, out=tc)         # integer units
-        _round(o * tc, 2.0 ** (exp_h - 2 * PROB_Q), k, out=hr)     # o*2**15 * tc*2**15
+        _round(torch.mul(o, tc, out=fc), 2.0 ** (exp_h - 2 * PROB_Q), k, out=hr)  # o tc 2**30
         if acts is None:
             h, c = torch.clamp(hr, lo_h, hi_h, out=yt), c_new        # integer units
         else:
