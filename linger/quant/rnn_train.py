@@ -332,8 +332,8 @@ def _lstm_forward(gq, h0, c0, w_hh, b_hh, active, exp_h, bits_h, k, clamp_gh, cl
     sig_g = sig[..., 2 * hs:3 * hs].unbind(0)
     pc_g = scratch[:, 2 * hs:3 * hs]
     h, c = h0 * 2.0 ** exp_h, c0
-    bufs = zip(gq.unbind(0), _unbound(gh_raw, steps), _unbound(pre, steps),
-               *(x.unbind(0) for x in (sig, c_raw, tcr, h_raw, y, c_st)))
+    bufs = zip(_unbound(None if exact else gq, steps), _unbound(gh_raw, steps),
+               _unbound(pre, steps), *(x.unbind(0) for x in (sig, c_raw, tcr, h_raw, y, c_st)))
     for t, (gq_t, gh, pr, sg, cr, tcrt, hr, yt, ct) in enumerate(bufs):
         if exact:
             j = t % _CHUNK
