@@ -11,29 +11,40 @@ its time in per-op overhead (an element-wise op on a (32, 512) tensor costs 2-4 
 dispatch) and in memory traffic, so the code minimises ops per step and large temporaries:
 
 - The loop works in *integer units* where that saves ops: ``W_hh`` and ``b_hh`` are scaled by
-  ``2**11`` once, so the matmul gives the Q11 gate values times ``2**11`` (scaling by a power of
-  two commutes with every float rounding, so the products and sums are those of the real-valued
-  matmul times ``2**11``, exactly); sums of values on the same grid are exact integers and need
-  no rounding; ``round(x * 2**e)`` is one ``add(0.5, x, alpha=2**e)`` and one ``floor_``.
+  ``2**11`` once (the LSTM also carries ``h`` as integers, ``W_hh`` scaled by ``2**(11 - exp_h)``:
+  the same products), so the matmul gives the Q11 gate values times ``2**11`` (scaling by a power
+  of two commutes with every float rounding, so the products and sums are those of the
+  real-valued matmul times ``2**11``, exactly); sums of values on the same grid are exact
+  integers and need no rounding; ``round(x * 2**e)`` is one ``add(0.5, x, alpha=2**e)`` and one
+  ``floor_``.
+- Where every partial sum of ``gq + W_hh h + b_hh`` is provably exact (:func:`_gate_bounds`: the
+  grids and the weights' absolute row sums, once per call; the usual case), the LSTM's gates
+  are one ``addmm`` onto ``gq + b_hh + 1/2`` (formed a few steps at a time) and a ``floor``,
+  with ``W_hh`` laid out as the BLAS runs fastest: any summation order gives the same value.
+- The layer's input projection is formed in the node where it is exact too
+  (:func:`projected_direction`, :func:`_projection_bound`): ``b_ih`` then joins the rounding
+  offset (no pass adding it, no column sum for ``db_ih``), and a bound on the gates often
+  replaces the pass over them that looks for saturation.
 - Constants are 0-dim tensors (an op with a Python float converts it to a tensor first); views
-  are made once per call; the loops run in inference mode (less dispatch per op).
+  and small buffers are made once per call; the loops run in inference mode (less dispatch).
 - Clamps that cannot act are skipped: the weights' absolute row sums bound ``W_hh h + b_hh``
-  for every state on the hidden grid, once per call (:func:`_gates_may_saturate`).
+  for every state on the hidden grid, once per call (:func:`_hh_bound`).
 - Nothing per step computes a saturation mask (a bool op costs 4x a float op). The forward keeps
   the *unclamped* integer values of the quantization points that saturated somewhere (one
   reduction each after the loop) and backward derives the masks as float 0/1; the LSTM also
-  keeps the activations it computed, the GRU (tighter on memory) recomputes them.
+  keeps the activations it computed (tanh of gate g in the sigmoid buffer's place for g) and
+  the states after every step, the GRU (tighter on memory) recomputes them.
 - Backward works by runs of :data:`_CHUNK` steps: for a run it computes, with a few ops over the
-  whole run (small enough to stay in cache), the per-step factors that turn the gradient
+  whole run (into buffers that stay in cache), the per-step factors that turn the gradient
   reaching ``h'`` (and ``c'``) into the gate gradients; the step loop is then about five ops
-  and the ``dgh @ W_hh`` product; ``dgi`` is computed per run, ``dW_hh`` and ``db_hh`` after
-  the loop for all steps at once.
+  and the ``dgh @ W_hh`` product; ``dgi`` (written by the steps themselves for an LSTM whose
+  recurrent gates never saturated), ``dW_hh`` and ``db_hh`` per run.
 
 With lengths (``active`` given) the factors are multiplied by the 0/1 "step counts" mask, so the
 loop stays the same; the carried states are kept, as they are not the step outputs.
 
-The input gates arrive unquantized: the node rounds them onto Q11 itself (one pass, no separate
-autograd node keeping its input).
+The input gates arrive unquantized (or are formed here): the node rounds them onto Q11 itself
+(no separate autograd node keeping its input).
 """
 
 from __future__ import annotations
