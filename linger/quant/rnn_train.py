@@ -59,6 +59,7 @@ from ..iqmath import GATE_Q, PROB_Q
 from ..iqrnn import CELL_BITS, CELL_Q
 
 _I16 = (numerics.qmin(16), numerics.qmax(16))  # the Q11 gate pre-activations are int16
+_Q15 = 2.0 ** -PROB_Q  # one unit of the activations' grid (a Python float: a scalar argument)
 _CHUNK = 8  # backward: steps whose factors are computed together (their temporaries stay cached)
 
 
@@ -377,7 +378,7 @@ def _lstm_forward(gq, h0, c0, w_hh, b_hh, active, exp_h, bits_h, k, clamp_gh, cl
         _round(sg, 2.0 ** PROB_Q, k, out=q)          # Q15, integer units: i, f, gg, o
         # (f*2**15 * c) + (i*2**15 * gg*2**15) * 2**-15 = 2**15 (f c + i gg), rounded the same
         # way (a power-of-two factor commutes with float rounding; the alpha product is exact)
-        _round(torch.mul(f, c, out=fc).add_(torch.mul(i, gg, out=ig), alpha=k.prob),
+        _round(torch.mul(f, c, out=fc).add_(torch.mul(i, gg, out=ig), alpha=_Q15),
                2.0 ** (CELL_Q - PROB_Q), k, out=cr)
         c_new = torch.clamp(cr, lo_c, hi_c, out=ct if acts is None else None).mul_(k.cell)
         _round(torch.tanh(c_new, out=tcrt), 2.0 ** PROB_Q, k, out=tc)         # integer units
@@ -424,12 +425,12 @@ def _lstm_factors(saved, h_prev, c_prev, acts, k, bits_h, out):
     fgi = _mul_(torch.addcmul(sig, sig, sig, value=-1.0, out=fgi_b), m_pre).view(steps, n, 4,
                                                                                 hs)
     f_i, f_f, f_g, f_o = fgi.unbind(2)                 # sigmoid' = s - s*s, then per gate
-    torch.addcmul(k.zero, f_i, q_g, value=k.prob, out=f_i)                      # times gg
+    torch.addcmul(k.zero, f_i, q_g, value=_Q15, out=f_i)                        # times gg
     f_f.mul_(c_prev)
-    torch.mul(q_i, torch.addcmul(k.prob, tg, tg, value=-k.prob, out=tmp_b), out=f_g)  # i tanh'
+    torch.mul(q_i, torch.addcmul(k.prob, tg, tg, value=-_Q15, out=tmp_b), out=f_g)  # i tanh'
     _mul_(f_g, None if m_pre is None else m_pre[..., 2 * hs:3 * hs])
-    _mul_(torch.addcmul(k.zero, f_o, tcq, value=k.prob, out=f_o), m_h, acts)   # times tc
-    tanh_c = torch.addcmul(k.prob, tcr, tcr, value=-k.prob, out=tmp_b)
+    _mul_(torch.addcmul(k.zero, f_o, tcq, value=_Q15, out=f_o), m_h, acts)     # times tc
+    tanh_c = torch.addcmul(k.prob, tcr, tcr, value=-_Q15, out=tmp_b)
     e = _mul_(torch.mul(q_o, tanh_c, out=e_b), m_h, m_c, acts)  # dc'/dh' through o tanh(c')
     mc = m_c if acts is None else _mul_(acts.expand(steps, n, hs).clone(), m_c)
     fgh = fgi if m_gh is None else fgi * m_gh.view(steps, n, 4, hs)
