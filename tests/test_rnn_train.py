@@ -215,28 +215,34 @@ def _assert_same(mode, results):
 
 
 @pytest.mark.parametrize("mode", ["GRU", "LSTM"])
-@pytest.mark.parametrize("case", ["exact", "inexact", "clamp_pre"])
+@pytest.mark.parametrize("case", ["exact", "exact_float", "inexact", "clamp_pre"])
 @pytest.mark.parametrize("packed", [True, False])
 def test_gate_sum_paths_equal_composed_reference(mode, case, packed, monkeypatch):
-    """The one-addmm gates (``exact``: every partial sum of ``gq + W_hh h + b_hh`` exact, any
-    order) and the step-by-step rounding (weights on a grid too fine for float32 sums to be
-    exact), with ``gi + gh`` able to saturate or not: forward identical to the reference."""
+    """The one-sum gates (``exact``: every partial sum of ``gq + W_hh h + b_hh`` exact, any
+    order; the LSTM's product in int8 on the CPU where the weights fit, else a float ``addmm``)
+    and the step-by-step rounding (weights on a grid too fine for float32 sums to be exact),
+    with ``gi + gh`` able to saturate or not: forward identical to the reference."""
     gi, h0, c0, w, b, lengths, dy, dh, dc = _case(mode, True, 1.0, seed=5)
     g = torch.Generator().manual_seed(6)
     if case == "inexact":      # W_hh on 2**-22: 2**11 W h needs more than 24 bits
         w = torch.floor(0.4 * torch.randn(w.shape, generator=g) * 2.0 ** 22 + 0.5) / 2.0 ** 22
+    if case == "exact_float":  # W_hh on 2**-9 up to ~1.5: exact sums, but not int8 at 2**-9
+        w = torch.floor(0.5 * torch.randn(w.shape, generator=g) * 2.0 ** 9 + 0.5) / 2.0 ** 9
     if case == "clamp_pre":    # gates near the int16 edge: gi + gh can leave it
         gi = torch.floor(15.9 * torch.tanh(3 * torch.randn(gi.shape, generator=g)) * 2048
                          + 0.5) / 2048
     lengths = lengths if packed else None
     bounds = _spy(monkeypatch, rnn_train, "_gate_bounds")
+    int8 = _spy(monkeypatch, rnn_train, "_int8_weights")
     results = _run_both(
         lambda *a: rnn_train.direction(mode, *a, lengths, False, 8),
         lambda *a: _reference(mode, *a, lengths, 8), [gi, h0, c0, w, b], mode, dy, dh, dc)
     clamp_gh, clamp_pre, exact = bounds[0]
-    assert (exact, clamp_pre) == {"exact": (True, False), "inexact": (False, False),
-                                  "clamp_pre": (True, True)}[case]
+    assert (exact, clamp_pre) == {"exact": (True, False), "exact_float": (True, False),
+                                  "inexact": (False, False), "clamp_pre": (True, True)}[case]
     assert not clamp_gh
+    if mode == "LSTM" and exact:
+        assert (int8[0] is None) == (case == "exact_float")
     _assert_same(mode, results)
 
 
