@@ -117,7 +117,8 @@ def _hh_bound(w_hh, b_hh, exp_h: int, bits_h: int) -> float:
     return (float(r.max()) if r.numel() else 0.0) * (2.0 ** GATE_Q * (1 + 2.0 ** -10)) + 1.0
 
 
-def _gate_bounds(gh: float, gq_abs: float, w_hh, b_hh, h0, exp_h: int, bits_h: int) -> tuple:
+def _gate_bounds(gh: float, gq_abs: float, w_hh, b_hh, h0, exp_h: int, bits_h: int,
+                 lstm: bool) -> tuple:
     """``(clamp gh, clamp pre, exact)`` given ``gh`` (:func:`_hh_bound`) and ``gq_abs``, a bound
     on the rounded input gates ``|gq|`` (integer units):
 
@@ -129,13 +130,13 @@ def _gate_bounds(gh: float, gq_abs: float, w_hh, b_hh, h0, exp_h: int, bits_h: i
       ``2**-m`` with every partial sum below ``2**digits`` units (``digits`` 24 for float32).
       Then one ``addmm`` gives the gates before their ``floor`` (no separate rounding of
       ``gh``), and the matrix product may take the fastest layout (float sums in any order
-      give the same, exact, value)."""
+      give the same, exact, value). Only the LSTM uses it (False for a GRU: no checks)."""
     bound = gh + gq_abs
     w, b = w_hh.detach(), None if b_hh is None else b_hh.detach()
     digits = 2 - math.frexp(torch.finfo(w.dtype).eps)[1]       # significand bits: 24 (float32)
     m = digits - math.frexp(bound)[1] if math.isfinite(bound) else 0
     # on the grid 2**-m: (the float products by powers of two are exact, as is b + 1/2 there)
-    exact = m >= 1 and _integral(w, 2.0 ** (GATE_Q - exp_h + m)) and \
+    exact = lstm and m >= 1 and _integral(w, 2.0 ** (GATE_Q - exp_h + m)) and \
         (b is None or _integral(b, 2.0 ** (GATE_Q + m)))
     if exact and h0.numel():
         hmax = max(-numerics.qmin(bits_h), numerics.qmax(bits_h))   # as in _hh_bound
@@ -483,7 +484,7 @@ def _gradient_start(dh_t, dym, last):
     return last.copy_(dh_t) if dym is None else torch.add(dh_t, dym[-1], out=last)
 
 
-def _gates(gi, half, b_ih, gi_abs, w_hh, b_hh, h0, k, exp_h, bits_h):
+def _gates(gi, half, b_ih, gi_abs, w_hh, b_hh, h0, k, exp_h, bits_h, lstm):
     """The input gates on Q11 (integer units) and what the loop needs to know about them:
     ``(gates, mask, raw, (clamp gh, clamp gi + gh, exact), half)`` (see :func:`_gate_bounds`).
     Usually nothing saturates: then ``gates`` is ``gi`` itself (``raw`` True) and the loop
@@ -504,13 +505,14 @@ def _gates(gi, half, b_ih, gi_abs, w_hh, b_hh, h0, k, exp_h, bits_h):
             gi_max = max(abs(float(v)) for v in _extremes(gi))
             gq_abs = (gi_max + babs) * 2.0 ** GATE_Q + 0.5
         if gq_abs <= _I16[1]:
-            return gi, None, True, _gate_bounds(gh, gq_abs, w_hh, b_hh, h0, exp_h, bits_h), \
-                half
+            return gi, None, True, _gate_bounds(gh, gq_abs, w_hh, b_hh, h0, exp_h, bits_h,
+                                                lstm), half
         if b_ih is not None:                          # may saturate: the gates with their bias
             gi = gi + b_ih                            # (exact, see _projection_bound)
         half = k.half
     low, high = (float(_round(v, 2.0 ** GATE_Q, k)) for v in _extremes(gi))
-    clamps = _gate_bounds(gh, min(max(-low, high), 2.0 ** 15), w_hh, b_hh, h0, exp_h, bits_h)
+    clamps = _gate_bounds(gh, min(max(-low, high), 2.0 ** 15), w_hh, b_hh, h0, exp_h, bits_h,
+                          lstm)
     if low >= _I16[0] and high <= _I16[1]:
         return gi, None, True, clamps, half
     gq, m_gi = _clamp_mask(_round(gi, 2.0 ** GATE_Q, k), *_I16)
@@ -580,7 +582,7 @@ class RecurrentDirection(torch.autograd.Function):
                 gi = torch.mm(x2, w_ih.t()).view(steps, n, w_ih.shape[0])
                 half = k.half if b_ih is None else b_ih * 2.0 ** GATE_Q + 0.5
             gq, m_gi, raw, clamps, half = _gates(gi, half, b_ih, gi_abs, w_hh, b_hh, h0, k,
-                                                 exp_h, bits_h)
+                                                 exp_h, bits_h, lstm)
             if lstm:
                 y, h, c, bufs, sat = _lstm_forward(gq, h0, c0, w_hh, b_hh, active, exp_h,
                                                    bits_h, k, *clamps, raw, half)
