@@ -253,6 +253,25 @@ def test_fused_batchnorm_matches_its_autograd_definition(shape, frozen, clamps, 
             assert torch.allclose(a, b, rtol=1e-5, atol=1e-6 * float(b.abs().max()))
 
 
+@pytest.mark.parametrize("tensor_path", [False, True])
+def test_float64_batchnorm_leaves_its_input_alone(tensor_path):
+    """The float64 sums of squares were taken in place on ``x.double()``, which for a float64
+    input is ``x`` itself: the layer squared its input (and the model diverged to inf)."""
+    torch.manual_seed(0)
+    bn = linger.init(nn.Sequential(nn.BatchNorm2d(6).double()))[0]
+    ref_bn = copy.deepcopy(bn)
+    q = torch.clamp(torch.floor(torch.randn(4, 6, 5, 5, dtype=torch.float64) * 16 + 0.5),
+                    -128, 127) / 16
+    x = q.clone()
+    with fn.tensor_path(tensor_path):
+        y = batchnorm_train(bn, QTensor.wrap(x, 4, 8))
+        y_ref = _bn_reference(ref_bn, QTensor.wrap(q.clone(), 4, 8))
+    assert torch.equal(x, q)
+    assert y.dtype == torch.float64 and torch.equal(y, y_ref)
+    mean = q.mean((0, 2, 3))
+    assert torch.allclose(bn.running_mean, 0.1 * mean.to(bn.running_mean.dtype))
+
+
 @pytest.mark.parametrize("exp,bits", [(4, 8), (-3, 8), (9, 16), (0, 4)])
 def test_batch_statistics_are_correctly_rounded(exp, bits):
     torch.manual_seed(0)

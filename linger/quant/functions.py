@@ -109,7 +109,7 @@ def fake_quant(x: torch.Tensor, exp, bits: int, owned: bool = False) -> torch.Te
     exp = int(exp)
     if x.dtype in _FAST_DTYPES:
         if _inside(x, exp, bits):      # nothing saturates: rounding only, gradient 1
-            return (_FakeRoundInplace if owned else _FakeRound).apply(x, exp)
+            return _round_untracked(x, exp, owned)
         if bits <= 16:
             return _FakeQuant.apply(x, exp, bits)
     return _FakeQuantMask.apply(x, exp, bits)
@@ -254,19 +254,21 @@ class _FakeClamp(torch.autograd.Function):
         return _ste_backward(grad, x, ctx.bounds), None, None
 
 
-class _FakeRoundInplace(torch.autograd.Function):
-    """:class:`_FakeRound` written into ``x`` itself (``x``: a fresh result that nothing else
-    uses; the backward needs nothing saved)."""
-
-    @staticmethod
-    def forward(ctx, x, exp):
-        ctx.mark_dirty(x)
+def _round_untracked(x: torch.Tensor, exp: int, owned: bool) -> torch.Tensor:
+    """``floor(x * 2**n + 0.5) * 2**-n`` with gradient 1 everywhere (a rounding that cannot
+    saturate), without an autograd function: the rounding is written, unrecorded, into ``x``
+    itself when it is ``owned`` (a fresh result of an op, nothing else holds it), else into a
+    recorded ``clone`` of ``x``; autograd then passes the gradient through unchanged, as the
+    straight-through estimator does. Only the values change in place, so an op that saved ``x``
+    for its backward would still be caught by autograd's version check."""
+    if not x.requires_grad:
+        return _FakeRound.forward(None, x, exp)
+    if not owned or x.grad_fn is None:               # (a leaf is never written)
+        x = x.clone()
+    with torch.no_grad():
         torch.add(_HALF, x, alpha=2.0 ** exp, out=x)
-        return x.floor_().mul_(2.0 ** -exp)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None
+        x.floor_().mul_(2.0 ** -exp)
+    return x
 
 
 class _FakeRound(torch.autograd.Function):
@@ -343,7 +345,14 @@ _SMALL = 1 << 15  # below this many elements one aminmax call beats two reductio
 
 
 def _bounds(x: torch.Tensor) -> tuple:
-    """``(min, max)`` of ``x`` as Python floats (exact), remembered for :func:`_inside`."""
+    """``(min, max)`` of ``x`` as Python floats (exact), remembered for :func:`_inside`. CPU
+    float32/float64: numpy's reductions on the same memory (faster than torch's here; both
+    return NaN when ``x`` has one)."""
+    if x.dtype in _FAST_DTYPES and x.numel():
+        a = x.numpy(force=True)                      # a view: x is on the CPU
+        lo, hi = float(a.min()), float(a.max())
+        _remember(x, lo, hi)
+        return lo, hi
     d = x.detach()
     if d.numel() <= _SMALL:
         lo_t, hi_t = torch.aminmax(d)
