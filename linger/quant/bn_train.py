@@ -47,17 +47,20 @@ import torch.distributed as dist
 from .. import numerics
 from ..errors import NumericError
 from . import two_stage
-from .functions import (_FAST_DTYPES, _distributed, _ste_backward, _ste_bounds, channel_affine,
-                        exponent_for_range_t, exponent_for_range_value, observe_bounds, saturates,
-                        scalar_path)
-from .qtensor import QTensor
+from .functions import (_FAST_DTYPES, REDUCE_DIMS, _distributed, _ste_backward, _ste_bounds,
+                        channel_affine, exponent_for_range_t, exponent_for_range_value,
+                        fake_quant_small, observe_bounds, saturates, scalar_path)
+from .qtensor import CHANNEL_BOUNDS_ATTR, QTensor
 
 
 def batchnorm_train(bn, xq):
     """Training forward of quantized BatchNorm ``bn`` on its quantized input ``xq``: the
     quantized output (a QTensor); updates the running statistics unless they are frozen."""
     out = [None]
-    y = _BNTrain.apply(xq.plain(), bn.weight, bn.bias, (bn, xq.raw_exp, xq.bits, out))
+    x = xq.plain()
+    cb = xq.__dict__.get(CHANNEL_BOUNDS_ATTR)        # (min, max, version) left by the producer
+    bounds = cb[:2] if cb is not None and cb[2] == x._version else None
+    y = _BNTrain.apply(x, bn.weight, bn.bias, (bn, xq.raw_exp, xq.bits, bounds, out))
     if out[0] is None:             # not fused: y = x * aq + cq, quantized by the layer
         return bn.quant_output_train(y, owned=True)
     return QTensor.wrap(y, out[0], bn.linger_cfg.out_bits)
@@ -68,10 +71,10 @@ class _BNTrain(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, gamma, beta, args):
-        bn, exp_x, bits_x, out = args
+        bn, exp_x, bits_x, bounds, out = args
         frozen = two_stage.bn_stats_frozen()
         if x.dtype in _FAST_DTYPES and scalar_path(x):
-            return _forward_cpu(ctx, bn, x, gamma, beta, exp_x, bits_x, frozen, out)
+            return _forward_cpu(ctx, bn, x, gamma, beta, exp_x, bits_x, bounds, frozen, out)
         if frozen:  # linger.SetBnMomentumUpdate(True): train with the running statistics
             mean, var = bn.running_mean.detach(), bn.running_var.detach()
         else:
@@ -122,13 +125,14 @@ class _BNTrain(torch.autograd.Function):
         return gx, t(g_a / s), t(g_c), None
 
 
-def _forward_cpu(ctx, bn, x, gamma, beta, exp_x, bits_x, frozen, out):
+def _forward_cpu(ctx, bn, x, gamma, beta, exp_x, bits_x, bounds, frozen, out):
     """:class:`_BNTrain`'s forward on the CPU: per-channel values in numpy, the output
-    quantization fused when it can be (:func:`_fused_out`)."""
+    quantization fused when it can be (:func:`_fused_out`). ``bounds``: the per-channel min and
+    max of ``x`` when its producer already read them (else None)."""
     if isinstance(exp_x, torch.Tensor):              # a CPU exponent: reading it costs nothing
         exp_x = int(exp_x)
     d = x.detach()
-    red = _channel_reductions(d, exp_x, bits_x, frozen)
+    red = _channel_reductions(d, exp_x, bits_x, frozen, bounds)
     if frozen:  # linger.SetBnMomentumUpdate(True): train with the running statistics
         mean, var = bn.running_mean.detach().numpy(), bn.running_var.detach().numpy()
     else:
@@ -164,8 +168,8 @@ def _quantized_affine(xp, bn, gamma, beta, mean, var, exp_x):
         unclamped = (c >= -vb) & (c <= vb)
         c = xp.minimum(xp.maximum(c, -vb), vb) if xp is np else c.clamp(-vb, vb)
     na = _weight_exp(bn, a, xp is np)
-    aq, inside_a = _fq(xp, a, na, bn.linger_cfg.parameter_bits)
-    cq, inside_c = _fq(xp, c, exp_x + na, numerics.BIAS_BITS)
+    aq, inside_a = fake_quant_small(xp, a, na, bn.linger_cfg.parameter_bits)
+    cq, inside_c = fake_quant_small(xp, c, exp_x + na, numerics.BIAS_BITS)
     return s, a, unclamped, na, aq, inside_a, cq, inside_c
 
 
@@ -228,32 +232,16 @@ def _weight_exp(bn, a, on_cpu: bool):
     return n if floor is None else max(n, floor)
 
 
-def _fq(xp, t, exp, bits):
-    """``(fake-quantized values, inside mask)`` of a small tensor: the arithmetic of
-    ``functions._FakeQuantMask`` (int ``exp``) or ``functions._FakeQuantT`` (tensor ``exp``)."""
-    if isinstance(exp, torch.Tensor):
-        e = exp.to(t.dtype)
-        up, down = torch.exp2(e), torch.exp2(-e)
-    else:
-        up, down = 2.0 ** exp, 2.0 ** -exp
-    v = xp.floor(t * up + 0.5)
-    q = xp.minimum(xp.maximum(v, numerics.qmin(bits)), numerics.qmax(bits)) if xp is np \
-        else v.clamp(numerics.qmin(bits), numerics.qmax(bits))
-    return q * down, q == v
-
-
 # -- batch statistics ---------------------------------------------------------------------------
 
-#: the dimensions a per-channel statistic reduces, by rank: all but dim 1
-_REDUCE_DIMS = {r: [0] + list(range(2, r)) for r in range(2, 9)}
 
-
-def _channel_reductions(x: torch.Tensor, exp, bits, frozen: bool):
+def _channel_reductions(x: torch.Tensor, exp, bits, frozen: bool, bounds=None):
     """Per-channel ``(S1, S2, min, max)`` of ``x`` as numpy arrays (``S1, S2`` in float64, None
-    when ``frozen``; min and max in ``x``'s dtype): the sums over ``(sample, channel)`` rows in
-    float32 when that is exact (:func:`_exact_rows`), else in float64. CPU only."""
+    when ``frozen``; min and max in ``x``'s dtype, ``bounds`` when given): the sums over
+    ``(sample, channel)`` rows in float32 when that is exact (:func:`_exact_rows`), else in
+    float64. CPU only."""
     d = x.detach()
-    dims = _REDUCE_DIMS[x.dim()]
+    dims = REDUCE_DIMS[x.dim()]
     rows = None if frozen else _exact_rows(d, exp, bits)
     if rows is not None:
         xv, shape = rows                                 # (N * C * chunks, k), (N, C, -1)
@@ -264,6 +252,8 @@ def _channel_reductions(x: torch.Tensor, exp, bits, frozen: bool):
         s1, s2 = xx.sum(dims).numpy(), xx.square_().sum(dims).numpy()
     else:
         s1 = s2 = None
+    if bounds is not None:
+        return s1, s2, bounds[0], bounds[1]
     return s1, s2, d.amin(dims).numpy(), d.amax(dims).numpy()
 
 
@@ -275,7 +265,7 @@ def batch_moments(x: torch.Tensor, red, on_cpu: bool):
     if on_cpu:
         s1, s2 = red[0], red[1]
     else:
-        dims = _REDUCE_DIMS[x.dim()]
+        dims = REDUCE_DIMS[x.dim()]
         xx = x.detach().to(torch.float64, copy=True)     # (squared in place below)
         s1, s2 = xx.sum(dims), xx.square_().sum(dims)
     mean, var = _mean_var(s1, s2, n, x.dtype, on_cpu)

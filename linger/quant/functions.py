@@ -63,12 +63,14 @@ def tensor_path(enabled: bool = True):
 
 def scalar_path(t: torch.Tensor) -> bool:
     """True when statistics of ``t`` are handled as Python numbers (CPU, eager)."""
-    return t.device.type == "cpu" and not _FORCE_TENSOR_PATH[0] \
-        and not torch.compiler.is_compiling()
+    return t.is_cpu and not _FORCE_TENSOR_PATH[0] and not torch.compiler.is_compiling()
+
+
+_DIST = dist.is_available()
 
 
 def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return _DIST and dist.is_initialized() and dist.get_world_size() > 1
 
 
 # -- the exponent rule on tensors ---------------------------------------------------------------
@@ -258,16 +260,17 @@ def _round_untracked(x: torch.Tensor, exp: int, owned: bool) -> torch.Tensor:
     """``floor(x * 2**n + 0.5) * 2**-n`` with gradient 1 everywhere (a rounding that cannot
     saturate), without an autograd function: the rounding is written, unrecorded, into ``x``
     itself when it is ``owned`` (a fresh result of an op, nothing else holds it), else into a
-    recorded ``clone`` of ``x``; autograd then passes the gradient through unchanged, as the
+    recorded ``clone`` of ``x`` (written through ``detach()``, which shares the memory and the
+    version counter); autograd then passes the gradient through unchanged, as the
     straight-through estimator does. Only the values change in place, so an op that saved ``x``
     for its backward would still be caught by autograd's version check."""
     if not x.requires_grad:
         return _FakeRound.forward(None, x, exp)
     if not owned or x.grad_fn is None:               # (a leaf is never written)
         x = x.clone()
-    with torch.no_grad():
-        torch.add(_HALF, x, alpha=2.0 ** exp, out=x)
-        x.floor_().mul_(2.0 ** -exp)
+    d = x.detach()                                   # same memory and version counter
+    torch.add(_HALF, d, alpha=2.0 ** exp, out=d)
+    d.floor_().mul_(2.0 ** -exp)
     return x
 
 
@@ -309,6 +312,21 @@ class _Clip(torch.autograd.Function):
         return _ste_backward(grad, x, ctx.bounds), None, None
 
 
+def fake_quant_small(xp, t, exp, bits: int):
+    """``(fake-quantized values, inside mask)`` of a small array or tensor (``xp``: numpy or
+    torch): the arithmetic of :class:`_FakeQuantMask` (int ``exp``) or :class:`_FakeQuantT`
+    (tensor ``exp``), the same IEEE operations in the same order, so the same values."""
+    if isinstance(exp, torch.Tensor):
+        e = exp.to(t.dtype)
+        up, down = torch.exp2(e), torch.exp2(-e)
+    else:
+        up, down = 2.0 ** exp, 2.0 ** -exp
+    v = xp.floor(t * up + 0.5)
+    q = xp.minimum(xp.maximum(v, numerics.qmin(bits)), numerics.qmax(bits)) if xp is np \
+        else v.clamp(numerics.qmin(bits), numerics.qmax(bits))
+    return q * down, q == v
+
+
 # -- bounds of the last statistic: skip the clamp and the gradient mask when nothing saturates
 
 _SEEN = threading.local()
@@ -342,6 +360,20 @@ def batch_absmax(x: torch.Tensor) -> torch.Tensor:
 
 
 _SMALL = 1 << 15  # below this many elements one aminmax call beats two reductions
+
+
+#: the dimensions a per-channel statistic reduces, by rank: all but dim 1
+REDUCE_DIMS = {r: [0] + list(range(2, r)) for r in range(2, 9)}
+
+
+def channel_bounds(x: torch.Tensor) -> tuple:
+    """Per-channel (dim 1) ``(min, max)`` of CPU ``x`` as numpy arrays; the whole batch's
+    bounds (their min and max) are remembered for :func:`_inside`, as :func:`_bounds` does."""
+    d = x.detach()
+    dims = REDUCE_DIMS[x.dim()]
+    cmin, cmax = d.amin(dims).numpy(), d.amax(dims).numpy()
+    _remember(x, float(cmin.min()), float(cmax.max()))
+    return cmin, cmax
 
 
 def _bounds(x: torch.Tensor) -> tuple:
@@ -379,17 +411,12 @@ def _absmax_of(lo: float, hi: float, nonneg: bool) -> float:
 
 def _batch_absmax_of(lo: float, hi: float, nonneg: bool) -> float:
     """:func:`batch_absmax` from a batch's min and max: float32, the maximum over DDP ranks."""
-    m = _f32(_absmax_of(lo, hi, nonneg))
+    m = float(np.float32(_absmax_of(lo, hi, nonneg)))
     if _distributed():
         t = torch.tensor(m, dtype=torch.float32)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         m = float(t)
     return m
-
-
-def _f32(v: float) -> float:
-    """``v`` rounded to the nearest float32 (as a Python float)."""
-    return float(np.float32(v))
 
 
 @torch.no_grad()
@@ -410,14 +437,22 @@ def _blend_value(r: float, ready: bool, m: float, momentum: float, dtype) -> flo
     (dtype ``R``) times a scalar in ``R``, the float32 batch maximum times a scalar in float32,
     the sum in ``R``. Each float32 operation is computed in float64 and rounded once, which is
     the correctly rounded float32 result (float64 has more than 2 * 24 + 2 bits)."""
-    R = float if dtype == torch.float64 else _f32
+    f32 = np.float32
+    if dtype == torch.float64:
+        if not ready:
+            return m
+        if not (abs(r) < 1e38 and abs(m) < 1e38):   # near float32 overflow: let numpy say inf
+            with np.errstate(over="ignore", invalid="ignore"):
+                return float(np.float64(r) * (1.0 - momentum)
+                             + np.float64(f32(m) * f32(momentum)))
+        return r * (1.0 - momentum) + float(f32(m * float(f32(momentum))))
     if not ready:
-        return R(m)
+        return float(f32(m))
     if not (abs(r) < 1e38 and abs(m) < 1e38):       # near float32 overflow: let numpy say inf
-        N = np.float64 if dtype == torch.float64 else np.float32
         with np.errstate(over="ignore", invalid="ignore"):
-            return float(N(r) * N(1.0 - momentum) + N(np.float32(m) * np.float32(momentum)))
-    return R(R(r * R(1.0 - momentum)) + _f32(m * _f32(momentum)))
+            return float(f32(r) * f32(1.0 - momentum) + f32(f32(m) * f32(momentum)))
+    return float(f32(float(f32(r * float(f32(1.0 - momentum))))
+                     + float(f32(m * float(f32(momentum))))))
 
 
 def exponent_for_range_value(r: float, bits: int) -> int:
@@ -480,7 +515,8 @@ def saturates(lo: float, hi: float, exp: int, bits: int) -> bool:
     """Some value in ``[lo, hi]`` saturates at ``(exp, bits)``: ``x * 2**exp`` outside
     ``[qmin - 0.5, qmax + 0.5)``."""
     s = 2.0 ** exp                                   # exact products in float64
-    return not (lo * s >= numerics.qmin(bits) - 0.5 and hi * s < numerics.qmax(bits) + 0.5)
+    top = 1 << (bits - 1)                            # -qmin, qmax + 1
+    return not (lo * s >= -top - 0.5 and hi * s < top - 0.5)
 
 
 def weight_exponent(w: torch.Tensor, bits: int, min_exp=None, where=None):

@@ -155,6 +155,10 @@ def _code_name(code) -> str:
     return m.group(1) if m else code.co_name
 
 
+#: (code object, line, op) -> site name without the call count: the name is a function of these
+_SITE_NAMES: dict = {}
+
+
 def site_key(frame: Frame, op: str) -> str:
     """The stable site name of ``op`` executed now in ``frame``'s module (see module docstring)."""
     if type(frame.module).__module__.startswith("torch."):
@@ -163,7 +167,13 @@ def site_key(frame: Frame, op: str) -> str:
         f = sys._getframe(1)
         while f is not None and f.f_code.co_filename.startswith((_TORCH_DIR, _QUANT_DIR)):
             f = f.f_back
-        base = op if f is None else f"{op}_{_sanitize(_code_name(f.f_code))}_L{f.f_lineno}"
+        if f is None:
+            base = op
+        else:
+            key = (f.f_code, f.f_lineno, op)
+            base = _SITE_NAMES.get(key)
+            if base is None:
+                base = _SITE_NAMES[key] = f"{op}_{_sanitize(_code_name(f.f_code))}_L{f.f_lineno}"
     k = frame.counts.get(base, 0) + 1
     frame.counts[base] = k
     return base if k == 1 else f"{base}_call{k}"
