@@ -147,7 +147,7 @@ class QuantMixin:
         nonneg = self.__dict__.get(two_stage.AHEAD_RELU_ATTR, False)
         if not (owned and y.dim() >= 3 and y.dtype in _FAST_DTYPES and scalar_path(y)):
             exp = self._observe("output", y, bits, min_exp=min_exp, nonneg=nonneg)
-            return QTensor.wrap(fake_quant(y, exp, bits, owned), exp, bits)
+            return QTensor.adopt(fake_quant(y, exp, bits, owned), exp, bits)  # a fresh tensor
         # a conv's output: per-channel bounds, which give the batch's bounds for the statistic
         # and, quantized (a monotone map), those of the output for a BatchNorm that follows
         cmin, cmax = channel_bounds(y)
@@ -159,9 +159,10 @@ class QuantMixin:
                                      f" the data and the learning rate (quantization needs"
                                      f" finite values)")
         y = fake_quant(y, exp, bits, owned)
-        out = QTensor.wrap(y, exp, bits)
+        version = y._version
+        out = QTensor.adopt(y, exp, bits)
         qb = fake_quant_small(np, np.stack([cmin, cmax]), exp, bits)[0]
-        out.__dict__[CHANNEL_BOUNDS_ATTR] = (qb[0], qb[1], y._version)
+        out.__dict__[CHANNEL_BOUNDS_ATTR] = (qb[0], qb[1], version)
         return out
 
     def int_output(self, acc: torch.Tensor, exp_acc: int, like: torch.Tensor):

@@ -49,7 +49,7 @@ from ..errors import NumericError
 from . import two_stage
 from .functions import (_FAST_DTYPES, REDUCE_DIMS, _distributed, _ste_backward, _ste_bounds,
                         channel_affine, exponent_for_range_t, exponent_for_range_value,
-                        fake_quant_small, observe_bounds, saturates, scalar_path)
+                        fake_quant_small, observe_bounds, pow2, saturates, scalar_path)
 from .qtensor import CHANNEL_BOUNDS_ATTR, QTensor
 
 
@@ -63,7 +63,7 @@ def batchnorm_train(bn, xq):
     y = _BNTrain.apply(x, bn.weight, bn.bias, (bn, xq.raw_exp, xq.bits, bounds, out))
     if out[0] is None:             # not fused: y = x * aq + cq, quantized by the layer
         return bn.quant_output_train(y, owned=True)
-    return QTensor.wrap(y, out[0], bn.linger_cfg.out_bits)
+    return QTensor.adopt(y, out[0], bn.linger_cfg.out_bits)   # the function's fresh output
 
 
 class _BNTrain(torch.autograd.Function):
@@ -214,7 +214,7 @@ def _fused_out(ctx, bn, x, exp_y: int, aq, cq, red):
     v.floor_()
     if sat:
         v.clamp_(numerics.qmin(bits), numerics.qmax(bits))
-    return v.mul_(2.0 ** -n), n
+    return v.mul_(pow2(-n, v.dtype)), n
 
 
 def _weight_exp(bn, a, on_cpu: bool):

@@ -175,6 +175,20 @@ def _ste_bounds(exp: int, bits: int, dtype) -> tuple:
 _HALF = torch.tensor(0.5)  # a CPU scalar: broadcasts to any device and dtype
 
 
+_POW2: dict = {}
+
+
+def pow2(n: int, dtype) -> torch.Tensor:
+    """``2**n`` as a 0-dim CPU tensor of ``dtype`` (cached): ``x.mul_(pow2(-n, x.dtype))`` is
+    ``x.mul_(2.0 ** -n)`` -- the same rounding of the same float -- without converting a Python
+    number on every call (which costs more than the multiplication of a small tensor)."""
+    key = (n, dtype)
+    t = _POW2.get(key)
+    if t is None:
+        t = _POW2[key] = torch.tensor(2.0 ** n, dtype=dtype)
+    return t
+
+
 def _scaled_plus_half(x: torch.Tensor, exp: int) -> torch.Tensor:
     """``x * 2**exp + 0.5`` as a new tensor in one pass (``0.5 + 2**exp * x``): the product is
     exact (a power of two), so the single rounding of the sum is the one
@@ -270,7 +284,7 @@ def _round_untracked(x: torch.Tensor, exp: int, owned: bool) -> torch.Tensor:
         x = x.clone()
     d = x.detach()                                   # same memory and version counter
     torch.add(_HALF, d, alpha=2.0 ** exp, out=d)
-    d.floor_().mul_(2.0 ** -exp)
+    d.floor_().mul_(pow2(-exp, d.dtype))
     return x
 
 
@@ -279,7 +293,7 @@ class _FakeRound(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, exp):
-        return _scaled_plus_half(x, exp).floor_().mul_(2.0 ** -exp)
+        return _scaled_plus_half(x, exp).floor_().mul_(pow2(-exp, x.dtype))
 
     @staticmethod
     def backward(ctx, grad):
