@@ -43,8 +43,11 @@ class _WeightedQuant(QuantMixin):
         if self.training:
             w, nw = self.fake_weight(weight)
             b = None if bias is None else fake_quant(bias, xq.raw_exp + nw, numerics.BIAS_BITS)
-            with torch._C.DisableTorchFunctionSubclass():  # xq as the plain tensor it is
-                y = self._float_op(xq, w, b)                 # (no alias of xq in the graph)
+            if torch.compiler.is_compiling():
+                y = self._float_op(xq.plain(), w, b)
+            else:
+                with torch._C.DisableTorchFunctionSubclass():  # xq as the plain tensor it is
+                    y = self._float_op(xq, w, b)               # (no alias of xq in the graph)
             return self.quant_output_train(y, owned=True)
         nx = xq.int_exp()
         qw, nw = self.int_weight(weight)

@@ -57,9 +57,10 @@ class QTensor(torch.Tensor):
     def adopt(t: torch.Tensor, exp, bits) -> "QTensor":
         """:meth:`wrap` for a fresh result ``t`` that nothing else refers to (a layer's own
         output): ``t`` itself becomes the QTensor, so the graph gets no alias node (one less op
-        forward and backward). Anything but a plain ``torch.Tensor`` is wrapped instead. (torch
+        forward and backward). Anything but a plain ``torch.Tensor``, and anything under
+        ``torch.compile``, is wrapped instead. (torch
         itself turns tensors into their final class this way: ``UninitializedParameter``.)"""
-        if type(t) is not torch.Tensor:
+        if type(t) is not torch.Tensor or torch.compiler.is_compiling():
             return QTensor.wrap(t, exp, bits)
         t.__class__ = QTensor
         t.raw_exp = exp if exp is None or isinstance(exp, torch.Tensor) else int(exp)
