@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from .. import numerics
 from ..config import QuantConfig
 from ..errors import NotCalibratedError, NumericError
 from . import trace, two_stage
-from .functions import (_FAST_DTYPES, channel_bounds, fake_quant, fake_quant_small, observe,
-                        observe_bounds, scalar_path, weight_exponent)
-from .qtensor import CHANNEL_BOUNDS_ATTR, QTensor
+from .functions import fake_quant, observe, weight_exponent
+from .qtensor import QTensor
 
 #: Names of the buffers every quantized layer owns (suffixes of state_dict keys).
 STATE_BUFFERS = ("input_range", "input_ready", "input_exp", "output_range", "output_ready",
@@ -143,27 +141,9 @@ class QuantMixin:
         bits = self.linger_cfg.out_bits
         # two-stage flow: an "ahead ReLU" layer takes its range from relu(y); the
         # normalize_output_value v caps the range (exponent >= floor). See two_stage.py.
-        min_exp = two_stage.output_min_exp(self, bits)
-        nonneg = self.__dict__.get(two_stage.AHEAD_RELU_ATTR, False)
-        if not (owned and y.dim() >= 3 and y.dtype in _FAST_DTYPES and scalar_path(y)):
-            exp = self._observe("output", y, bits, min_exp=min_exp, nonneg=nonneg)
-            return QTensor.adopt(fake_quant(y, exp, bits, owned), exp, bits)  # a fresh tensor
-        # a conv's output: per-channel bounds, which give the batch's bounds for the statistic
-        # and, quantized (a monotone map), those of the output for a BatchNorm that follows
-        cmin, cmax = channel_bounds(y)
-        buf = self._buffers
-        exp = observe_bounds(buf["output_range"], buf["output_ready"], buf["output_exp"],
-                             float(cmin.min()), float(cmax.max()), bits,
-                             self.linger_cfg.momentum, min_exp, nonneg,
-                             lambda: f"{self._where()}: output contains NaN or infinity; check"
-                                     f" the data and the learning rate (quantization needs"
-                                     f" finite values)")
-        y = fake_quant(y, exp, bits, owned)
-        version = y._version
-        out = QTensor.adopt(y, exp, bits)
-        qb = fake_quant_small(np, np.stack([cmin, cmax]), exp, bits)[0]
-        out.__dict__[CHANNEL_BOUNDS_ATTR] = (qb[0], qb[1], version)
-        return out
+        exp = self._observe("output", y, bits, min_exp=two_stage.output_min_exp(self, bits),
+                            nonneg=self.__dict__.get(two_stage.AHEAD_RELU_ATTR, False))
+        return QTensor.adopt(fake_quant(y, exp, bits, owned), exp, bits)  # a fresh tensor
 
     def int_output(self, acc: torch.Tensor, exp_acc: int, like: torch.Tensor):
         """Requantize an exact float64 integer accumulator at exponent ``exp_acc`` to the output.

@@ -50,17 +50,14 @@ from . import two_stage
 from .functions import (_FAST_DTYPES, REDUCE_DIMS, _distributed, _ste_backward, _ste_bounds,
                         channel_affine, exponent_for_range_t, exponent_for_range_value,
                         fake_quant_small, observe_bounds, pow2, saturates, scalar_path)
-from .qtensor import CHANNEL_BOUNDS_ATTR, QTensor
+from .qtensor import QTensor
 
 
 def batchnorm_train(bn, xq):
     """Training forward of quantized BatchNorm ``bn`` on its quantized input ``xq``: the
     quantized output (a QTensor); updates the running statistics unless they are frozen."""
     out = [None]
-    x = xq.plain()
-    cb = xq.__dict__.get(CHANNEL_BOUNDS_ATTR)        # (min, max, version) left by the producer
-    bounds = cb[:2] if cb is not None and cb[2] == x._version else None
-    y = _BNTrain.apply(x, bn.weight, bn.bias, (bn, xq.raw_exp, xq.bits, bounds, out))
+    y = _BNTrain.apply(xq.plain(), bn.weight, bn.bias, (bn, xq.raw_exp, xq.bits, out))
     if out[0] is None:             # not fused: y = x * aq + cq, quantized by the layer
         return bn.quant_output_train(y, owned=True)
     return QTensor.adopt(y, out[0], bn.linger_cfg.out_bits)   # the function's fresh output
@@ -71,10 +68,10 @@ class _BNTrain(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, gamma, beta, args):
-        bn, exp_x, bits_x, bounds, out = args
+        bn, exp_x, bits_x, out = args
         frozen = two_stage.bn_stats_frozen()
         if x.dtype in _FAST_DTYPES and scalar_path(x):
-            return _forward_cpu(ctx, bn, x, gamma, beta, exp_x, bits_x, bounds, frozen, out)
+            return _forward_cpu(ctx, bn, x, gamma, beta, exp_x, bits_x, frozen, out)
         if frozen:  # linger.SetBnMomentumUpdate(True): train with the running statistics
             mean, var = bn.running_mean.detach(), bn.running_var.detach()
         else:
@@ -125,14 +122,13 @@ class _BNTrain(torch.autograd.Function):
         return gx, t(g_a / s), t(g_c), None
 
 
-def _forward_cpu(ctx, bn, x, gamma, beta, exp_x, bits_x, bounds, frozen, out):
+def _forward_cpu(ctx, bn, x, gamma, beta, exp_x, bits_x, frozen, out):
     """:class:`_BNTrain`'s forward on the CPU: per-channel values in numpy, the output
-    quantization fused when it can be (:func:`_fused_out`). ``bounds``: the per-channel min and
-    max of ``x`` when its producer already read them (else None)."""
+    quantization fused when it can be (:func:`_fused_out`)."""
     if isinstance(exp_x, torch.Tensor):              # a CPU exponent: reading it costs nothing
         exp_x = int(exp_x)
     d = x.detach()
-    red = _channel_reductions(d, exp_x, bits_x, frozen, bounds)
+    red = _channel_reductions(d, exp_x, bits_x, frozen)
     if frozen:  # linger.SetBnMomentumUpdate(True): train with the running statistics
         mean, var = bn.running_mean.detach().numpy(), bn.running_var.detach().numpy()
     else:
@@ -202,15 +198,16 @@ def _fused_out(ctx, bn, x, exp_y: int, aq, cq, red):
                        bn.__dict__.get(two_stage.AHEAD_RELU_ATTR, False),
                        lambda: f"{bn._where()}: output contains NaN or infinity; check the data"
                                f" and the learning rate (quantization needs finite values)")
-    up = 2.0 ** n
-    w64, b64 = aq64 * up, cq64 * up + 0.5
-    w, b = w64.astype(aq.dtype), b64.astype(aq.dtype)
-    if not ((w == w64).all() and (b == b64).all()):
+    wb64 = np.concatenate([aq64, cq64]) * 2.0 ** n
+    wb64[len(aq):] += 0.5
+    wb = wb64.astype(aq.dtype)
+    if not (wb == wb64).all():
         return None          # aq * 2**n left the float range or cq * 2**n + 0.5 is not a float
     sat = saturates(lo, hi, n, bits)
     if sat:
         ctx.out_mask = _ste_bounds(n, bits, x.dtype)
-    v = channel_affine(x, torch.from_numpy(w), torch.from_numpy(b))  # y * 2**n + 0.5
+    wb = torch.from_numpy(wb)
+    v = channel_affine(x, wb[:len(aq)], wb[len(aq):])  # y * 2**n + 0.5
     v.floor_()
     if sat:
         v.clamp_(numerics.qmin(bits), numerics.qmax(bits))
@@ -235,11 +232,10 @@ def _weight_exp(bn, a, on_cpu: bool):
 # -- batch statistics ---------------------------------------------------------------------------
 
 
-def _channel_reductions(x: torch.Tensor, exp, bits, frozen: bool, bounds=None):
+def _channel_reductions(x: torch.Tensor, exp, bits, frozen: bool):
     """Per-channel ``(S1, S2, min, max)`` of ``x`` as numpy arrays (``S1, S2`` in float64, None
-    when ``frozen``; min and max in ``x``'s dtype, ``bounds`` when given): the sums over
-    ``(sample, channel)`` rows in float32 when that is exact (:func:`_exact_rows`), else in
-    float64. CPU only."""
+    when ``frozen``; min and max in ``x``'s dtype): the sums over ``(sample, channel)`` rows in
+    float32 when that is exact (:func:`_exact_rows`), else in float64. CPU only."""
     d = x.detach()
     dims = REDUCE_DIMS[x.dim()]
     rows = None if frozen else _exact_rows(d, exp, bits)
@@ -252,8 +248,6 @@ def _channel_reductions(x: torch.Tensor, exp, bits, frozen: bool, bounds=None):
         s1, s2 = xx.sum(dims).numpy(), xx.square_().sum(dims).numpy()
     else:
         s1 = s2 = None
-    if bounds is not None:
-        return s1, s2, bounds[0], bounds[1]
     return s1, s2, d.amin(dims).numpy(), d.amax(dims).numpy()
 
 

@@ -380,16 +380,6 @@ _SMALL = 1 << 15  # below this many elements one aminmax call beats two reductio
 REDUCE_DIMS = {r: [0] + list(range(2, r)) for r in range(2, 9)}
 
 
-def channel_bounds(x: torch.Tensor) -> tuple:
-    """Per-channel (dim 1) ``(min, max)`` of CPU ``x`` as numpy arrays; the whole batch's
-    bounds (their min and max) are remembered for :func:`_inside`, as :func:`_bounds` does."""
-    d = x.detach()
-    dims = REDUCE_DIMS[x.dim()]
-    cmin, cmax = d.amin(dims).numpy(), d.amax(dims).numpy()
-    _remember(x, float(cmin.min()), float(cmax.max()))
-    return cmin, cmax
-
-
 def _bounds(x: torch.Tensor) -> tuple:
     """``(min, max)`` of ``x`` as Python floats (exact), remembered for :func:`_inside`. CPU
     float32/float64: numpy's reductions on the same memory (faster than torch's here; both

@@ -208,8 +208,8 @@ def avg_pool(xq: QTensor, k, s, p, include_pad: bool, training: bool, module=Non
     x4 = _as_2d(xq.plain())
     if training:
         y = F.avg_pool2d(x4, k, s, p, False, include_pad)
-        y = fake_quant(y, xq.raw_exp, xq.bits)
-        return QTensor.wrap(_from_2d(y, xq.dim()), xq.raw_exp, xq.bits)
+        y = fake_quant(y, xq.raw_exp, xq.bits, owned=True)  # (the pooling saves no output)
+        return QTensor.adopt(_from_2d(y, xq.dim()), xq.raw_exp, xq.bits)  # a fresh tensor
     q = _as_2d(int_values(xq))
     sums = F.avg_pool2d(q, k, s, p, False, True, divisor_override=1).round().long()
     if include_pad or not any(p):

@@ -94,8 +94,9 @@ def _addsub(func, args, kwargs, subtract: bool, reverse: bool = False):
                   for f, v in ((fa, a), (fb, b)))
         if ra is not fa or rb is not fb:  # (else the sum is s itself)
             s = ra - rb if subtract else ra + rb
-        # on the output grid: only saturation is left (none, if s's bounds say so)
-        return QTensor.wrap(fake_requant(s, exp, 32, exp, bits), exp, bits)
+        # on the output grid: only saturation is left (none, if s's bounds say so); s is a
+        # fresh sum, and so is its clamp
+        return QTensor.adopt(fake_requant(s, exp, 32, exp, bits), exp, bits)
     no = call.stored_exp()
     ints, ins, attrs = [], [], {}
     for tag, v in (("x", a), ("y", b)):

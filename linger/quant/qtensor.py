@@ -24,11 +24,6 @@ from . import trace
 #: torch function -> handler(func, args, kwargs) for QTensor arguments. Extended by op modules.
 HANDLERS: dict = {}
 
-#: Attribute a producer may set on the QTensor it returns: ``(min, max, version)``, the
-#: per-channel (dim 1) bounds of its values as numpy arrays and the version counter they are
-#: valid for (a consumer that needs them -- the quantized BatchNorm -- checks it).
-CHANNEL_BOUNDS_ATTR = "_linger_channel_bounds"
-
 #: Policy for ops without a handler: "dequant" or "error" (set by ``linger.init``).
 POLICY = {"on_unsupported": "dequant"}
 

@@ -62,15 +62,16 @@ class IQStat(nn.Module):
     def forward(self, *args):  # pragma: no cover - a container of buffers, never called
         raise RuntimeError("IQStat holds statistics only; it is not a layer")
 
-    def observe(self, y: torch.Tensor, bits: int, momentum: float, where: str):
+    def observe(self, y: torch.Tensor, bits: int, momentum: float, where):
         """Update the running ``max|y|`` with this batch (reduced over DDP ranks); return the new
-        exponent: an int on the CPU, a 0-dim int32 device tensor elsewhere."""
+        exponent: an int on the CPU, a 0-dim int32 device tensor elsewhere. ``where``: the op's
+        description for the error message, or a function giving it (only called on error)."""
         buf = self._buffers
         return observe(buf["output_range"], buf["output_ready"], buf["output_exp"], y, bits,
                        momentum,
-                       where=lambda: f"{where}: the output contains NaN or infinity; check the"
-                                     f" data and the learning rate (quantization needs finite"
-                                     f" values)")
+                       where=lambda: f"{where() if callable(where) else where}: the output"
+                                     f" contains NaN or infinity; check the data and the"
+                                     f" learning rate (quantization needs finite values)")
 
     def stored_exp(self, where: str) -> int:
         if not bool(self.output_ready):
