@@ -93,7 +93,7 @@ class QuantMixin:
         A QTensor of ``data_bits`` bits is used as it is; anything else (float, or another bit
         width) is quantized with this layer's own input statistic (export: Quant/Requant node).
         """
-        trace.refuse_foreign_export(self._where())
+        trace.refuse_foreign_export(self._where)
         bits = self.linger_cfg.data_bits
         if isinstance(x, QTensor) and x.bits == bits:
             return x
