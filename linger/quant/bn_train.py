@@ -47,9 +47,9 @@ import torch.distributed as dist
 from .. import numerics
 from ..errors import NumericError
 from . import two_stage
-from .functions import (_FAST_DTYPES, REDUCE_DIMS, _distributed, _ste_backward, _ste_bounds,
-                        channel_affine, exponent_for_range_t, exponent_for_range_value,
-                        fake_quant_small, observe_bounds, pow2, saturates, scalar_path)
+from .functions import (_FAST_DTYPES, _distributed, _ste_backward, _ste_bounds, channel_affine,
+                        exponent_for_range_t, exponent_for_range_value, observe_bounds, pow2,
+                        saturates, scalar_path)
 from .qtensor import QTensor
 
 
@@ -79,7 +79,8 @@ class _BNTrain(torch.autograd.Function):
             _update_running(bn, run_mean, run_var, n, False)
         s, a, unclamped, na, aq, inside_a, cq, inside_c = _quantized_affine(
             torch, bn, gamma.detach(), beta.detach(), mean, var, exp_x)
-        ctx.plain, ctx.frozen, ctx.eps, ctx.on_cpu, ctx.out_mask = False, frozen, bn.eps, False, None
+        ctx.plain, ctx.frozen, ctx.eps, ctx.on_cpu = False, frozen, bn.eps, False
+        ctx.out_mask = None
         ctx.per_channel = (mean, a, s, aq, inside_a, inside_c, unclamped)
         ctx.save_for_backward(x, gamma, aq, cq)
         return channel_affine(x, aq, cq)
@@ -153,7 +154,8 @@ def _forward_cpu(ctx, bn, x, gamma, beta, exp_x, bits_x, frozen, out):
 def _quantized_affine(xp, bn, gamma, beta, mean, var, exp_x):
     """``(s, a, unclamped, na, aq, inside_a, cq, inside_c)``: the per-channel scale ``a`` and
     bias ``c`` (clamped by normalize_bias_value, ``unclamped`` its mask or None), fake-quantized
-    (``na``: the exponent of ``a``; ``inside_*``: not saturated). numpy arrays (``xp`` numpy) or tensors (``xp`` torch)."""
+    (``na``: the exponent of ``a``; ``inside_*``: not saturated). numpy arrays (``xp`` numpy)
+    or tensors (``xp`` torch)."""
     s = xp.sqrt(var + bn.eps)
     a = gamma / s
     c = beta - mean * a
@@ -164,8 +166,8 @@ def _quantized_affine(xp, bn, gamma, beta, mean, var, exp_x):
         unclamped = (c >= -vb) & (c <= vb)
         c = xp.minimum(xp.maximum(c, -vb), vb) if xp is np else c.clamp(-vb, vb)
     na = _weight_exp(bn, a, xp is np)
-    aq, inside_a = fake_quant_small(xp, a, na, bn.linger_cfg.parameter_bits)
-    cq, inside_c = fake_quant_small(xp, c, exp_x + na, numerics.BIAS_BITS)
+    aq, inside_a = _fq(xp, a, na, bn.linger_cfg.parameter_bits)
+    cq, inside_c = _fq(xp, c, exp_x + na, numerics.BIAS_BITS)
     return s, a, unclamped, na, aq, inside_a, cq, inside_c
 
 
@@ -229,7 +231,24 @@ def _weight_exp(bn, a, on_cpu: bool):
     return n if floor is None else max(n, floor)
 
 
+def _fq(xp, t, exp, bits):
+    """``(fake-quantized values, inside mask)`` of a small tensor: the arithmetic of
+    ``functions._FakeQuantMask`` (int ``exp``) or ``functions._FakeQuantT`` (tensor ``exp``)."""
+    if isinstance(exp, torch.Tensor):
+        e = exp.to(t.dtype)
+        up, down = torch.exp2(e), torch.exp2(-e)
+    else:
+        up, down = 2.0 ** exp, 2.0 ** -exp
+    v = xp.floor(t * up + 0.5)
+    q = xp.minimum(xp.maximum(v, numerics.qmin(bits)), numerics.qmax(bits)) if xp is np \
+        else v.clamp(numerics.qmin(bits), numerics.qmax(bits))
+    return q * down, q == v
+
+
 # -- batch statistics ---------------------------------------------------------------------------
+
+#: the dimensions a per-channel statistic reduces, by rank: all but dim 1
+_REDUCE_DIMS = {r: [0] + list(range(2, r)) for r in range(2, 9)}
 
 
 def _channel_reductions(x: torch.Tensor, exp, bits, frozen: bool):
@@ -237,12 +256,13 @@ def _channel_reductions(x: torch.Tensor, exp, bits, frozen: bool):
     when ``frozen``; min and max in ``x``'s dtype): the sums over ``(sample, channel)`` rows in
     float32 when that is exact (:func:`_exact_rows`), else in float64. CPU only."""
     d = x.detach()
-    dims = REDUCE_DIMS[x.dim()]
+    dims = _REDUCE_DIMS[x.dim()]
     rows = None if frozen else _exact_rows(d, exp, bits)
     if rows is not None:
         xv, shape = rows                                 # (N * C * chunks, k), (N, C, -1)
         s1 = xv.sum(1).numpy().reshape(shape).sum(axis=(0, 2), dtype=np.float64)
-        s2 = torch.linalg.vecdot(xv, xv).numpy().reshape(shape).sum(axis=(0, 2), dtype=np.float64)
+        s2 = torch.linalg.vecdot(xv, xv).numpy().reshape(shape).sum(axis=(0, 2),
+                                                                     dtype=np.float64)
     elif not frozen:
         xx = d.to(torch.float64, copy=True)              # (squared in place below)
         s1, s2 = xx.sum(dims).numpy(), xx.square_().sum(dims).numpy()
@@ -259,7 +279,7 @@ def batch_moments(x: torch.Tensor, red, on_cpu: bool):
     if on_cpu:
         s1, s2 = red[0], red[1]
     else:
-        dims = REDUCE_DIMS[x.dim()]
+        dims = _REDUCE_DIMS[x.dim()]
         xx = x.detach().to(torch.float64, copy=True)     # (squared in place below)
         s1, s2 = xx.sum(dims), xx.square_().sum(dims)
     mean, var = _mean_var(s1, s2, n, x.dtype, on_cpu)

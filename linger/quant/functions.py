@@ -326,21 +326,6 @@ class _Clip(torch.autograd.Function):
         return _ste_backward(grad, x, ctx.bounds), None, None
 
 
-def fake_quant_small(xp, t, exp, bits: int):
-    """``(fake-quantized values, inside mask)`` of a small array or tensor (``xp``: numpy or
-    torch): the arithmetic of :class:`_FakeQuantMask` (int ``exp``) or :class:`_FakeQuantT`
-    (tensor ``exp``), the same IEEE operations in the same order, so the same values."""
-    if isinstance(exp, torch.Tensor):
-        e = exp.to(t.dtype)
-        up, down = torch.exp2(e), torch.exp2(-e)
-    else:
-        up, down = 2.0 ** exp, 2.0 ** -exp
-    v = xp.floor(t * up + 0.5)
-    q = xp.minimum(xp.maximum(v, numerics.qmin(bits)), numerics.qmax(bits)) if xp is np \
-        else v.clamp(numerics.qmin(bits), numerics.qmax(bits))
-    return q * down, q == v
-
-
 # -- bounds of the last statistic: skip the clamp and the gradient mask when nothing saturates
 
 _SEEN = threading.local()
@@ -374,10 +359,6 @@ def batch_absmax(x: torch.Tensor) -> torch.Tensor:
 
 
 _SMALL = 1 << 15  # below this many elements one aminmax call beats two reductions
-
-
-#: the dimensions a per-channel statistic reduces, by rank: all but dim 1
-REDUCE_DIMS = {r: [0] + list(range(2, r)) for r in range(2, 9)}
 
 
 def _bounds(x: torch.Tensor) -> tuple:
