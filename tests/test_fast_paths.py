@@ -444,3 +444,42 @@ def test_nan_on_the_scalar_path_raises_at_once():
     with pytest.raises(NumericError, match=r"QLinear '0'.*NaN"):
         m.train()(torch.tensor([[1.0, float("nan"), 0.0]]))
     assert not bool(m[0].input_ready)  # nothing was written
+
+
+class _AddNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(2, 3, 3, padding=1), nn.Conv2d(2, 3, 3, padding=1)
+
+    def forward(self, x, sub: bool = False):
+        return self.a(x) - self.b(x) if sub else self.a(x) + self.b(x)
+
+
+@pytest.mark.parametrize("sub", [False, True])
+def test_add_on_the_output_grid_equals_the_general_path(monkeypatch, sub):
+    """The fused add (operands rounded onto the output grid and summed in one go, unrecorded)
+    gives the general path's values, gradients and statistics, whether it applies or not."""
+    from linger.quant import ops_elementwise as oe
+    torch.manual_seed(0)
+    base = linger.init(_AddNet())
+    taken = []
+    fused = oe._sum_on_grid
+    monkeypatch.setattr(oe, "_sum_on_grid", lambda *a: taken.append(fused(*a)) or taken[-1])
+    runs = []
+    for use in (True, False):
+        if not use:
+            monkeypatch.setattr(oe, "_sum_on_grid", lambda *a: False)
+        m = copy.deepcopy(base).train()
+        g = torch.Generator().manual_seed(1)
+        outs = []
+        for scale in (1.0, 1.0, 3.0, 0.2, 40.0):       # ranges that move: grids change
+            x = torch.randn(4, 2, 6, 6, generator=g) * scale
+            y = m(x, sub)
+            y.plain().backward(torch.randn(y.shape, generator=g))
+            outs.append((y.detach().clone(), [p.grad.clone() for p in m.parameters()]))
+        runs.append((outs, m.state_dict()))
+    assert True in taken and False in taken           # both cases met
+    (o1, s1), (o2, s2) = runs
+    for (y1, g1), (y2, g2) in zip(o1, o2):
+        assert torch.equal(y1, y2) and all(torch.equal(a, b) for a, b in zip(g1, g2))
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)

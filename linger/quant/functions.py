@@ -336,6 +336,15 @@ def _remember(x: torch.Tensor, lo: float, hi: float) -> None:
     _SEEN.ref, _SEEN.version, _SEEN.bounds = weakref.ref(x), x._version, (lo, hi)
 
 
+def remembered_bounds(x: torch.Tensor):
+    """``(min, max)`` the last statistic read from ``x`` if ``x`` is that tensor, unchanged
+    since; else None."""
+    ref = getattr(_SEEN, "ref", None)
+    if ref is None or ref() is not x or x._version != _SEEN.version:
+        return None
+    return _SEEN.bounds
+
+
 def _inside(x: torch.Tensor, exp: int, bits: int) -> bool:
     """True when ``x`` is the tensor whose min/max the last statistic read (unchanged since)
     and none of its values saturates at ``(exp, bits)``: every ``x * 2**exp`` lies in
