@@ -138,7 +138,8 @@ def _forward_cpu(ctx, bn, x, gamma, beta, exp_x, bits_x, frozen, out):
     s, a, unclamped, na, aq, inside_a, cq, inside_c = _quantized_affine(
         np, bn, gamma.detach().numpy(), beta.detach().numpy(), mean, var, exp_x)
     # nothing saturated: the backward is torch's own BatchNorm backward plus (aq - a) * g
-    ctx.plain = not frozen and bool(inside_a.all()) and bool(inside_c.all()) \
+    # (aq, cq and their masks are halves of one array each: numpy path of _quantized_affine)
+    ctx.plain = not frozen and bool(inside_a.base.all()) \
         and (unclamped is None or bool(unclamped.all()))
     ctx.frozen, ctx.eps, ctx.on_cpu, ctx.out_mask = frozen, bn.eps, True, None
     ctx.per_channel = (mean, a, s, aq, inside_a, inside_c, unclamped)
@@ -166,8 +167,12 @@ def _quantized_affine(xp, bn, gamma, beta, mean, var, exp_x):
         unclamped = (c >= -vb) & (c <= vb)
         c = xp.minimum(xp.maximum(c, -vb), vb) if xp is np else c.clamp(-vb, vb)
     na = _weight_exp(bn, a, xp is np)
-    aq, inside_a = _fq(xp, a, na, bn.linger_cfg.parameter_bits)
-    cq, inside_c = _fq(xp, c, exp_x + na, numerics.BIAS_BITS)
+    if xp is np:  # both in one pass: halves of one array
+        aq, inside_a, cq, inside_c = _fq_pair(a, c, na, exp_x + na,
+                                              bn.linger_cfg.parameter_bits, numerics.BIAS_BITS)
+    else:
+        aq, inside_a = _fq(xp, a, na, bn.linger_cfg.parameter_bits)
+        cq, inside_c = _fq(xp, c, exp_x + na, numerics.BIAS_BITS)
     return s, a, unclamped, na, aq, inside_a, cq, inside_c
 
 
@@ -184,13 +189,15 @@ def _fused_out(ctx, bn, x, exp_y: int, aq, cq, red):
     if not -60 <= exp_y <= 60:
         return None
     cmin, cmax = red[2], red[3]                          # per channel, x's dtype
-    aq64, cq64 = aq.astype(np.float64), cq.astype(np.float64)
+    k = len(aq)
+    wb64 = aq.base.astype(np.float64)                    # (aq, cq): halves of one array
+    aq64, cq64 = wb64[:k], wb64[k:]
     p1, p2 = aq64 * cmin, aq64 * cmax                    # exact in float64
     lo = float((np.minimum(p1, p2) + cq64).min())
     hi = float((np.maximum(p1, p2) + cq64).max())
     x_abs = max(-float(cmin.min()), float(cmax.max()))
-    if not (x_abs * float(np.abs(aq64).max()) + float(np.abs(cq64).max())) * 2.0 ** exp_y \
-            <= 2.0 ** 24:
+    mag = np.abs(wb64)
+    if not (x_abs * float(mag[:k].max()) + float(mag[k:].max())) * 2.0 ** exp_y <= 2.0 ** 24:
         return None                                      # some y may not be exact
     cfg = bn.linger_cfg
     bits = cfg.out_bits
@@ -200,8 +207,8 @@ def _fused_out(ctx, bn, x, exp_y: int, aq, cq, red):
                        bn.__dict__.get(two_stage.AHEAD_RELU_ATTR, False),
                        lambda: f"{bn._where()}: output contains NaN or infinity; check the data"
                                f" and the learning rate (quantization needs finite values)")
-    wb64 = np.concatenate([aq64, cq64]) * 2.0 ** n
-    wb64[len(aq):] += 0.5
+    wb64 *= 2.0 ** n
+    wb64[k:] += 0.5
     wb = wb64.astype(aq.dtype)
     if not (wb == wb64).all():
         return None          # aq * 2**n left the float range or cq * 2**n + 0.5 is not a float
@@ -209,7 +216,7 @@ def _fused_out(ctx, bn, x, exp_y: int, aq, cq, red):
     if sat:
         ctx.out_mask = _ste_bounds(n, bits, x.dtype)
     wb = torch.from_numpy(wb)
-    v = channel_affine(x, wb[:len(aq)], wb[len(aq):])  # y * 2**n + 0.5
+    v = channel_affine(x, wb[:k], wb[k:])                # y * 2**n + 0.5
     v.floor_()
     if sat:
         v.clamp_(numerics.qmin(bits), numerics.qmax(bits))
@@ -243,6 +250,32 @@ def _fq(xp, t, exp, bits):
     q = xp.minimum(xp.maximum(v, numerics.qmin(bits)), numerics.qmax(bits)) if xp is np \
         else v.clamp(numerics.qmin(bits), numerics.qmax(bits))
     return q * down, q == v
+
+
+_FQ_CONSTANTS: dict = {}
+
+
+def _fq_pair(a, c, exp_a: int, exp_c: int, bits_a: int, bits_c: int):
+    """``_fq(np, a, exp_a, bits_a) + _fq(np, c, exp_c, bits_c)`` in one pass over both arrays:
+    the same float operations with per-element constants (powers of two and the integer
+    bounds, as the arrays' dtype rounds them), so the same values. The results are the halves
+    of one array (``.base``)."""
+    k = len(a)
+    key = (k, a.dtype, exp_a, exp_c, bits_a, bits_c)
+    const = _FQ_CONSTANTS.get(key)
+    if const is None:
+        if len(_FQ_CONSTANTS) > 1024:
+            _FQ_CONSTANTS.clear()
+        rows = [[2.0 ** exp_a, 2.0 ** exp_c], [numerics.qmin(bits_a), numerics.qmin(bits_c)],
+                [numerics.qmax(bits_a), numerics.qmax(bits_c)],
+                [2.0 ** -exp_a, 2.0 ** -exp_c]]
+        const = _FQ_CONSTANTS[key] = [np.repeat(np.array(r, dtype=a.dtype), k) for r in rows]
+    up, lo, hi, down = const
+    v = np.floor(np.concatenate([a, c]) * up + 0.5)
+    q = np.minimum(np.maximum(v, lo), hi)
+    inside = q == v
+    q *= down
+    return q[:k], inside[:k], q[k:], inside[k:]
 
 
 # -- batch statistics ---------------------------------------------------------------------------
