@@ -293,9 +293,9 @@ def _channel_reductions(x: torch.Tensor, exp, bits, frozen: bool):
     rows = None if frozen else _exact_rows(d, exp, bits)
     if rows is not None:
         xv, shape = rows                                 # (N * C * chunks, k), (N, C, -1)
+        a = xv.numpy()
         s1 = xv.sum(1).numpy().reshape(shape).sum(axis=(0, 2), dtype=np.float64)
-        s2 = torch.linalg.vecdot(xv, xv).numpy().reshape(shape).sum(axis=(0, 2),
-                                                                     dtype=np.float64)
+        s2 = np.einsum("ij,ij->i", a, a).reshape(shape).sum(axis=(0, 2), dtype=np.float64)
     elif not frozen:
         xx = d.to(torch.float64, copy=True)              # (squared in place below)
         s1, s2 = xx.sum(dims).numpy(), xx.square_().sum(dims).numpy()
