@@ -53,8 +53,8 @@ class QTensor(torch.Tensor):
         """:meth:`wrap` for a fresh result ``t`` that nothing else refers to (a layer's own
         output): ``t`` itself becomes the QTensor, so the graph gets no alias node (one less op
         forward and backward). Anything but a plain ``torch.Tensor``, and anything under
-        ``torch.compile``, is wrapped instead. (torch
-        itself turns tensors into their final class this way: ``UninitializedParameter``.)"""
+        ``torch.compile``, is wrapped instead. (torch itself gives tensors their final class
+        this way: ``UninitializedParameter.materialize``.)"""
         if type(t) is not torch.Tensor or torch.compiler.is_compiling():
             return QTensor.wrap(t, exp, bits)
         t.__class__ = QTensor
