@@ -110,7 +110,8 @@ def _stack() -> list:
 
 def _pre_hook(module, args):
     st = _stack()
-    disabled = bool(getattr(module, _DISABLED, False)) or bool(st and st[-1].disabled)
+    # (linger.disable_quant sets a plain attribute: in __dict__, no Module.__getattr__ detour)
+    disabled = bool(module.__dict__.get(_DISABLED, False)) or bool(st and st[-1].disabled)
     st.append(Frame(module, disabled))
 
 
