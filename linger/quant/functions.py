@@ -439,14 +439,26 @@ def _blend_value(r: float, ready: bool, m: float, momentum: float, dtype) -> flo
             with np.errstate(over="ignore", invalid="ignore"):
                 return float(np.float64(r) * (1.0 - momentum)
                              + np.float64(f32(m) * f32(momentum)))
-        return r * (1.0 - momentum) + float(f32(m * float(f32(momentum))))
+        return r * (1.0 - momentum) + float(f32(m * _momentum_f32(momentum)[1]))
     if not ready:
         return float(f32(m))
     if not (abs(r) < 1e38 and abs(m) < 1e38):       # near float32 overflow: let numpy say inf
         with np.errstate(over="ignore", invalid="ignore"):
             return float(f32(r) * f32(1.0 - momentum) + f32(f32(m) * f32(momentum)))
-    return float(f32(float(f32(r * float(f32(1.0 - momentum))))
-                     + float(f32(m * float(f32(momentum))))))
+    keep, take = _momentum_f32(momentum)
+    return float(f32(float(f32(r * keep)) + float(f32(m * take))))
+
+
+_MOMENTUM_F32: dict = {}
+
+
+def _momentum_f32(momentum: float) -> tuple:
+    """``(1 - momentum, momentum)`` rounded to float32 (as Python floats), cached."""
+    c = _MOMENTUM_F32.get(momentum)
+    if c is None:
+        c = _MOMENTUM_F32[momentum] = (float(np.float32(1.0 - momentum)),
+                                       float(np.float32(momentum)))
+    return c
 
 
 def exponent_for_range_value(r: float, bits: int) -> int:
@@ -488,7 +500,8 @@ def observe(running: torch.Tensor, ready: torch.Tensor, exp_buf: torch.Tensor, x
 def observe_bounds(running, ready, exp_buf, lo: float, hi: float, bits: int, momentum: float,
                    min_exp=None, nonneg: bool = False, where=None) -> int:
     """Scalar path of :func:`observe` for a batch whose min and max are already known."""
-    m = _batch_absmax_of(lo, hi, nonneg)
+    m = _batch_absmax_of(lo, hi, nonneg) if _DIST else \
+        float(np.float32(_absmax_of(lo, hi, nonneg)))  # (the same without a process group)
     was_ready = bool(ready)
     r = _blend_value(float(running), was_ready, m, momentum, running.dtype) \
         if math.isfinite(m) else m
