@@ -500,8 +500,7 @@ def observe(running: torch.Tensor, ready: torch.Tensor, exp_buf: torch.Tensor, x
 def observe_bounds(running, ready, exp_buf, lo: float, hi: float, bits: int, momentum: float,
                    min_exp=None, nonneg: bool = False, where=None) -> int:
     """Scalar path of :func:`observe` for a batch whose min and max are already known."""
-    m = _batch_absmax_of(lo, hi, nonneg) if _DIST else \
-        float(np.float32(_absmax_of(lo, hi, nonneg)))  # (the same without a process group)
+    m = _batch_absmax_of(lo, hi, nonneg)
     was_ready = bool(ready)
     r = _blend_value(float(running), was_ready, m, momentum, running.dtype) \
         if math.isfinite(m) else m
