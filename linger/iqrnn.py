@@ -145,6 +145,22 @@ def _segment(fn, scale: float, add: float = 0.0) -> np.ndarray:
     return _lut(fn)[k & 0xFFFF] * scale + add
 
 
+def _compact(fn, scale: float, add: float = 0.0) -> np.ndarray:
+    """float64 ``fn(x) * scale + add`` for ``x`` from the last point of ``fn``'s lower plateau
+    to the first of its upper one, ``[a, b]`` (:data:`_REACH` ``[fn] = -a``): read at ``x - a``
+    clipped to the table, it gives ``fn(sat16(x))`` for every integer ``x`` (below ``a`` or
+    above ``b`` the plateau values), a fraction of a segment's size."""
+    v = _lut(fn)[np.arange(-(1 << 15), 1 << 15) & 0xFFFF]
+    first = int(np.flatnonzero(v != v[0])[0])               # v[:first] == v[0]
+    last = int(np.flatnonzero(v != v[-1])[-1])              # v[last + 1:] == v[-1]
+    _REACH[fn] = (1 << 15) - (first - 1)                    # -a
+    return v[first - 1:last + 2] * scale + add
+
+
+#: ``-a`` of each :func:`_compact` table (the offset its index adds).
+_REACH: dict = {}
+
+
 def _tables(mode: str, e: int) -> dict:
     """The float64 tables of :class:`_Recurrence` for ``exp_h = e`` (built once, shared)."""
     key = (mode, e)
@@ -156,14 +172,16 @@ def _tables(mode: str, e: int) -> dict:
         if mode == "GRU":
             t["rz"] = _segment(sigmoid_q15, 2.0 ** -PROB_Q)
             t["n"] = _segment(tanh_q15, 2.0 ** (e - PROB_Q), (1 << e) + 0.5)
-        else:
-            t["gates"] = np.concatenate([_segment(sigmoid_q15, 2.0 ** -19),
-                                         _segment(sigmoid_q15, 2.0 ** -PROB_Q),
-                                         _segment(tanh_q15, 1.0),
-                                         _segment(sigmoid_q15, 2.0 ** (e - 2 * PROB_Q))])
+            t["sig"] = _compact(sigmoid_q15, 2.0 ** -PROB_Q)
+            t["n_c"] = _compact(tanh_q15, 2.0 ** (e - PROB_Q), (1 << e) + 0.5)
+        else:   # i, f, o share the sigmoid (2**-15), g: tanh 2**-4, tanh(c'): 2**(e-15)
+            t["gates"] = np.concatenate([_segment(sigmoid_q15, 2.0 ** -PROB_Q),
+                                         _segment(tanh_q15, 2.0 ** -4)])
+            t["sig"], t["tanh_g"] = _compact(sigmoid_q15, 2.0 ** -PROB_Q), \
+                _compact(tanh_q15, 2.0 ** -4)
             c = np.arange(1 << CELL_BITS) - (1 << (CELL_BITS - 1))        # c + 2**15 -> c
             t["cell"] = c.astype(np.float64)
-            t["tanh_cell"] = _lut(tanh_q15)[c & 0xFFFF].astype(np.float64)
+            t["tanh_cell"] = _lut(tanh_q15)[c & 0xFFFF] * 2.0 ** (e - PROB_Q)
         for a in t.values():
             a.setflags(write=False)                             # shared by every run
         _TABLES[key] = t
@@ -171,7 +189,7 @@ def _tables(mode: str, e: int) -> dict:
 
 
 class _Recurrence:
-    """One direction's recurrence as ~15 numpy calls per step on float-held integers: the steps
+    """One direction's recurrence as ~13-15 numpy calls per step on float-held integers: the steps
     of :func:`gru_step` / :func:`lstm_step`, computed exactly (tests/test_iqrnn.py).
 
     Representation: the hidden state is stored as ``P = h + 2**e + 1/2`` (``e = exp_h``), a
@@ -186,13 +204,18 @@ class _Recurrence:
       weights bound ``|gh|`` inside int16 for every ``h``. In float32 when every partial sum,
       an integer on the grid ``2**-(s+1)``, stays ``<= 2**24`` (float64 up to ``2**53``).
     - Gates: ``gh + gi + 2**16`` indexes a table of ``gate(sat16(.)) * scale`` over all sums of
-      two int16 values (LSTM: the four gates' tables side by side, each column offset into its
-      own; GRU: ``r`` and ``z`` share one).
-    - GRU: ``n`` reads ``int(r 2**-15 gh_n + gi_n + 1/2 + 2**16)``; its table holds
+      two int16 values (a segment; sigmoid gates share one, tanh gates another, each column
+      offset into its own). Without the clip and where the bound allows (:attr:`fold`), the
+      step skips the floor: ``A + gi + reach`` is summed exactly in one add, and its
+      truncation indexes a compact table (:func:`_compact`, ~1/3 of a segment) whose clipped
+      ends are the gate's plateaus (truncation and floor differ only in ``(-1, 0)``, where
+      both read entry 0).
+    - GRU: ``n`` reads ``int(r 2**-15 gh_n + gi_n + 1/2 + offset)``; its table holds
       ``mu = n 2**(e-15) + 2**e + 1/2``, so ``P' = mu + z 2**-15 (P - mu)`` and
       ``h' + 2**e = min(floor(P'), 2**(e+1) - 1)``, which one more table turns into the new
       ``P`` (the saturation of ``h'`` included).
-    - LSTM (gate tables scaled by ``2**-19``, ``2**-15``, ``1``, ``2**(e-30)``):
+    - LSTM (gate columns in the order i, f, o, g, :attr:`order`; sigmoid tables scaled by
+      ``2**-15``, tanh by ``2**-4``, ``tanh(c')`` by ``2**(e-15)``):
       ``S = i g 2**-19 + f c 2**-15``; ``int(S + 1/2 + 2**15)`` indexes ``tanh(c')`` and
       ``c'`` (``sat16`` is the take's clip); ``P' = o tanh(c') 2**(e-30) + 2**e + 1/2``.
 
@@ -214,111 +237,221 @@ class _Recurrence:
         b = np.zeros(w.shape[0], I64) if b_hh is None else np.asarray(b_hh, dtype=I64)
         # (A * 2**(s+1)) = 2P W + 2 b - (2**(e+1) + 1) sum W + 2**s: |2P| <= 2**(e+2) - 1
         c2 = 2 * b - ((1 << (e + 1)) + 1) * w.sum(axis=1) + (1 << s)
-        dtype = _exact_float(int(rows.max(initial=0)) * ((1 << (e + 2)) - 1)
-                             + int(np.abs(c2).max(initial=0)))
+        bound = int(rows.max(initial=0)) * ((1 << (e + 2)) - 1) + int(np.abs(c2).max(initial=0))
+        dtype = _exact_float(bound)
         if dtype is None:
             return None
         self = cls()
         self.mode, self.e, self.hidden, self.dtype = mode, e, w.shape[1], dtype
-        self.w = np.ascontiguousarray((w.T * 2.0 ** -s).astype(dtype))
-        self.c = (c2 * 2.0 ** -(s + 1)).astype(dtype)
+        hs = self.hidden
         gh = [(b + sign * (rows << e) + (1 << (s - 1))) >> s for sign in (-1, 1)]
         self.clip = not (gh[0].min(initial=0) >= -(1 << 15) and gh[1].max(initial=0) < 1 << 15)
-        hs = self.hidden
-        offset = np.full(w.shape[0], float(1 << 16))
+        #: gate columns in the order the steps use (None: PyTorch's); the LSTM's is i, f, o, g
+        self.order = None if mode == "GRU" else np.concatenate(
+            [np.arange(k * hs, (k + 1) * hs) for k in (0, 1, 3, 2)])
+        cols = slice(None) if self.order is None else self.order
+        self.w = np.ascontiguousarray((w.T[:, cols] * 2.0 ** -s).astype(dtype))
+        self.c = (c2[cols] * 2.0 ** -(s + 1)).astype(dtype)
+        self.tables = _tables(mode, e)
+        offset = np.full(w.shape[0], float(1 << 16))            # (in self.order)
         if mode == "LSTM":
-            offset += np.repeat(np.arange(4) * _SEG, hs)
+            offset[3 * hs:] += _SEG                             # g: the tanh segment
         else:
             offset[2 * hs:] = 0.0                               # gh_n stays gh_n
         self.offset = offset.astype(dtype)
-        self.tables = _tables(mode, e)
+        # Without the clip: gh + gi + reach, rounding included, summed exactly in one add
+        # (|gi| <= 2**15, reach <= 2**15: the bound of A grows by 2**16 * 2**(s+1)); the bias
+        # of the folded steps (``gi + fold``; GRU: the n columns keep A, floored in the step)
+        self.fold = None
+        if not self.clip and bound + (1 << (s + 17)) <= (
+                1 << 24 if dtype == np.float32 else 1 << 53):
+            reach = np.full(w.shape[0], float(_REACH[sigmoid_q15]))
+            if mode == "LSTM":
+                reach[3 * hs:] = _REACH[tanh_q15]
+            else:
+                reach[2 * hs:] = 0.0
+            self.fold = (self.c.astype(np.float64) + reach).astype(dtype)   # exact: bound
         return self
 
-    def run(self, gi, h0, c0, lengths, own: bool = False):
+    def run(self, gi, h0, c0, lengths, own: bool = False, ordered: bool = False):
         """``gi`` (T, N, G) Q11 integers (any numeric dtype), ``h0`` (N, H), ``c0`` (N, H) Q11
         (LSTM), ``lengths`` (N,) or None (all T) -> ``(y (T, N, H), h_T, c_T)`` int64 (GRU:
         ``c0`` as given), as :func:`_reference_direction`. ``own``: ``gi`` is a temporary this
-        may overwrite."""
+        may overwrite. ``ordered``: ``gi``'s gate columns are already in :attr:`order`."""
         steps, n = gi.shape[0], gi.shape[1]
-        hs, tab, dtype, w, c = self.hidden, self.tables, self.dtype, self.w, self.c
-        off, gru = (1 << self.e) + 0.5, self.mode == "GRU"
-        add, mul, floor, copyto, dot, clip = np.add, np.multiply, np.floor, np.copyto, np.dot, \
-            self.clip
-        if gru:
-            n_in = np.add(gi[:, :, 2 * hs:], 0.5 + (1 << 16), dtype=np.float64)
+        hs, dtype, gru = self.hidden, self.dtype, self.mode == "GRU"
+        if self.order is not None and not ordered:
+            gi, own = gi[:, :, self.order], True                 # a new array
         bias = gi if own and gi.dtype == dtype else np.empty(gi.shape, dtype)
-        np.add(gi, self.offset, out=bias)                       # gi + table offset
+        fold = self.fold is not None                            # see _lstm/_gru_steps
+        if gru:    # r gh_n 2**-15 + gi_n + 1/2, offset into the n table
+            n_in = np.add(gi[:, :, 2 * hs:], 0.5 + (_REACH[tanh_q15] if fold else 1 << 16),
+                          dtype=np.float64)
+        np.add(gi, self.fold if fold else self.offset, out=bias)   # gi + table offset
         if gru:
-            bias[:, :, 2 * hs:] = 0
+            bias[:, :, 2 * hs:] = self.fold[2 * hs:] if fold else 0
         full = lengths is None or bool((lengths >= steps).all())
+        off = (1 << self.e) + 0.5
         state = np.empty((steps + 1, n, hs), dtype)
         np.add(h0, off, out=state[0])
-        acc, idx = np.empty((n, w.shape[1]), dtype), np.empty((n, w.shape[1]), I64)
-        d, i_h, t_h = np.empty((n, hs)), np.empty((n, hs), I64), tab["state"].astype(dtype)
-        if gru:
-            rz, mu, p64 = np.empty((n, 2 * hs)), np.empty((n, hs)), np.empty((n, hs))
-            p64[...] = state[0]                                 # P in float64 too
-            t_h64 = tab["state"]
-            r, z, a_rz, a_n, i_rz = rz[:, :hs], rz[:, hs:], acc[:, :2 * hs], acc[:, 2 * hs:], \
-                idx[:, :2 * hs]
-            t_rz, t_n = tab["rz"], tab["n"]
-        else:
-            gates, s, q = np.empty(acc.shape), np.empty((n, hs)), np.empty((n, hs))
-            cell, c_new = np.array(c0, dtype=np.float64), np.empty((n, hs))
-            g_i, g_f, g_g, g_o = (gates[:, k * hs:(k + 1) * hs] for k in range(4))
-            t_g, t_c, t_tanh = tab["gates"], tab["cell"], tab["tanh_cell"]
-            half = 0.5 + (1 << (CELL_BITS - 1))
-        c = np.empty(acc.shape, dtype)                          # no broadcasting per step
-        c[...] = self.c
         # (T, N, 1): the sequence has ended (keeps its state, gives 0)
-        ended = [None] * steps if full else (np.arange(steps)[:, None] >= lengths)[:, :, None]
-        n_in = n_in if gru else ended
-        for p, p_new, b_t, n_t, e_t in zip(state[:-1], state[1:], bias, n_in, ended):
-            dot(p, w, out=acc)
-            add(acc, c, out=acc)
-            floor(acc, out=acc)                                 # gh
-            if clip:
-                _clip(acc, -(1 << 15), (1 << 15) - 1, out=acc)
-            add(acc, b_t, out=acc)
-            if gru:
-                copyto(i_rz, a_rz, casting="unsafe")
-                t_rz.take(i_rz, out=rz, mode="clip")           # r, z (* 2**-15)
-                mul(a_n, r, out=d)
-                add(d, n_t, out=d)
-                copyto(i_h, d, casting="unsafe")
-                t_n.take(i_h, out=mu, mode="clip")              # mu
-                np.subtract(p64, mu, out=d)
-                mul(d, z, out=d)
-                add(d, mu, out=d)
-            else:
-                copyto(idx, acc, casting="unsafe")
-                t_g.take(idx, out=gates, mode="clip")
-                mul(g_i, g_g, out=s)
-                mul(g_f, cell, out=q)
-                add(s, q, out=s)
-                add(s, half, out=s)
-                copyto(i_h, s, casting="unsafe")                # c' + 2**15 before sat16
-                t_tanh.take(i_h, out=q, mode="clip")
-                t_c.take(i_h, out=cell if full else c_new, mode="clip")
-                if not full:
-                    copyto(cell, c_new, where=~e_t)
-                mul(g_o, q, out=d)
-                add(d, off, out=d)
-            copyto(i_h, d, casting="unsafe")                    # floor: d > 0
-            t_h.take(i_h, out=p_new, mode="clip")
-            if not full:
-                copyto(p_new, p, where=e_t)
-            if gru:
-                if full:
-                    t_h64.take(i_h, out=p64, mode="clip")
-                else:
-                    copyto(p64, p_new)
+        ended = None if full else (np.arange(steps)[:, None] >= lengths)[:, :, None]
+        if gru:
+            cell = c0
+            self._gru_steps(state, bias, n_in, ended, fold)
+        else:
+            cell = self._lstm_steps(state, bias, c0, ended, fold)
         y = np.empty((steps, n, hs), I64)
         np.subtract(state[1:], off, out=y, casting="unsafe")    # exact integers
         if not full:
             y[np.broadcast_to(ended, y.shape)] = 0
         h_n = (state[steps] - off).astype(I64)
-        return y, h_n, (c0 if gru else cell.astype(I64))
+        return y, h_n, (cell if gru else cell.astype(I64))
+
+    def _gh_index(self, n):
+        """Buffers of the recurrent product and the step's first lines (shared by both modes):
+        ``(acc, idx, c, head)``, ``head(p, b_t)`` leaving ``gh + gi + offset`` in ``idx``."""
+        dtype, w, clip = self.dtype, self.w, self.clip
+        acc, idx = np.empty((n, w.shape[1]), dtype), np.empty((n, w.shape[1]), I64)
+        c = np.empty(acc.shape, dtype)                          # no broadcasting per step
+        c[...] = self.c
+        dot, add, floor, copyto = np.dot, np.add, np.floor, np.copyto
+        lo, hi = -(1 << 15), (1 << 15) - 1
+
+        def head(p, b_t):
+            dot(p, w, acc)
+            add(acc, c, acc)
+            floor(acc, acc)                                     # gh
+            if clip:
+                _clip(acc, lo, hi, acc)
+            add(acc, b_t, acc)
+            copyto(idx, acc, casting="unsafe")
+        return acc, idx, head
+
+    def _lstm_steps(self, state, bias, c0, ended, fold: bool):
+        """The LSTM steps, writing ``state[1:]``; returns the final cell (float64). Gate columns
+        in :attr:`order` (i, f, o, g), so that for one sequence one buffer ``[i f o g c]`` gives
+        both cell products ``[i f] * [g c]`` in one multiply.
+
+        ``fold`` (:attr:`fold` set): ``bias`` holds ``gi + c + reach``, so
+        ``A + bias`` is ``gh + gi + reach`` plus a fraction in one exact add; its truncation
+        indexes the compact gate tables (:func:`_compact`: trunc and floor differ only in
+        ``(-1, 0)``, both read entry 0), two takes instead of a floor, an add and one take
+        from 2 MB of segments."""
+        n, hs, tab = state.shape[1], self.hidden, self.tables
+        acc, idx, head = self._gh_index(n)
+        # one sequence: [i f o g c] in one row, both cell products in one multiply; a batch:
+        # whatever a take writes is contiguous (a take into a strided view copies)
+        one = n == 1
+        if one or not fold:
+            buf = np.empty((n, 5 * hs if one else 4 * hs))
+            gates, g_s, g_g = buf[:, :4 * hs], buf[:, :3 * hs], buf[:, 3 * hs:4 * hs]
+        else:
+            g_s, g_g = np.empty((n, 3 * hs)), np.empty((n, hs))
+        g_i, g_f, o = g_s[:, :hs], g_s[:, hs:2 * hs], g_s[:, 2 * hs:]
+        if one:
+            i_f, g_c, cell = buf[:, :2 * hs], buf[:, 3 * hs:], buf[:, 4 * hs:]
+        else:
+            cell = np.empty((n, hs))
+        cell[...] = c0
+        if fold:
+            w, dot, add_, copyto_ = self.w, np.dot, np.add, np.copyto
+            take_s, take_tg = tab["sig"].take, tab["tanh_g"].take
+            i_s, i_g = (idx[:, :3 * hs], idx[:, 3 * hs:]) if one else \
+                (np.empty((n, 3 * hs), I64), np.empty((n, hs), I64))
+            a_s, a_g = acc[:, :3 * hs], acc[:, 3 * hs:]
+
+            def head(p, b_t):                                   # noqa: F811 (the folded one)
+                dot(p, w, acc)
+                add_(acc, b_t, acc)
+                if one:
+                    copyto_(idx, acc, casting="unsafe")
+                else:
+                    copyto_(i_s, a_s, casting="unsafe")
+                    copyto_(i_g, a_g, casting="unsafe")
+        prod, s, q, d = np.empty((n, 2 * hs)), np.empty((n, hs)), np.empty((n, hs)), \
+            np.empty((n, hs))
+        p_ig, p_fc = prod[:, :hs], prod[:, hs:]
+        i_h = np.empty((n, hs), I64)
+        take_g, take_t, take_c, take_h = tab["gates"].take, tab["tanh_cell"].take, \
+            tab["cell"].take, tab["state"].astype(self.dtype).take
+        mul, add, copyto = np.multiply, np.add, np.copyto
+        half, off = 0.5 + (1 << (CELL_BITS - 1)), (1 << self.e) + 0.5
+        c_new = None if ended is None else np.empty((n, hs))
+        for t, b_t in enumerate(bias):
+            p, p_new = state[t], state[t + 1]
+            head(p, b_t)
+            if fold:
+                take_s(i_s, None, g_s, "clip")
+                take_tg(i_g, None, g_g, "clip")
+            else:
+                take_g(idx, None, gates, "clip")
+            if one:
+                mul(i_f, g_c, prod)                             # i g 2**-19, f c 2**-15
+                add(p_ig, p_fc, s)
+            else:
+                mul(g_i, g_g, s)
+                mul(g_f, cell, q)
+                add(s, q, s)
+            add(s, half, s)
+            copyto(i_h, s, casting="unsafe")                    # c' + 2**15 before sat16
+            take_t(i_h, None, q, "clip")
+            if ended is None:
+                take_c(i_h, None, cell, "clip")
+            else:
+                take_c(i_h, None, c_new, "clip")
+                copyto(cell, c_new, where=~ended[t])
+            mul(o, q, d)
+            add(d, off, d)
+            copyto(i_h, d, casting="unsafe")                    # floor: d > 0
+            take_h(i_h, None, p_new, "clip")
+            if ended is not None:
+                copyto(p_new, p, where=ended[t])
+        return cell
+
+    def _gru_steps(self, state, bias, n_in, ended, fold: bool):
+        """The GRU steps, writing ``state[1:]`` (``P`` kept in float64 too, for the update).
+        ``fold`` (:attr:`fold` set): as in :meth:`_lstm_steps`, ``A + bias`` indexes the
+        compact tables, and only ``gh_n`` is floored."""
+        n, hs, tab = state.shape[1], self.hidden, self.tables
+        acc, idx, head = self._gh_index(n)
+        if fold:
+            w, dot, add_, copyto_, floor_ = self.w, np.dot, np.add, np.copyto, np.floor
+            a_rz, a_n, i_rz = acc[:, :2 * hs], acc[:, 2 * hs:], idx[:, :2 * hs]
+
+            def head(p, b_t):                                   # noqa: F811 (the folded one)
+                dot(p, w, acc)
+                add_(acc, b_t, acc)
+                floor_(a_n, a_n)
+                copyto_(i_rz, a_rz, casting="unsafe")
+        rz, mu, p64, d = np.empty((n, 2 * hs)), np.empty((n, hs)), np.empty((n, hs)), \
+            np.empty((n, hs))
+        p64[...] = state[0]
+        r, z, a_rz, a_n, i_rz = rz[:, :hs], rz[:, hs:], acc[:, :2 * hs], acc[:, 2 * hs:], \
+            idx[:, :2 * hs]
+        i_h = np.empty((n, hs), I64)
+        take_rz, take_n = (tab["sig"].take, tab["n_c"].take) if fold else \
+            (tab["rz"].take, tab["n"].take)
+        take_h, take_h64 = tab["state"].astype(self.dtype).take, tab["state"].take
+        mul, add, copyto, sub = np.multiply, np.add, np.copyto, np.subtract
+        for t, b_t in enumerate(bias):
+            p, p_new = state[t], state[t + 1]
+            head(p, b_t)
+            take_rz(i_rz, None, rz, "clip")                    # r, z (* 2**-15)
+            mul(a_n, r, d)
+            add(d, n_in[t], d)
+            copyto(i_h, d, casting="unsafe")
+            take_n(i_h, None, mu, "clip")                       # mu
+            sub(p64, mu, d)
+            mul(d, z, d)
+            add(d, mu, d)
+            copyto(i_h, d, casting="unsafe")                    # floor: d > 0
+            take_h(i_h, None, p_new, "clip")
+            if ended is None:
+                take_h64(i_h, None, p64, "clip")
+            else:
+                copyto(p_new, p, where=ended[t])
+                copyto(p64, p_new)
 
 
 #: ``np.clip``'s ufunc without its Python wrapper (a few us per call at batch 1), if available.
@@ -355,13 +488,16 @@ class _Direction:
         self.rec = _Recurrence.make(mode, self.w_hh, self.b_hh, exp_whh, self.exp_h, bits_h)
         # gi = sat16(floor(x W_ih^T 2**-s + (b_ih + 2**(s-1)) 2**-s)) in float32 when
         # max|x| * max_j sum_k |W_ih[j, k]| + max|b_ih + 2**(s-1)| <= 2**24 (checked per run)
+        # (columns in the recurrence's gate order, so its steps need no permuted copy)
         s = exp_in + exp_wih - GATE_Q
         self.proj = None
         if self.rec is not None and 1 <= s <= 62:
             shifted = (0 if self.b_ih is None else self.b_ih) + (1 << (s - 1)) \
                 + np.zeros(self.w_ih.shape[0], I64)
-            self.proj = (np.ascontiguousarray((self.w_ih.T * 2.0 ** -s).astype(np.float32)),
-                         (shifted * 2.0 ** -s).astype(np.float32),
+            cols = slice(None) if self.rec.order is None else self.rec.order
+            self.proj = (np.ascontiguousarray((self.w_ih.T[:, cols] * 2.0 ** -s)
+                                              .astype(np.float32)),
+                         (shifted[cols] * 2.0 ** -s).astype(np.float32),
                          int(np.abs(self.w_ih).sum(axis=1).max(initial=0)),
                          int(np.abs(shifted).max(initial=0)))
 
@@ -374,6 +510,13 @@ class _Direction:
     def input_gates(self, x2d):
         """``gate_q11(x2d, W_ih, b_ih, exp_in, exp_wih)`` of integers ``x2d`` (any integer
         dtype): a new array, of float32-held integers when that is exact."""
+        gi, ordered = self._input_gates(x2d)
+        return gi[:, np.argsort(self.rec.order)] if ordered and self.rec.order is not None \
+            else gi
+
+    def _input_gates(self, x2d):
+        """:meth:`input_gates` and whether its gate columns are in the recurrence's order
+        (``_Recurrence.order``) rather than PyTorch's."""
         if self.proj is not None:
             w, c, rows, shifted = self.proj
             if x2d.dtype.itemsize <= 2:                         # int8/16, uint8/16: by dtype
@@ -384,21 +527,25 @@ class _Direction:
                 gi = np.matmul(x2d.astype(np.float32), w)
                 np.add(gi, c, out=gi)
                 np.floor(gi, out=gi)
-                return _clip(gi, -(1 << 15), (1 << 15) - 1, out=gi)
-        return gate_q11(iqmath.as_int(x2d), self.w_ih, self.b_ih, self.exp_in, self.exp_wih)
+                return _clip(gi, -(1 << 15), (1 << 15) - 1, out=gi), True
+        return gate_q11(iqmath.as_int(x2d), self.w_ih, self.b_ih, self.exp_in,
+                        self.exp_wih), False
 
-    def run(self, gi, h, c, lengths, reverse: bool, states_fit: bool):
+    def run(self, gi, h, c, lengths, reverse: bool, states_fit: bool, ordered: bool = False):
         """(T, N, G) input gates (a temporary, overwritten) -> ``(y (T, N, H), h_T, c_T)``;
         ``lengths`` None: all T. The reverse direction reads each sequence backwards within its
         length. ``states_fit``: ``h``, ``c`` lie in their formats' ranges (the prepared path
-        assumes it)."""
+        assumes it). ``ordered``: ``gi`` as :meth:`_input_gates` says (gate columns in the
+        recurrence's order)."""
         steps = gi.shape[0]
         if reverse:
             idx = None if lengths is None else reverse_index(lengths, steps)[:, :, None]
             gi = gi[::-1] if idx is None else np.take_along_axis(gi, idx, axis=0)
         if self.rec is not None and states_fit:
-            y, h, c = self.rec.run(gi, h, c, lengths, own=True)
+            y, h, c = self.rec.run(gi, h, c, lengths, own=True, ordered=ordered)
         else:
+            if ordered and self.rec.order is not None:
+                gi = gi[:, :, np.argsort(self.rec.order)]
             lens = np.full(gi.shape[1], steps) if lengths is None else lengths
             y, h, c = _reference_direction(self.mode, iqmath.as_int(gi), h, c, self.w_hh,
                                            self.b_hh, self.exp_whh, self.exp_h, self.bits_h, lens)
@@ -465,11 +612,12 @@ def rnn(mode: str, x, lengths, h0, c0, weights, *, exp_x: int, exp_w, bits_h: in
     if lengths is not None and (lengths >= steps).all():
         lengths = None                                  # no sequence ends early
     shape = (num_layers * dirs, batch, hidden_size)
-    h0 = np.zeros(shape, I64) if h0 is None else iqmath.as_int(h0)
-    c0 = np.zeros(shape, I64) if c0 is None else iqmath.as_int(c0)
+    h0, c0 = (None if v is None else iqmath.as_int(v) for v in (h0, c0))
     states = [(h0, bits_h)] + ([(c0, CELL_BITS)] if mode == "LSTM" else [])
-    fit = all(-(1 << (bits - 1)) <= v.min(initial=0) and v.max(initial=0) < 1 << (bits - 1)
-              for v, bits in states)                    # as the prepared path assumes
+    fit = all(v is None or -(1 << (bits - 1)) <= v.min(initial=0) and v.max(initial=0) <
+              1 << (bits - 1) for v, bits in states)    # as the prepared path assumes (zeros)
+    h0 = np.zeros(shape, I64) if h0 is None else h0
+    c0 = np.zeros(shape, I64) if c0 is None else c0
     h_n, c_n = np.zeros(shape, I64), np.zeros(shape, I64)
     inp, exp_in = x, int(exp_x)
     for layer in range(num_layers):
@@ -479,9 +627,9 @@ def rnn(mode: str, x, lengths, h0, c0, weights, *, exp_x: int, exp_w, bits_h: in
             prep = _prepared(mode, tuple(weights[k]), exp_in, int(exp_w[2 * k]),
                              int(exp_w[2 * k + 1]), bits_h)
             # explicit sizes, not -1: a zero-size batch or sequence has no size to infer
-            gi = prep.input_gates(inp.reshape(steps * batch, inp.shape[2]))
+            gi, ordered = prep._input_gates(inp.reshape(steps * batch, inp.shape[2]))
             gi = gi.reshape(steps, batch, gi.shape[1])                   # (T, N, G*H) Q11
-            y, h_n[k], c_n[k] = prep.run(gi, h0[k], c0[k], lengths, d == 1, fit)
+            y, h_n[k], c_n[k] = prep.run(gi, h0[k], c0[k], lengths, d == 1, fit, ordered)
             outs.append(y)
         inp, exp_in = (outs[0] if dirs == 1 else np.concatenate(outs, axis=2)), exp_h
     return inp, h_n, (c_n if mode == "LSTM" else None)

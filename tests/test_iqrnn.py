@@ -22,7 +22,7 @@ def _case(mode, bits_h, w_bits, b_lim, seed, steps=5, n=4, hs=6):
     gi = iqmath.saturate(rng.integers(-40000, 40000, (steps, n, g)), 16)  # saturates the tables
     h0 = rng.integers(-(1 << exp_h), 1 << exp_h, (n, hs))
     h0[0] = -(1 << exp_h)                                       # the extreme hidden values
-    h0[1] = (1 << exp_h) - 1
+    h0[-1] = (1 << exp_h) - 1                                   # (n = 1: this one)
     c0 = rng.integers(-(1 << 15), 1 << 15, (n, hs))
     w_hh = rng.integers(-lim + 1, lim, (g, hs))
     w_hh[0, 0] = lim - 1
@@ -41,10 +41,12 @@ PATHS = [(8, 8, 1 << 20, 5, np.float32, True),       # gh saturates: clipped
 
 @pytest.mark.parametrize("mode", ["GRU", "LSTM"])
 @pytest.mark.parametrize("bits_h, w_bits, b_lim, exp_whh, dtype, clip", PATHS)
-@pytest.mark.parametrize("lengths", [None, [5, 1, 0, 3]])
+@pytest.mark.parametrize("lengths", [None, [5, 1, 0, 3], [3]])     # [3]: one sequence
 def test_prepared_recurrence_equals_reference_steps(mode, bits_h, w_bits, b_lim, exp_whh, dtype,
                                                     clip, lengths):
-    gi, h0, c0, w_hh, b_hh, exp_h = _case(mode, bits_h, w_bits, b_lim, bits_h + w_bits)
+    """Batches of 4 and of one sequence (the LSTM's one-row buffer), all or some steps."""
+    n = 1 if lengths == [3] else 4
+    gi, h0, c0, w_hh, b_hh, exp_h = _case(mode, bits_h, w_bits, b_lim, bits_h + w_bits, n=n)
     lens = np.full(gi.shape[1], gi.shape[0]) if lengths is None else np.array(lengths)
     rec = iqrnn._Recurrence.make(mode, w_hh, b_hh, exp_whh, exp_h, bits_h)
     assert (rec.dtype, rec.clip) == (dtype, clip)
@@ -53,6 +55,30 @@ def test_prepared_recurrence_equals_reference_steps(mode, bits_h, w_bits, b_lim,
     for src in (gi, gi.astype(np.float32)):      # gate inputs as int64 or float32 integers
         got = rec.run(src, h0, c0, lens)
         for a, b in zip(got, want):
+            assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("mode, n", [("LSTM", 1), ("LSTM", 3), ("GRU", 1), ("GRU", 3)])
+@pytest.mark.parametrize("spread", [3000, 1 << 15])
+def test_folded_recurrence_equals_reference_steps(mode, n, spread):
+    """No clip: gate sums indexed in one exact add through the compact tables (their ends,
+    where truncation and floor differ, included), against
+    the reference steps, with and without lengths."""
+    rng = np.random.default_rng(spread + n)
+    steps, hs, g = 40, 16, iqrnn.GATES[mode] * 16
+    w_hh = rng.integers(-127, 128, (g, hs))
+    b_hh = rng.integers(-(1 << 8), 1 << 8, g)
+    rec = iqrnn._Recurrence.make(mode, w_hh, b_hh, 9, 7, 8)
+    assert rec.fold is not None and rec.dtype == np.float32
+    gi = rng.integers(-spread, spread, (steps, n, g))
+    reach = [iqrnn._REACH[iqmath.sigmoid_q15], iqrnn._REACH[iqmath.tanh_q15]]
+    gi[::3, :, ::5] = rng.choice([-1, 1], g // 5 + 1) * rng.choice(reach, g // 5 + 1) + \
+        rng.integers(-2, 3, gi[::3, :, ::5].shape)             # sums at the tables' ends
+    gi = iqmath.saturate(gi, 16)
+    h0, c0 = rng.integers(-128, 128, (n, hs)), rng.integers(-(1 << 15), 1 << 15, (n, hs))
+    for lengths in (np.full(n, steps), rng.integers(0, steps, n)):
+        want = iqrnn._reference_direction(mode, gi, h0, c0, w_hh, b_hh, 9, 7, 8, lengths)
+        for a, b in zip(rec.run(gi.astype(np.float32), h0, c0, lengths), want):
             assert np.array_equal(a, b)
 
 

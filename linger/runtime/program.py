@@ -51,6 +51,7 @@ class Step:
     folded: list = field(default_factory=list)  # pointwise nodes folded into it, in order
     post: list = field(default_factory=list)    # their stages, run on outs[0] after run
     scratch: Scratch = field(default_factory=Scratch)  # its buffers kept between runs
+    need: int = 0                # outputs its kernel must return (plain steps: see below)
 
 
 @dataclass(eq=False)
@@ -121,7 +122,9 @@ def compile_program(graph, wanted, use_fast: bool = True) -> Program:
                 op = None
         if op is None:
             ins = [need(name, CANON, node) if name else "" for name in node.inputs]
-            steps.append(Step(_plain(node), tuple(ins), node.outputs, node, "plain"))
+            used = [k for k, o in enumerate(node.outputs) if o]  # "" marks an unused output
+            steps.append(Step(_plain(node), tuple(ins), node.outputs, node, "plain",
+                              need=used[-1] + 1 if used else 0))
             canon.update(o for o in node.outputs if o)
             continue
         outs = []
@@ -271,7 +274,7 @@ def _execute(program, initializers, feed, profile, keep, meter=None):
             label = "<convert>" if step.kind == "convert" else \
                 "+".join(n.op_type for n in [step.node, *step.folded])
             profile[label] = profile.get(label, 0.0) + clock() - t0
-        if step.kind == "plain":
+        if len(outs) < step.need:
             _check_outputs(step.node, outs)
         for key, arr in zip(step.outs, outs):
             if key:

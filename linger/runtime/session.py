@@ -48,6 +48,7 @@ class InferenceSession:
                              | {a.name for a in self._graph.inputs}
                              | {o for n in self._graph.nodes for o in n.outputs if o})
         self._plans: dict = {}
+        self._inputs = {a.name: a for a in self._graph.inputs}
 
     def get_inputs(self) -> list[NodeArg]:
         """The inputs to feed (initializers excluded), in graph order."""
@@ -101,14 +102,15 @@ class InferenceSession:
         if not isinstance(feed, Mapping):
             raise InputError(f"input_feed must be a dict {{name: numpy array}}, got"
                              f" {type(feed).__name__}")
-        expected = {a.name: a for a in self._graph.inputs}
-        listing = ", ".join(f"'{a.name}' ({a.type}, shape {a.shape})"
-                            for a in self._graph.inputs)
-        unknown = [k for k in feed if k not in expected]
-        if unknown:
-            raise InputError(f"unknown input names {unknown}; the model's inputs are {listing}")
-        missing = [k for k in expected if k not in feed]
-        if missing:
+        expected = self._inputs
+        if len(feed) != len(expected) or any(k not in feed for k in expected):
+            listing = ", ".join(f"'{a.name}' ({a.type}, shape {a.shape})"
+                                for a in self._graph.inputs)
+            unknown = [k for k in feed if k not in expected]
+            if unknown:
+                raise InputError(f"unknown input names {unknown}; the model's inputs are"
+                                 f" {listing}")
+            missing = [k for k in expected if k not in feed]
             raise InputError(f"missing inputs {missing}; the model's inputs are {listing}")
         symbols: dict = {}
         for name, arg in expected.items():

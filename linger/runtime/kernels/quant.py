@@ -9,8 +9,8 @@ from ...errors import ModelFileError, NumericError
 from .. import schema as S
 from . import fast, kernel
 from ._common import check_dtype
-from ._fast import (CANON, EXACT, F32, MAX_SHIFT, FastOp, Stage, cl, fast_ok, int_max, to_fast,
-                    uncl)
+from ._fast import (CANON, EXACT, F32, MAX_SHIFT, FastOp, Stage, _clip, cl, fast_ok, int_max,
+                    to_fast, uncl)
 
 
 S.schema("Quant", inputs=(1, 1), memory=S.broadcast_memory(4), exp=S.Exp(), bits=S.Bits())
@@ -77,7 +77,7 @@ def quant_fast(attrs, args):
             return [to_fast(quant([x], exp=exp, bits=bits)[0], dtype)]
         v = scratch.get("v", x.shape, dtype=np.float64)
         np.multiply(x, scale, out=v, dtype=np.float64)
-        np.clip(v, lo, hi, out=v)
+        _clip(v, lo, hi, out=v)
         v += 0.5
         out = scratch.get("out", cl(v).shape)
         np.floor(cl(v), out=out)
