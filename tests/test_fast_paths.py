@@ -107,6 +107,64 @@ def test_known_bounds_take_the_rounding_path_with_the_same_result(scale):
         x = x.detach()
 
 
+@pytest.mark.parametrize("owned", [False, True])
+@pytest.mark.parametrize("kind", ["leaf", "result", "no_grad"])
+def test_rounding_without_an_autograd_function(owned, kind):
+    """A rounding that cannot saturate is written outside autograd: into ``x`` itself only when
+    it is an owned (fresh, non-leaf) result, else into a clone; values are fake_quant's, the
+    gradient is 1, and an input that is not owned is left alone."""
+    torch.manual_seed(0)
+    base = torch.randn(4, 3, 5) * 3
+    w = base.clone().requires_grad_(kind != "no_grad")
+    x = w * 1.0 if kind == "result" else w
+    before = x.detach().clone()
+    assert not fn.saturates(float(before.min()), float(before.max()), 3, 8)
+    ref = fn._FakeQuantT.apply(before.clone().requires_grad_(), torch.tensor(3), 8)
+    got = fn._round_untracked(x, 3, owned)
+    assert torch.equal(got, ref.detach())
+    assert (got is x) == (owned and kind == "result")
+    if got is not x:
+        assert torch.equal(x.detach(), before)
+    if kind != "no_grad":
+        g = torch.randn_like(base)
+        got.backward(g)
+        assert torch.equal(w.grad, g)
+
+
+def test_adopt_turns_a_fresh_result_into_a_qtensor_without_an_alias():
+    x = torch.randn(3, requires_grad=True)
+    y = x * 2.0
+    q = QTensor.adopt(y, 4, 8)
+    assert q is y and isinstance(q, QTensor) and (q.raw_exp, q.bits) == (4, 8)
+    assert type(q.grad_fn).__name__ == "MulBackward0"     # no AliasBackward in between
+    q.plain().sum().backward()
+    assert torch.equal(x.grad, torch.full((3,), 2.0))
+    p = nn.Parameter(torch.randn(2))                       # not a plain tensor: wrapped
+    qp = QTensor.adopt(p, 1, 8)
+    assert qp is not p and type(p) is nn.Parameter and isinstance(qp, QTensor)
+    qq = QTensor.adopt(q, 2, 8)                            # already a QTensor: a new wrapper
+    assert qq is not q and (q.raw_exp, qq.raw_exp) == (4, 2)
+
+
+def test_power_of_two_scales_multiply_like_python_numbers():
+    x = torch.tensor([1e-30, 3.0, -7.5, 1.5e30])
+    for n in (-140, -130, -20, 0, 7, 100, 130):
+        for dtype in (torch.float32, torch.float64):
+            xd = x.to(dtype)
+            assert torch.equal(xd.clone().mul_(fn.pow2(n, dtype)), xd.clone().mul_(2.0 ** n))
+    assert fn.pow2(3, torch.float32) is fn.pow2(3, torch.float32)
+
+
+def test_saturation_test_against_the_integer_range():
+    for bits in (4, 8, 16, 32):
+        qmin, qmax = numerics.qmin(bits), numerics.qmax(bits)
+        for exp in (-3, 0, 5):
+            s = 2.0 ** -exp
+            for lo_q, hi_q, sat in [(qmin - 0.5, qmax + 0.25, False), (qmin - 0.75, 0, True),
+                                    (0, qmax + 0.5, True), (qmin, qmax, False)]:
+                assert fn.saturates(lo_q * s, hi_q * s, exp, bits) == sat
+
+
 def test_bounds_are_forgotten_after_an_in_place_change():
     x = torch.tensor([0.1, 0.2])
     fn.observe(torch.zeros(()), torch.zeros((), dtype=torch.bool),
@@ -170,6 +228,16 @@ def test_range_blend_on_python_numbers_equals_the_tensor_formula(dtype):
         rt, ready = torch.tensor(r, dtype=dtype), torch.tensor(True)
         fn.update_range(rt, ready, torch.tensor(m), mom)
         assert float(rt) == fn._blend_value(r, True, m, mom, dtype)
+    # the first batch, and values near the float32 overflow (numpy's branch)
+    big = float(np.finfo(np.float32).max)
+    for r, m in [(0.0, 0.0), (1e-30, 2.5), (big, big), (big, 1.0), (3e38, 3.3e38), (1.0, big)]:
+        r, m = float(torch.tensor(r, dtype=dtype)), float(np.float32(m))  # as observe has them
+        for ready in (False, True):
+            for mom in (0.1, 1.0):
+                rt = torch.tensor(r, dtype=dtype)
+                with np.errstate(over="ignore"):
+                    fn.update_range(rt, torch.tensor(ready), torch.tensor(m), mom)
+                assert float(rt) == fn._blend_value(r, ready, m, mom, dtype)
 
 
 def test_observe_scalar_and_tensor_paths_write_the_same_buffers():
@@ -200,7 +268,7 @@ def _bn_reference(bn, xq):
         var = xf.var(dims, unbiased=False) + (var - xf.var(dims, unbiased=False)).detach()
         with torch.no_grad():
             bn.num_batches_tracked += 1
-            m = bn.momentum
+            m = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
             bn.running_mean.mul_(1 - m).add_(rm * m)
             bn.running_var.mul_(1 - m).add_(rv * (n / (n - 1)) * m)
     a = bn.weight / torch.sqrt(var + bn.eps)
@@ -251,6 +319,41 @@ def test_fused_batchnorm_matches_its_autograd_definition(shape, frozen, clamps, 
         for a, b in ((x1.grad, x2.grad), (bn.weight.grad, ref_bn.weight.grad),
                      (bn.bias.grad, ref_bn.bias.grad)):
             assert torch.allclose(a, b, rtol=1e-5, atol=1e-6 * float(b.abs().max()))
+
+
+@pytest.mark.parametrize("tensor_path", [False, True])
+def test_cumulative_running_statistics_match_the_definition(tensor_path):
+    """``momentum=None`` (cumulative average): the running statistics after three batches."""
+    torch.manual_seed(0)
+    bn = linger.init(nn.Sequential(nn.BatchNorm2d(6, momentum=None)))[0]
+    ref_bn = copy.deepcopy(bn)
+    for _ in range(3):
+        q = torch.clamp(torch.floor(torch.randn(4, 6, 8, 8) * 16 + 0.5), -128, 127) / 16
+        with fn.tensor_path(tensor_path):
+            y1 = batchnorm_train(bn, QTensor.wrap(q.clone(), 4, 8))
+            y2 = _bn_reference(ref_bn, QTensor.wrap(q.clone(), 4, 8))
+        assert torch.equal(y1, y2)
+    s1, s2 = bn.state_dict(), ref_bn.state_dict()
+    assert all(torch.equal(s1[k], s2[k]) for k in s1) and int(bn.num_batches_tracked) == 3
+
+
+@pytest.mark.parametrize("tensor_path", [False, True])
+def test_float64_batchnorm_leaves_its_input_alone(tensor_path):
+    """The float64 sums of squares were taken in place on ``x.double()``, which for a float64
+    input is ``x`` itself: the layer squared its input (and the model diverged to inf)."""
+    torch.manual_seed(0)
+    bn = linger.init(nn.Sequential(nn.BatchNorm2d(6).double()))[0]
+    ref_bn = copy.deepcopy(bn)
+    q = torch.clamp(torch.floor(torch.randn(4, 6, 5, 5, dtype=torch.float64) * 16 + 0.5),
+                    -128, 127) / 16
+    x = q.clone()
+    with fn.tensor_path(tensor_path):
+        y = batchnorm_train(bn, QTensor.wrap(x, 4, 8))
+        y_ref = _bn_reference(ref_bn, QTensor.wrap(q.clone(), 4, 8))
+    assert torch.equal(x, q)
+    assert y.dtype == torch.float64 and torch.equal(y, y_ref)
+    mean = q.mean((0, 2, 3))
+    assert torch.allclose(bn.running_mean, 0.1 * mean.to(bn.running_mean.dtype))
 
 
 @pytest.mark.parametrize("exp,bits", [(4, 8), (-3, 8), (9, 16), (0, 4)])
@@ -341,3 +444,42 @@ def test_nan_on_the_scalar_path_raises_at_once():
     with pytest.raises(NumericError, match=r"QLinear '0'.*NaN"):
         m.train()(torch.tensor([[1.0, float("nan"), 0.0]]))
     assert not bool(m[0].input_ready)  # nothing was written
+
+
+class _AddNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(2, 3, 3, padding=1), nn.Conv2d(2, 3, 3, padding=1)
+
+    def forward(self, x, sub: bool = False):
+        return self.a(x) - self.b(x) if sub else self.a(x) + self.b(x)
+
+
+@pytest.mark.parametrize("sub", [False, True])
+def test_add_on_the_output_grid_equals_the_general_path(monkeypatch, sub):
+    """The fused add (operands rounded onto the output grid and summed in one go, unrecorded)
+    gives the general path's values, gradients and statistics, whether it applies or not."""
+    from linger.quant import ops_elementwise as oe
+    torch.manual_seed(0)
+    base = linger.init(_AddNet())
+    taken = []
+    fused = oe._sum_on_grid
+    monkeypatch.setattr(oe, "_sum_on_grid", lambda *a: taken.append(fused(*a)) or taken[-1])
+    runs = []
+    for use in (True, False):
+        if not use:
+            monkeypatch.setattr(oe, "_sum_on_grid", lambda *a: False)
+        m = copy.deepcopy(base).train()
+        g = torch.Generator().manual_seed(1)
+        outs = []
+        for scale in (1.0, 1.0, 3.0, 0.2, 40.0):       # ranges that move: grids change
+            x = torch.randn(4, 2, 6, 6, generator=g) * scale
+            y = m(x, sub)
+            y.plain().backward(torch.randn(y.shape, generator=g))
+            outs.append((y.detach().clone(), [p.grad.clone() for p in m.parameters()]))
+        runs.append((outs, m.state_dict()))
+    assert True in taken and False in taken           # both cases met
+    (o1, s1), (o2, s2) = runs
+    for (y1, g1), (y2, g2) in zip(o1, o2):
+        assert torch.equal(y1, y2) and all(torch.equal(a, b) for a, b in zip(g1, g2))
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)

@@ -93,7 +93,7 @@ class QuantMixin:
         A QTensor of ``data_bits`` bits is used as it is; anything else (float, or another bit
         width) is quantized with this layer's own input statistic (export: Quant/Requant node).
         """
-        trace.refuse_foreign_export(self._where())
+        trace.refuse_foreign_export(self._where)
         bits = self.linger_cfg.data_bits
         if isinstance(x, QTensor) and x.bits == bits:
             return x
@@ -143,7 +143,7 @@ class QuantMixin:
         # normalize_output_value v caps the range (exponent >= floor). See two_stage.py.
         exp = self._observe("output", y, bits, min_exp=two_stage.output_min_exp(self, bits),
                             nonneg=self.__dict__.get(two_stage.AHEAD_RELU_ATTR, False))
-        return QTensor.wrap(fake_quant(y, exp, bits, owned), exp, bits)
+        return QTensor.adopt(fake_quant(y, exp, bits, owned), exp, bits)  # a fresh tensor
 
     def int_output(self, acc: torch.Tensor, exp_acc: int, like: torch.Tensor):
         """Requantize an exact float64 integer accumulator at exponent ``exp_acc`` to the output.

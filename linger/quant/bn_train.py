@@ -38,6 +38,8 @@ elsewhere in torch with exponents as device tensors. One implementation serves b
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -45,8 +47,9 @@ import torch.distributed as dist
 from .. import numerics
 from ..errors import NumericError
 from . import two_stage
-from .functions import (_distributed, _ste_backward, _ste_bounds, channel_affine,
-                        exponent_for_range_t, observe_bounds, saturates, scalar_path)
+from .functions import (_FAST_DTYPES, _distributed, _ste_backward, _ste_bounds, channel_affine,
+                        exponent_for_range_t, exponent_for_range_value, observe_bounds, pow2,
+                        saturates, scalar_path)
 from .qtensor import QTensor
 
 
@@ -57,7 +60,7 @@ def batchnorm_train(bn, xq):
     y = _BNTrain.apply(xq.plain(), bn.weight, bn.bias, (bn, xq.raw_exp, xq.bits, out))
     if out[0] is None:             # not fused: y = x * aq + cq, quantized by the layer
         return bn.quant_output_train(y, owned=True)
-    return QTensor.wrap(y, out[0], bn.linger_cfg.out_bits)
+    return QTensor.adopt(y, out[0], bn.linger_cfg.out_bits)   # the function's fresh output
 
 
 class _BNTrain(torch.autograd.Function):
@@ -66,55 +69,36 @@ class _BNTrain(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, gamma, beta, args):
         bn, exp_x, bits_x, out = args
-        on_cpu = scalar_path(x) and x.dtype in (torch.float32, torch.float64)
-        xp = np if on_cpu else torch
         frozen = two_stage.bn_stats_frozen()
-        red = _channel_reductions(x, exp_x, bits_x, frozen) if on_cpu else None
+        if x.dtype in _FAST_DTYPES and scalar_path(x):
+            return _forward_cpu(ctx, bn, x, gamma, beta, exp_x, bits_x, frozen, out)
         if frozen:  # linger.SetBnMomentumUpdate(True): train with the running statistics
-            mean, var = _values(bn.running_mean, on_cpu), _values(bn.running_var, on_cpu)
+            mean, var = bn.running_mean.detach(), bn.running_var.detach()
         else:
-            mean, var, run_mean, run_var, n = batch_moments(x, red, on_cpu)
-            _update_running(bn, run_mean, run_var, n, on_cpu)
-        s = xp.sqrt(var + bn.eps)
-        a = _values(gamma, on_cpu) / s
-        c = _values(beta, on_cpu) - mean * a
-        spec = two_stage.spec_of(bn)                     # normalize_bias_value: clamp c
-        vb = None if spec is None else spec.bias
-        unclamped = None
-        if vb is not None:
-            unclamped = (c >= -vb) & (c <= vb)
-            c = xp.minimum(xp.maximum(c, -vb), vb) if on_cpu else c.clamp(-vb, vb)
-        na = _weight_exp(bn, a, on_cpu)
-        aq, inside_a = _fq(xp, a, na, bn.linger_cfg.parameter_bits)
-        cq, inside_c = _fq(xp, c, exp_x + na, numerics.BIAS_BITS)
-        aq_t, cq_t = (torch.from_numpy(aq), torch.from_numpy(cq)) if on_cpu else (aq, cq)
-        # nothing saturated: the backward is torch's own BatchNorm backward plus (aq - a) * g
-        ctx.plain = on_cpu and not frozen and bool(inside_a.all()) and bool(inside_c.all()) \
-            and (unclamped is None or bool(unclamped.all()))
-        ctx.frozen, ctx.eps, ctx.on_cpu = frozen, bn.eps, on_cpu
+            mean, var, run_mean, run_var, n = batch_moments(x, None, False)
+            _update_running(bn, run_mean, run_var, n, False)
+        s, a, unclamped, na, aq, inside_a, cq, inside_c = _quantized_affine(
+            torch, bn, gamma.detach(), beta.detach(), mean, var, exp_x)
+        ctx.plain, ctx.frozen, ctx.eps, ctx.on_cpu = False, frozen, bn.eps, False
+        ctx.out_mask = None
         ctx.per_channel = (mean, a, s, aq, inside_a, inside_c, unclamped)
-        ctx.out_mask = None                              # output saturation (fused path)
-        ctx.save_for_backward(x, gamma, aq_t, cq_t)
-        fused = _fused_out(ctx, bn, x, exp_x + na if isinstance(exp_x, int) else None, aq, cq,
-                           red) if on_cpu and red is not None else None
-        if fused is not None:
-            q, out[0] = fused
-            return q
-        return channel_affine(x, aq_t, cq_t)
+        ctx.save_for_backward(x, gamma, aq, cq)
+        return channel_affine(x, aq, cq)
 
     @staticmethod
     def backward(ctx, g):
         x, gamma, aq_t, cq_t = ctx.saved_tensors
         mean, a, s, aq, inside_a, inside_c, unclamped = ctx.per_channel
         shape = [1, -1] + [1] * (x.dim() - 2)        # broadcast over (N, C, *)
-        need = list(ctx.needs_input_grad[:3])
+        need = ctx.needs_input_grad
         t = torch.from_numpy if ctx.on_cpu else (lambda v: v)
         if ctx.out_mask is not None:                 # the fused output quantization saturated
             y = channel_affine(x, aq_t, cq_t)        # recomputed: (N, C, *) like x
             g = _ste_backward(g, y, ctx.out_mask)
         if ctx.plain:
             gx, g_gamma, g_beta = torch.ops.aten.native_batch_norm_backward(
-                g, x, gamma, None, None, t(mean), t(1.0 / s), True, ctx.eps, [True] + need[1:])
+                g, x, gamma, None, None, t(mean), t(1.0 / s), True, ctx.eps,
+                [True, need[1], need[2]])
             gx.addcmul_(g, t(aq - a).view(shape))
             return (gx if need[0] else None), g_gamma, g_beta, None
         if ctx.on_cpu:
@@ -139,7 +123,60 @@ class _BNTrain(torch.autograd.Function):
         return gx, t(g_a / s), t(g_c), None
 
 
-def _fused_out(ctx, bn, x, exp_y, aq, cq, red):
+def _forward_cpu(ctx, bn, x, gamma, beta, exp_x, bits_x, frozen, out):
+    """:class:`_BNTrain`'s forward on the CPU: per-channel values in numpy, the output
+    quantization fused when it can be (:func:`_fused_out`)."""
+    if isinstance(exp_x, torch.Tensor):              # a CPU exponent: reading it costs nothing
+        exp_x = int(exp_x)
+    d = x.detach()
+    red = _channel_reductions(d, exp_x, bits_x, frozen)
+    if frozen:  # linger.SetBnMomentumUpdate(True): train with the running statistics
+        mean, var = bn.running_mean.detach().numpy(), bn.running_var.detach().numpy()
+    else:
+        mean, var, run_mean, run_var, n = batch_moments(d, red, True)
+        _update_running(bn, run_mean, run_var, n, True)
+    s, a, unclamped, na, aq, inside_a, cq, inside_c = _quantized_affine(
+        np, bn, gamma.detach().numpy(), beta.detach().numpy(), mean, var, exp_x)
+    # nothing saturated: the backward is torch's own BatchNorm backward plus (aq - a) * g
+    # (aq, cq and their masks are halves of one array each: numpy path of _quantized_affine)
+    ctx.plain = not frozen and bool(inside_a.base.all()) \
+        and (unclamped is None or bool(unclamped.all()))
+    ctx.frozen, ctx.eps, ctx.on_cpu, ctx.out_mask = frozen, bn.eps, True, None
+    ctx.per_channel = (mean, a, s, aq, inside_a, inside_c, unclamped)
+    aq_t, cq_t = torch.from_numpy(aq), torch.from_numpy(cq)
+    ctx.save_for_backward(x, gamma, aq_t, cq_t)
+    fused = _fused_out(ctx, bn, x, exp_x + na, aq, cq, red)
+    if fused is not None:
+        q, out[0] = fused
+        return q
+    return channel_affine(x, aq_t, cq_t)
+
+
+def _quantized_affine(xp, bn, gamma, beta, mean, var, exp_x):
+    """``(s, a, unclamped, na, aq, inside_a, cq, inside_c)``: the per-channel scale ``a`` and
+    bias ``c`` (clamped by normalize_bias_value, ``unclamped`` its mask or None), fake-quantized
+    (``na``: the exponent of ``a``; ``inside_*``: not saturated). numpy arrays (``xp`` numpy)
+    or tensors (``xp`` torch)."""
+    s = xp.sqrt(var + bn.eps)
+    a = gamma / s
+    c = beta - mean * a
+    spec = two_stage.spec_of(bn)                     # normalize_bias_value: clamp c
+    vb = None if spec is None else spec.bias
+    unclamped = None
+    if vb is not None:
+        unclamped = (c >= -vb) & (c <= vb)
+        c = xp.minimum(xp.maximum(c, -vb), vb) if xp is np else c.clamp(-vb, vb)
+    na = _weight_exp(bn, a, xp is np)
+    if xp is np:  # both in one pass: halves of one array
+        aq, inside_a, cq, inside_c = _fq_pair(a, c, na, exp_x + na,
+                                              bn.linger_cfg.parameter_bits, numerics.BIAS_BITS)
+    else:
+        aq, inside_a = _fq(xp, a, na, bn.linger_cfg.parameter_bits)
+        cq, inside_c = _fq(xp, c, exp_x + na, numerics.BIAS_BITS)
+    return s, a, unclamped, na, aq, inside_a, cq, inside_c
+
+
+def _fused_out(ctx, bn, x, exp_y: int, aq, cq, red):
     """The output quantization of ``y = x * aq + cq`` without materializing ``y`` (CPU).
 
     When every ``y`` is exact (``|q_x q_a| + |q_c| <= 2**24`` on the grid ``2**-exp_y``), the
@@ -149,45 +186,41 @@ def _fused_out(ctx, bn, x, exp_y, aq, cq, red):
     ``fake_quant`` rounds ``y * 2**n + 0.5`` -- followed by floor (and clamp if anything
     saturates) and the scale back. Returns ``(q, n)``, or None when a condition fails (then the
     caller materializes ``y`` and quantizes it the usual way)."""
-    if exp_y is None or not -60 <= exp_y <= 60:
+    if not -60 <= exp_y <= 60:
         return None
     cmin, cmax = red[2], red[3]                          # per channel, x's dtype
-    f64 = np.float64
-    aq64, cq64 = aq.astype(f64), cq.astype(f64)
+    k = len(aq)
+    wb64 = aq.base.astype(np.float64)                    # (aq, cq): halves of one array
+    aq64, cq64 = wb64[:k], wb64[k:]
     p1, p2 = aq64 * cmin, aq64 * cmax                    # exact in float64
     lo = float((np.minimum(p1, p2) + cq64).min())
     hi = float((np.maximum(p1, p2) + cq64).max())
     x_abs = max(-float(cmin.min()), float(cmax.max()))
-    if not (x_abs * float(np.abs(aq64).max()) + float(np.abs(cq64).max())) * 2.0 ** exp_y \
-            <= 2.0 ** 24:
+    mag = np.abs(wb64)
+    if not (x_abs * float(mag[:k].max()) + float(mag[k:].max())) * 2.0 ** exp_y <= 2.0 ** 24:
         return None                                      # some y may not be exact
     cfg = bn.linger_cfg
     bits = cfg.out_bits
-    n = observe_bounds(bn._buffers["output_range"], bn._buffers["output_ready"],
-                       bn._buffers["output_exp"], lo, hi, bits, cfg.momentum,
-                       two_stage.output_min_exp(bn, bits),
+    buf = bn._buffers
+    n = observe_bounds(buf["output_range"], buf["output_ready"], buf["output_exp"], lo, hi,
+                       bits, cfg.momentum, two_stage.output_min_exp(bn, bits),
                        bn.__dict__.get(two_stage.AHEAD_RELU_ATTR, False),
                        lambda: f"{bn._where()}: output contains NaN or infinity; check the data"
                                f" and the learning rate (quantization needs finite values)")
-    wb64 = np.concatenate([aq64, cq64]) * 2.0 ** n
-    wb64[len(aq):] += 0.5
+    wb64 *= 2.0 ** n
+    wb64[k:] += 0.5
     wb = wb64.astype(aq.dtype)
     if not (wb == wb64).all():
         return None          # aq * 2**n left the float range or cq * 2**n + 0.5 is not a float
-    w, b = wb[:len(aq)], wb[len(aq):]
     sat = saturates(lo, hi, n, bits)
     if sat:
         ctx.out_mask = _ste_bounds(n, bits, x.dtype)
-    v = channel_affine(x, torch.from_numpy(w), torch.from_numpy(b))  # y * 2**n + 0.5
+    wb = torch.from_numpy(wb)
+    v = channel_affine(x, wb[:k], wb[k:])                # y * 2**n + 0.5
     v.floor_()
     if sat:
         v.clamp_(numerics.qmin(bits), numerics.qmax(bits))
-    return v.mul_(2.0 ** -n), n
-
-
-def _values(p: torch.Tensor, on_cpu: bool):
-    """A small tensor's values without a graph: a numpy view on the CPU."""
-    return p.detach().numpy() if on_cpu else p.detach()
+    return v.mul_(pow2(-n, v.dtype)), n
 
 
 def _weight_exp(bn, a, on_cpu: bool):
@@ -198,10 +231,10 @@ def _weight_exp(bn, a, on_cpu: bool):
         n = exponent_for_range_t(a.abs().amax(), bits)
         return n if floor is None else n.clamp_min(floor)
     m = float(np.abs(a).max())
-    if not np.isfinite(m):
+    if not math.isfinite(m):
         raise NumericError(f"{bn._where()}: weights contain NaN or infinity (the BatchNorm"
                            f" scale gamma / sqrt(var + eps)); check the data and learning rate")
-    n = numerics.exponent_for_range(m, bits)
+    n = exponent_for_range_value(m, bits)
     return n if floor is None else max(n, floor)
 
 
@@ -219,21 +252,52 @@ def _fq(xp, t, exp, bits):
     return q * down, q == v
 
 
+_FQ_CONSTANTS: dict = {}
+
+
+def _fq_pair(a, c, exp_a: int, exp_c: int, bits_a: int, bits_c: int):
+    """``_fq(np, a, exp_a, bits_a) + _fq(np, c, exp_c, bits_c)`` in one pass over both arrays:
+    the same float operations with per-element constants (powers of two and the integer
+    bounds, as the arrays' dtype rounds them), so the same values. The results are the halves
+    of one array (``.base``)."""
+    k = len(a)
+    key = (k, a.dtype, exp_a, exp_c, bits_a, bits_c)
+    const = _FQ_CONSTANTS.get(key)
+    if const is None:
+        if len(_FQ_CONSTANTS) > 1024:
+            _FQ_CONSTANTS.clear()
+        rows = [[2.0 ** exp_a, 2.0 ** exp_c], [numerics.qmin(bits_a), numerics.qmin(bits_c)],
+                [numerics.qmax(bits_a), numerics.qmax(bits_c)],
+                [2.0 ** -exp_a, 2.0 ** -exp_c]]
+        const = _FQ_CONSTANTS[key] = [np.repeat(np.array(r, dtype=a.dtype), k) for r in rows]
+    up, lo, hi, down = const
+    v = np.floor(np.concatenate([a, c]) * up + 0.5)
+    q = np.minimum(np.maximum(v, lo), hi)
+    inside = q == v
+    q *= down
+    return q[:k], inside[:k], q[k:], inside[k:]
+
+
 # -- batch statistics ---------------------------------------------------------------------------
+
+#: the dimensions a per-channel statistic reduces, by rank: all but dim 1
+_REDUCE_DIMS = {r: [0] + list(range(2, r)) for r in range(2, 9)}
+
 
 def _channel_reductions(x: torch.Tensor, exp, bits, frozen: bool):
     """Per-channel ``(S1, S2, min, max)`` of ``x`` as numpy arrays (``S1, S2`` in float64, None
     when ``frozen``; min and max in ``x``'s dtype): the sums over ``(sample, channel)`` rows in
     float32 when that is exact (:func:`_exact_rows`), else in float64. CPU only."""
     d = x.detach()
-    dims = [i for i in range(x.dim()) if i != 1]
+    dims = _REDUCE_DIMS[x.dim()]
     rows = None if frozen else _exact_rows(d, exp, bits)
     if rows is not None:
         xv, shape = rows                                 # (N * C * chunks, k), (N, C, -1)
-        sums = torch.stack([xv.sum(1), torch.linalg.vecdot(xv, xv)]).numpy()
-        s1, s2 = sums.reshape((2,) + shape).sum(axis=(1, 3), dtype=np.float64)
+        a = xv.numpy()
+        s1 = xv.sum(1).numpy().reshape(shape).sum(axis=(0, 2), dtype=np.float64)
+        s2 = np.einsum("ij,ij->i", a, a).reshape(shape).sum(axis=(0, 2), dtype=np.float64)
     elif not frozen:
-        xx = d.double()
+        xx = d.to(torch.float64, copy=True)              # (squared in place below)
         s1, s2 = xx.sum(dims).numpy(), xx.square_().sum(dims).numpy()
     else:
         s1 = s2 = None
@@ -248,8 +312,8 @@ def batch_moments(x: torch.Tensor, red, on_cpu: bool):
     if on_cpu:
         s1, s2 = red[0], red[1]
     else:
-        dims = [d for d in range(x.dim()) if d != 1]
-        xx = x.detach().double()
+        dims = _REDUCE_DIMS[x.dim()]
+        xx = x.detach().to(torch.float64, copy=True)     # (squared in place below)
         s1, s2 = xx.sum(dims), xx.square_().sum(dims)
     mean, var = _mean_var(s1, s2, n, x.dtype, on_cpu)
     if not _distributed():
@@ -301,23 +365,24 @@ def _divisor_at_most(n: int, limit: int) -> int:
     return 1
 
 
-@torch.no_grad()
 def _update_running(bn, mean, var, n: int, on_cpu: bool):
     """nn.BatchNorm's update, ``r <- (1 - m) r + m * batch`` with the unbiased variance
     (momentum None: cumulative average): the same float operations in the same order as
-    ``running.mul_(1 - m).add_(batch * m)``."""
+    ``running.mul_(1 - m).add_(batch * m)``. (Called from the autograd function's forward,
+    where no graph is recorded.)"""
+    if on_cpu:  # numpy on views of the buffers
+        count = bn.num_batches_tracked.numpy()
+        count += 1
+        m = bn.momentum if bn.momentum is not None else 1.0 / float(count)
+        f = mean.dtype.type
+        rm, rv = bn.running_mean.numpy(), bn.running_var.numpy()
+        rm[...] = rm * f(1 - m) + mean * f(m)
+        rv[...] = rv * f(1 - m) + (var * f(n / max(n - 1, 1))) * f(m)
+        return
     bn.num_batches_tracked.add_(1)
     m = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
     unbiased_factor = n / max(n - 1, 1) if not isinstance(n, torch.Tensor) else \
         (n / (n - 1).clamp_min(1)).to(var.dtype)      # DDP on the tensor path: no sync
-    if on_cpu:
-        f = mean.dtype.type
-        rm, rv = bn.running_mean.numpy(), bn.running_var.numpy()
-        new_m = rm * f(1 - m) + mean * f(m)
-        new_v = rv * f(1 - m) + (var * f(unbiased_factor)) * f(m)
-        torch._foreach_copy_([bn.running_mean, bn.running_var],
-                             [torch.from_numpy(new_m), torch.from_numpy(new_v)])
-        return
     upd = torch._foreach_mul([mean, var * unbiased_factor], m)
     torch._foreach_mul_([bn.running_mean, bn.running_var], 1 - m)
     torch._foreach_add_([bn.running_mean, bn.running_var], upd)

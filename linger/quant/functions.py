@@ -63,12 +63,14 @@ def tensor_path(enabled: bool = True):
 
 def scalar_path(t: torch.Tensor) -> bool:
     """True when statistics of ``t`` are handled as Python numbers (CPU, eager)."""
-    return t.device.type == "cpu" and not _FORCE_TENSOR_PATH[0] \
-        and not torch.compiler.is_compiling()
+    return t.is_cpu and not _FORCE_TENSOR_PATH[0] and not torch.compiler.is_compiling()
+
+
+_DIST = dist.is_available()
 
 
 def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return _DIST and dist.is_initialized() and dist.get_world_size() > 1
 
 
 # -- the exponent rule on tensors ---------------------------------------------------------------
@@ -109,7 +111,7 @@ def fake_quant(x: torch.Tensor, exp, bits: int, owned: bool = False) -> torch.Te
     exp = int(exp)
     if x.dtype in _FAST_DTYPES:
         if _inside(x, exp, bits):      # nothing saturates: rounding only, gradient 1
-            return (_FakeRoundInplace if owned else _FakeRound).apply(x, exp)
+            return _round_untracked(x, exp, owned)
         if bits <= 16:
             return _FakeQuant.apply(x, exp, bits)
     return _FakeQuantMask.apply(x, exp, bits)
@@ -171,6 +173,20 @@ def _ste_bounds(exp: int, bits: int, dtype) -> tuple:
 
 
 _HALF = torch.tensor(0.5)  # a CPU scalar: broadcasts to any device and dtype
+
+
+_POW2: dict = {}
+
+
+def pow2(n: int, dtype) -> torch.Tensor:
+    """``2**n`` as a 0-dim CPU tensor of ``dtype`` (cached): ``x.mul_(pow2(-n, x.dtype))`` is
+    ``x.mul_(2.0 ** -n)`` -- the same rounding of the same float -- without converting a Python
+    number on every call (which costs more than the multiplication of a small tensor)."""
+    key = (n, dtype)
+    t = _POW2.get(key)
+    if t is None:
+        t = _POW2[key] = torch.tensor(2.0 ** n, dtype=dtype)
+    return t
 
 
 def _scaled_plus_half(x: torch.Tensor, exp: int) -> torch.Tensor:
@@ -254,19 +270,22 @@ class _FakeClamp(torch.autograd.Function):
         return _ste_backward(grad, x, ctx.bounds), None, None
 
 
-class _FakeRoundInplace(torch.autograd.Function):
-    """:class:`_FakeRound` written into ``x`` itself (``x``: a fresh result that nothing else
-    uses; the backward needs nothing saved)."""
-
-    @staticmethod
-    def forward(ctx, x, exp):
-        ctx.mark_dirty(x)
-        torch.add(_HALF, x, alpha=2.0 ** exp, out=x)
-        return x.floor_().mul_(2.0 ** -exp)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None
+def _round_untracked(x: torch.Tensor, exp: int, owned: bool) -> torch.Tensor:
+    """``floor(x * 2**n + 0.5) * 2**-n`` with gradient 1 everywhere (a rounding that cannot
+    saturate), without an autograd function: the rounding is written, unrecorded, into ``x``
+    itself when it is ``owned`` (a fresh result of an op, nothing else holds it), else into a
+    recorded ``clone`` of ``x`` (written through ``detach()``, which shares the memory and the
+    version counter); autograd then passes the gradient through unchanged, as the
+    straight-through estimator does. Only the values change in place, so an op that saved ``x``
+    for its backward would still be caught by autograd's version check."""
+    if not x.requires_grad:
+        return _FakeRound.forward(None, x, exp)
+    if not owned or x.grad_fn is None:               # (a leaf is never written)
+        x = x.clone()
+    d = x.detach()                                   # same memory and version counter
+    torch.add(_HALF, d, alpha=2.0 ** exp, out=d)
+    d.floor_().mul_(pow2(-exp, d.dtype))
+    return x
 
 
 class _FakeRound(torch.autograd.Function):
@@ -274,7 +293,7 @@ class _FakeRound(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, exp):
-        return _scaled_plus_half(x, exp).floor_().mul_(2.0 ** -exp)
+        return _scaled_plus_half(x, exp).floor_().mul_(pow2(-exp, x.dtype))
 
     @staticmethod
     def backward(ctx, grad):
@@ -317,6 +336,15 @@ def _remember(x: torch.Tensor, lo: float, hi: float) -> None:
     _SEEN.ref, _SEEN.version, _SEEN.bounds = weakref.ref(x), x._version, (lo, hi)
 
 
+def remembered_bounds(x: torch.Tensor):
+    """``(min, max)`` the last statistic read from ``x`` if ``x`` is that tensor, unchanged
+    since; else None."""
+    ref = getattr(_SEEN, "ref", None)
+    if ref is None or ref() is not x or x._version != _SEEN.version:
+        return None
+    return _SEEN.bounds
+
+
 def _inside(x: torch.Tensor, exp: int, bits: int) -> bool:
     """True when ``x`` is the tensor whose min/max the last statistic read (unchanged since)
     and none of its values saturates at ``(exp, bits)``: every ``x * 2**exp`` lies in
@@ -343,7 +371,14 @@ _SMALL = 1 << 15  # below this many elements one aminmax call beats two reductio
 
 
 def _bounds(x: torch.Tensor) -> tuple:
-    """``(min, max)`` of ``x`` as Python floats (exact), remembered for :func:`_inside`."""
+    """``(min, max)`` of ``x`` as Python floats (exact), remembered for :func:`_inside`. CPU
+    float32/float64: numpy's reductions on the same memory (faster than torch's here; both
+    return NaN when ``x`` has one)."""
+    if x.dtype in _FAST_DTYPES and x.numel():
+        a = x.numpy(force=True)                      # a view: x is on the CPU
+        lo, hi = float(a.min()), float(a.max())
+        _remember(x, lo, hi)
+        return lo, hi
     d = x.detach()
     if d.numel() <= _SMALL:
         lo_t, hi_t = torch.aminmax(d)
@@ -370,17 +405,12 @@ def _absmax_of(lo: float, hi: float, nonneg: bool) -> float:
 
 def _batch_absmax_of(lo: float, hi: float, nonneg: bool) -> float:
     """:func:`batch_absmax` from a batch's min and max: float32, the maximum over DDP ranks."""
-    m = _f32(_absmax_of(lo, hi, nonneg))
+    m = float(np.float32(_absmax_of(lo, hi, nonneg)))
     if _distributed():
         t = torch.tensor(m, dtype=torch.float32)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         m = float(t)
     return m
-
-
-def _f32(v: float) -> float:
-    """``v`` rounded to the nearest float32 (as a Python float)."""
-    return float(np.float32(v))
 
 
 @torch.no_grad()
@@ -401,14 +431,34 @@ def _blend_value(r: float, ready: bool, m: float, momentum: float, dtype) -> flo
     (dtype ``R``) times a scalar in ``R``, the float32 batch maximum times a scalar in float32,
     the sum in ``R``. Each float32 operation is computed in float64 and rounded once, which is
     the correctly rounded float32 result (float64 has more than 2 * 24 + 2 bits)."""
-    R = float if dtype == torch.float64 else _f32
+    f32 = np.float32
+    if dtype == torch.float64:
+        if not ready:
+            return m
+        if not (abs(r) < 1e38 and abs(m) < 1e38):   # near float32 overflow: let numpy say inf
+            with np.errstate(over="ignore", invalid="ignore"):
+                return float(np.float64(r) * (1.0 - momentum)
+                             + np.float64(f32(m) * f32(momentum)))
+        return r * (1.0 - momentum) + float(f32(m * _momentum_f32(momentum)[1]))
     if not ready:
-        return R(m)
+        return float(f32(m))
     if not (abs(r) < 1e38 and abs(m) < 1e38):       # near float32 overflow: let numpy say inf
-        N = np.float64 if dtype == torch.float64 else np.float32
         with np.errstate(over="ignore", invalid="ignore"):
-            return float(N(r) * N(1.0 - momentum) + N(np.float32(m) * np.float32(momentum)))
-    return R(R(r * R(1.0 - momentum)) + _f32(m * _f32(momentum)))
+            return float(f32(r) * f32(1.0 - momentum) + f32(f32(m) * f32(momentum)))
+    keep, take = _momentum_f32(momentum)
+    return float(f32(float(f32(r * keep)) + float(f32(m * take))))
+
+
+_MOMENTUM_F32: dict = {}
+
+
+def _momentum_f32(momentum: float) -> tuple:
+    """``(1 - momentum, momentum)`` rounded to float32 (as Python floats), cached."""
+    c = _MOMENTUM_F32.get(momentum)
+    if c is None:
+        c = _MOMENTUM_F32[momentum] = (float(np.float32(1.0 - momentum)),
+                                       float(np.float32(momentum)))
+    return c
 
 
 def exponent_for_range_value(r: float, bits: int) -> int:
@@ -471,7 +521,8 @@ def saturates(lo: float, hi: float, exp: int, bits: int) -> bool:
     """Some value in ``[lo, hi]`` saturates at ``(exp, bits)``: ``x * 2**exp`` outside
     ``[qmin - 0.5, qmax + 0.5)``."""
     s = 2.0 ** exp                                   # exact products in float64
-    return not (lo * s >= numerics.qmin(bits) - 0.5 and hi * s < numerics.qmax(bits) + 0.5)
+    top = 1 << (bits - 1)                            # -qmin, qmax + 1
+    return not (lo * s >= -top - 0.5 and hi * s < top - 0.5)
 
 
 def weight_exponent(w: torch.Tensor, bits: int, min_exp=None, where=None):

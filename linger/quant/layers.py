@@ -43,7 +43,12 @@ class _WeightedQuant(QuantMixin):
         if self.training:
             w, nw = self.fake_weight(weight)
             b = None if bias is None else fake_quant(bias, xq.raw_exp + nw, numerics.BIAS_BITS)
-            return self.quant_output_train(self._float_op(xq.plain(), w, b), owned=True)
+            if torch.compiler.is_compiling():
+                y = self._float_op(xq.plain(), w, b)
+            else:
+                with torch._C.DisableTorchFunctionSubclass():  # xq as the plain tensor it is
+                    y = self._float_op(xq, w, b)               # (no alias of xq in the graph)
+            return self.quant_output_train(y, owned=True)
         nx = xq.int_exp()
         qw, nw = self.int_weight(weight)
         qb = None if bias is None else numerics.quantize_bias(bias.detach().double(), nx, nw)
@@ -203,8 +208,8 @@ def avg_pool(xq: QTensor, k, s, p, include_pad: bool, training: bool, module=Non
     x4 = _as_2d(xq.plain())
     if training:
         y = F.avg_pool2d(x4, k, s, p, False, include_pad)
-        y = fake_quant(y, xq.raw_exp, xq.bits)
-        return QTensor.wrap(_from_2d(y, xq.dim()), xq.raw_exp, xq.bits)
+        y = fake_quant(y, xq.raw_exp, xq.bits, owned=True)  # (the pooling saves no output)
+        return QTensor.adopt(_from_2d(y, xq.dim()), xq.raw_exp, xq.bits)  # a fresh tensor
     q = _as_2d(int_values(xq))
     sums = F.avg_pool2d(q, k, s, p, False, True, divisor_override=1).round().long()
     if include_pad or not any(p):

@@ -173,7 +173,7 @@ class OpCall:
         """Training: update this site's range with ``y``; the exponent (0-dim int32 tensor)."""
         if self.stat is None:
             self.stat = scope.get_stat(self.frame.module, self.key, True, y.device)
-        return self.stat.observe(y, bits, self.cfg.momentum, self.where)
+        return self.stat.observe(y, bits, self.cfg.momentum, lambda: self.where)
 
     def stored_exp(self) -> int:
         """Eval: the exponent gathered in training (NotCalibratedError if none)."""

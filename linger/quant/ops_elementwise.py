@@ -31,7 +31,7 @@ import torch
 from .. import iqmath, numerics
 from . import scope, trace
 from .functional import clip_on_grid
-from .functions import fake_requant
+from .functions import _HALF, _fits, fake_requant, pow2, remembered_bounds, saturates
 from .ops_common import (OpCall, const_fake, const_int, fallback, fq, from_int, inplace,
                          is_number, is_q, param_like, to_int)
 from .ops_tensor import quant_tensor
@@ -89,13 +89,16 @@ def _addsub(func, args, kwargs, subtract: bool, reverse: bool = False):
         fa, fb = (v.plain() if is_q(v) else _const(v).to(like.device, like.dtype) for v in (a, b))
         s = fa - fb if subtract else fa + fb
         exp = call.observe(s, bits)
+        if is_q(a) and is_q(b) and _sum_on_grid(s, fa, a, fb, b, exp, bits, subtract):
+            return QTensor.adopt(s, exp, bits)
         # each operand on the output grid, as in eval (fake_requant: no work where exact)
         ra, rb = (fake_requant(f, v.raw_exp, v.bits, exp, 32) if is_q(v) else fq(f, exp, 32)
                   for f, v in ((fa, a), (fb, b)))
         if ra is not fa or rb is not fb:  # (else the sum is s itself)
             s = ra - rb if subtract else ra + rb
-        # on the output grid: only saturation is left (none, if s's bounds say so)
-        return QTensor.wrap(fake_requant(s, exp, 32, exp, bits), exp, bits)
+        # on the output grid: only saturation is left (none, if s's bounds say so); s is a
+        # fresh sum, and so is its clamp
+        return QTensor.adopt(fake_requant(s, exp, 32, exp, bits), exp, bits)
     no = call.stored_exp()
     ints, ins, attrs = [], [], {}
     for tag, v in (("x", a), ("y", b)):
@@ -113,6 +116,50 @@ def _addsub(func, args, kwargs, subtract: bool, reverse: bool = False):
     call.record("iqSub" if subtract else "iqAdd", ins, out,
                 dict(attrs, exp_o=no, bits_o=bits))
     return out
+
+
+def _sum_on_grid(s, fa, a, fb, b, exp, bits: int, subtract: bool) -> bool:
+    """The training add/sub of two quantized operands in place of the general path, when it
+    applies (CPU, int exponents, 8/16-bit output, each operand either exact on the output grid
+    or rounded onto the coarser output grid, and the batch's bounds proving that the sum cannot
+    saturate). Then it writes, unrecorded, ``s = (qa +/- qb) * 2**-n`` into the fresh sum ``s``
+    (``qa = floor(a * 2**n + 0.5)``, or ``a * 2**n`` when exact; the same values as rounding
+    each operand and adding: a power-of-two scale does not change a rounding) and returns True;
+    ``s``'s own add/sub node gives each operand the straight-through gradient the rounding
+    has. Returns False (nothing written) when the general path must run."""
+    if not isinstance(exp, int) or bits > 16 or not -60 <= exp <= 60 \
+            or s.dtype not in (torch.float32, torch.float64):
+        return False
+    rounds = []
+    for v in (a, b):
+        e, vb = v.raw_exp, v.bits
+        if not isinstance(e, int):
+            return False
+        if exp < e:                                  # coarser output grid: a rounding
+            rounds.append(True)
+        elif _fits(e, vb, exp, 24):                  # finer: 24-bit integers after scaling
+            rounds.append(False)
+        else:
+            return False
+    if not any(rounds):
+        return False                                 # s is already the sum on the grid
+    bounds = remembered_bounds(s)
+    # each rounding moves an operand by at most half a step of the output grid, so the sum
+    # stays within one step of s's bounds (two steps: margin for s's own float rounding)
+    if bounds is None or saturates(bounds[0] - 2.0 ** (1 - exp), bounds[1] + 2.0 ** (1 - exp),
+                                   exp, bits):
+        return False
+    up = 2.0 ** exp
+    d = s.detach()
+    da, db = fa.detach(), fb.detach()
+    if rounds[0]:
+        torch.add(_HALF, da, alpha=up, out=d).floor_()
+    else:
+        torch.mul(da, up, out=d)
+    t = torch.add(_HALF, db, alpha=up).floor_() if rounds[1] else db * up
+    (d.sub_ if subtract else d.add_)(t)
+    d.mul_(pow2(-exp, d.dtype))
+    return True
 
 
 # -- mul / div ----------------------------------------------------------------------------------

@@ -48,6 +48,20 @@ class QTensor(torch.Tensor):
         q.bits = bits
         return q
 
+    @staticmethod
+    def adopt(t: torch.Tensor, exp, bits) -> "QTensor":
+        """:meth:`wrap` for a fresh result ``t`` that nothing else refers to (a layer's own
+        output): ``t`` itself becomes the QTensor, so the graph gets no alias node (one less op
+        forward and backward). Anything but a plain ``torch.Tensor``, and anything under
+        ``torch.compile``, is wrapped instead. (torch itself gives tensors their final class
+        this way: ``UninitializedParameter.materialize``.)"""
+        if type(t) is not torch.Tensor or torch.compiler.is_compiling():
+            return QTensor.wrap(t, exp, bits)
+        t.__class__ = QTensor
+        t.raw_exp = exp if exp is None or isinstance(exp, torch.Tensor) else int(exp)
+        t.bits = bits
+        return t
+
     @property
     def exp(self):
         """The exponent as a 0-dim int32 tensor (made from an int on first use)."""
@@ -185,7 +199,10 @@ def _run_plain(func, args, kwargs):
 def _layout(func, args, kwargs):
     src = args[0]
     out = _run_plain(func, args, kwargs)
-    wrapped = _rewrap(out, src)
+    if type(out) is torch.Tensor and func in _FRESH_RESULT:   # a new tensor no one else holds
+        wrapped = QTensor.adopt(out, src.raw_exp, src.bits)
+    else:
+        wrapped = _rewrap(out, src)
     rec = trace.current()
     if rec is not None:
         rec.layout_op(func, args, kwargs, wrapped)
@@ -212,6 +229,10 @@ LAYOUT_FUNCS = [
     torch.nn.functional.max_pool1d, torch.nn.functional.max_pool2d,
     torch.Tensor.unbind, torch.unbind,
 ]  # dropout: see linger.quant.functional (training rescales by 1/(1-p), off the grid)
+
+
+#: layout functions whose result is always a new tensor (never one of the arguments)
+_FRESH_RESULT = frozenset([torch.nn.functional.relu, torch.relu, torch.Tensor.relu])
 
 
 def register(funcs, handler) -> None:

@@ -62,15 +62,16 @@ class IQStat(nn.Module):
     def forward(self, *args):  # pragma: no cover - a container of buffers, never called
         raise RuntimeError("IQStat holds statistics only; it is not a layer")
 
-    def observe(self, y: torch.Tensor, bits: int, momentum: float, where: str):
+    def observe(self, y: torch.Tensor, bits: int, momentum: float, where):
         """Update the running ``max|y|`` with this batch (reduced over DDP ranks); return the new
-        exponent: an int on the CPU, a 0-dim int32 device tensor elsewhere."""
+        exponent: an int on the CPU, a 0-dim int32 device tensor elsewhere. ``where``: the op's
+        description for the error message, or a function giving it (only called on error)."""
         buf = self._buffers
         return observe(buf["output_range"], buf["output_ready"], buf["output_exp"], y, bits,
                        momentum,
-                       where=lambda: f"{where}: the output contains NaN or infinity; check the"
-                                     f" data and the learning rate (quantization needs finite"
-                                     f" values)")
+                       where=lambda: f"{where() if callable(where) else where}: the output"
+                                     f" contains NaN or infinity; check the data and the"
+                                     f" learning rate (quantization needs finite values)")
 
     def stored_exp(self, where: str) -> int:
         if not bool(self.output_ready):
@@ -109,7 +110,8 @@ def _stack() -> list:
 
 def _pre_hook(module, args):
     st = _stack()
-    disabled = bool(getattr(module, _DISABLED, False)) or bool(st and st[-1].disabled)
+    # (linger.disable_quant sets a plain attribute: in __dict__, no Module.__getattr__ detour)
+    disabled = bool(module.__dict__.get(_DISABLED, False)) or bool(st and st[-1].disabled)
     st.append(Frame(module, disabled))
 
 
@@ -155,6 +157,10 @@ def _code_name(code) -> str:
     return m.group(1) if m else code.co_name
 
 
+#: (code object, line, op) -> site name without the call count: the name is a function of these
+_SITE_NAMES: dict = {}
+
+
 def site_key(frame: Frame, op: str) -> str:
     """The stable site name of ``op`` executed now in ``frame``'s module (see module docstring)."""
     if type(frame.module).__module__.startswith("torch."):
@@ -163,7 +169,13 @@ def site_key(frame: Frame, op: str) -> str:
         f = sys._getframe(1)
         while f is not None and f.f_code.co_filename.startswith((_TORCH_DIR, _QUANT_DIR)):
             f = f.f_back
-        base = op if f is None else f"{op}_{_sanitize(_code_name(f.f_code))}_L{f.f_lineno}"
+        if f is None:
+            base = op
+        else:
+            key = (f.f_code, f.f_lineno, op)
+            base = _SITE_NAMES.get(key)
+            if base is None:
+                base = _SITE_NAMES[key] = f"{op}_{_sanitize(_code_name(f.f_code))}_L{f.f_lineno}"
     k = frame.counts.get(base, 0) + 1
     frame.counts[base] = k
     return base if k == 1 else f"{base}_call{k}"

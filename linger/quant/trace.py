@@ -34,16 +34,19 @@ def recording(recorder):
         _state.recorder = None
 
 
-def refuse_foreign_export(where: str) -> None:
+def refuse_foreign_export(where) -> None:
     """Raise :class:`~linger.errors.ExportError` when a quantized module runs inside
     ``torch.onnx.export`` (TorchScript or dynamo) rather than ``linger.onnx.export``: torch's
     exporter would silently write a float fake-quant graph instead of linger's integer ops.
+    ``where``: the module's description, or a function giving it (called only to raise).
 
     Checked at every quantized layer's input; nothing is patched in torch.
     """
     import torch
 
     if current() is None and torch.onnx.is_in_onnx_export():
+        if callable(where):
+            where = where()
         from ..errors import ExportError
         raise ExportError(
             f"torch.onnx.export was called on a model converted by linger.init ({where}): torch's"

@@ -106,11 +106,13 @@ def min_exp_for_clamp(v: float | None, bits: int) -> int | None:
 
 
 def weight_min_exp(m, bits: int) -> int | None:
-    return min_exp_for_clamp(_value(m, "weight"), bits)
+    spec = m.__dict__.get(SPEC_ATTR)                 # (most layers: none, per step)
+    return None if spec is None else min_exp_for_clamp(spec.weight, bits)
 
 
 def output_min_exp(m, bits: int) -> int | None:
-    return min_exp_for_clamp(_value(m, "output"), bits)
+    spec = m.__dict__.get(SPEC_ATTR)
+    return None if spec is None else min_exp_for_clamp(spec.output, bits)
 
 
 def at_least(exp: torch.Tensor, floor: int | None) -> torch.Tensor:
