@@ -177,3 +177,134 @@ def test_input_gates_quantized_by_the_node(mode, packed, amplitude):
     saturated = gi.abs() > 16
     assert saturated.any() == (amplitude > 16)
     assert (g1[0][saturated] == 0).all()
+
+
+def _spy(monkeypatch, owner, name):
+    """Record every value ``owner.name`` returns (the function still runs)."""
+    seen, fn = [], getattr(owner, name)
+
+    def spy(*args, **kwargs):
+        seen.append(fn(*args, **kwargs))
+        return seen[-1]
+    monkeypatch.setattr(owner, name, spy)
+    return seen
+
+
+def _run_both(fn_a, fn_b, leaves, mode, dy, dh, dc):
+    """Outputs and leaf gradients of two implementations on the same loss."""
+    results = []
+    for fn in (fn_a, fn_b):
+        xs = [t.clone().requires_grad_(True) for t in leaves]
+        y, h, c = fn(*xs)
+        loss = (y * dy).sum() + (h * dh).sum() + ((c * dc).sum() if mode == "LSTM" else 0.0)
+        loss.backward()
+        results.append(((y, h, c), [x.grad for x in xs]))
+    return results
+
+
+def _assert_same(mode, results):
+    ((y1, h1, c1), g1), ((y2, h2, c2), g2) = results
+    assert torch.equal(y1, y2) and torch.equal(h1, h2)
+    if mode == "LSTM":
+        assert torch.equal(c1, c2)
+    for a, r in zip(g1, g2):
+        if a is None or r is None:                # c0 does not reach a GRU
+            assert a is None and r is None and mode == "GRU"
+            continue
+        assert torch.allclose(a, r, rtol=1e-5, atol=1e-5), (a - r).abs().max()
+
+
+@pytest.mark.parametrize("mode", ["GRU", "LSTM"])
+@pytest.mark.parametrize("case", ["exact", "exact_float", "inexact", "clamp_pre"])
+@pytest.mark.parametrize("packed", [True, False])
+def test_gate_sum_paths_equal_composed_reference(mode, case, packed, monkeypatch):
+    """The one-sum gates (``exact``: every partial sum of ``gq + W_hh h + b_hh`` exact, any
+    order; the LSTM's product in int8 on the CPU where the weights fit, else a float ``addmm``)
+    and the step-by-step rounding (weights on a grid too fine for float32 sums to be exact),
+    with ``gi + gh`` able to saturate or not: forward identical to the reference."""
+    gi, h0, c0, w, b, lengths, dy, dh, dc = _case(mode, True, 1.0, seed=5)
+    g = torch.Generator().manual_seed(6)
+    if case == "inexact":      # W_hh on 2**-22: 2**11 W h needs more than 24 bits
+        w = torch.floor(0.4 * torch.randn(w.shape, generator=g) * 2.0 ** 22 + 0.5) / 2.0 ** 22
+    if case == "exact_float":  # W_hh on 2**-9 up to ~1.5: exact sums, but not int8 at 2**-9
+        w = torch.floor(0.5 * torch.randn(w.shape, generator=g) * 2.0 ** 9 + 0.5) / 2.0 ** 9
+    if case == "clamp_pre":    # gates near the int16 edge: gi + gh can leave it
+        gi = torch.floor(15.9 * torch.tanh(3 * torch.randn(gi.shape, generator=g)) * 2048
+                         + 0.5) / 2048
+    lengths = lengths if packed else None
+    bounds = _spy(monkeypatch, rnn_train, "_gate_bounds")
+    int8 = _spy(monkeypatch, rnn_train, "_int8_weights")
+    results = _run_both(
+        lambda *a: rnn_train.direction(mode, *a, lengths, False, 8),
+        lambda *a: _reference(mode, *a, lengths, 8), [gi, h0, c0, w, b], mode, dy, dh, dc)
+    clamp_gh, clamp_pre, exact = bounds[0]
+    assert (exact, clamp_pre) == {"exact": (True, False), "exact_float": (True, False),
+                                  "inexact": (False, False),
+                                  "clamp_pre": (True, True)}[case] if mode == "LSTM" else \
+        (exact, clamp_pre) == (False, case == "clamp_pre")        # a GRU needs no exactness
+    assert not clamp_gh
+    if mode == "LSTM" and exact:
+        assert (int8[0] is None) == (case == "exact_float")
+    _assert_same(mode, results)
+
+
+def _projection_case(mode, scale, features, seed):
+    """Input on 2**-4, W_ih on 2**-6, b_ih on 2**-10: the layer's grids."""
+    g = torch.Generator().manual_seed(seed)
+    steps, n, hs = 7, 5, 6
+    gates = iqrnn.GATES[mode] * hs
+
+    def grid(t, exp):
+        return torch.floor(t * 2.0 ** exp + 0.5) / 2.0 ** exp
+    x = grid(scale * torch.randn(steps, n, features, generator=g), 4)
+    w_ih = grid(0.3 * torch.randn(gates, features, generator=g), 6)
+    b_ih = grid(0.2 * torch.randn(gates, generator=g), 10)
+    return x, w_ih, b_ih
+
+
+@pytest.mark.parametrize("mode", ["GRU", "LSTM"])
+@pytest.mark.parametrize("case", ["settled", "extremes", "saturating", "off_grid"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("packed_reverse", [False, True])
+def test_projection_in_the_node_equals_linear(mode, case, bias, packed_reverse, monkeypatch):
+    """projected_direction (the node forms x W_ih^T itself and folds b_ih into the gates'
+    rounding where that is exact) against F.linear followed by direction: the same values;
+    gradients for x, W_ih, b_ih, W_hh, b_hh equal up to float rounding. Cases: the bound on
+    |gi| settles it, the bound does not and gi's extremes do, gi saturates (the bias is added),
+    and an input off its claimed grid (the plain projection, input_gates)."""
+    _, h0, c0, w, b, lengths, dy, dh, dc = _case(mode, True, 1.0, seed=7)
+    scale, features = {"settled": (0.5, 3), "extremes": (1.5, 24), "saturating": (8.0, 24),
+                       "off_grid": (1.0, 3)}[case]
+    x, w_ih, b_ih = _projection_case(mode, scale, features, seed=8)
+    if case == "off_grid":
+        x = x + 2.0 ** -9                 # not on 2**-4
+    lengths = lengths if packed_reverse else None
+    bounds = _spy(monkeypatch, rnn_train, "_projection_bound")
+    gates = _spy(monkeypatch, rnn_train, "_gates")
+    extremes = _spy(monkeypatch, rnn_train, "_extremes")
+    passes = []                                   # passes over the gates in the node
+
+    def node(x_, w_ih_, b_ih_, w_, b_):
+        before = len(extremes)
+        out = rnn_train.projected_direction(mode, x_, w_ih_, b_ih_, 4, 6, h0, c0, w_, b_,
+                                            lengths, packed_reverse, 8)
+        passes.append(len(extremes) - before)
+        return out
+
+    def linear(x_, w_ih_, b_ih_, w_, b_):
+        return rnn_train.direction(mode, F.linear(x_, w_ih_, b_ih_), h0, c0, w_, b_, lengths,
+                                   packed_reverse, 8)
+    if bias:
+        results = _run_both(node, linear, [x, w_ih, b_ih, w, b], mode, dy, dh, dc)
+    else:
+        results = _run_both(lambda x_, w_ih_, w_, b_: node(x_, w_ih_, None, w_, b_),
+                            lambda x_, w_ih_, w_, b_: linear(x_, w_ih_, None, w_, b_),
+                            [x, w_ih, w, b], mode, dy, dh, dc)
+    assert (bounds[0] is None) == (case == "off_grid")
+    raw, mask = gates[0][2], gates[0][1]
+    assert raw == (case != "saturating") and (mask is None) == raw
+    if case == "settled":
+        assert passes == [0]                      # the bound settles it: no pass over gi
+    elif case == "extremes":
+        assert passes == [1] and (gates[0][4].dim() == 1) == bias  # b_ih in the rounding
+    _assert_same(mode, results)

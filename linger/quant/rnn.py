@@ -172,6 +172,7 @@ class _QuantRNN(QuantMixin):
         c0 = x.new_zeros(shape) if c0 is None else \
             fake_quant(plain(c0).to(x.dtype), g.c, iqrnn.CELL_BITS)
         inp, exp_in, hn, cn = x, xq.exp.to(x.device), [], []
+        exp_x = xq.int_exp()                                  # the input's grid, as an int
         for layer in range(self.num_layers):
             outs = []
             for d in range(self._dirs):
@@ -182,13 +183,16 @@ class _QuantRNN(QuantMixin):
                 if b_ih is not None:
                     b_ih = fake_quant(b_ih, exp_in + n_ih, numerics.BIAS_BITS)
                     b_hh = fake_quant(b_hh, g.h + n_hh, numerics.BIAS_BITS)
-                gi = F.linear(inp, w_ih, b_ih)     # (T, N, G*H); the node quantizes it to Q11
-                y, h, c = rnn_train.direction(self.mode, gi, h0[k], c0[k], w_hh, b_hh, lengths,
-                                              d == 1, self._bits_h)
+                # the input projection (T, N, G*H) and the recurrence: one node (rnn_train)
+                y, h, c = rnn_train.projected_direction(
+                    self.mode, inp, w_ih, b_ih, exp_x, int(n_ih), h0[k], c0[k], w_hh, b_hh,
+                    lengths, d == 1, self._bits_h)
                 outs.append(y)
                 hn.append(h)
                 cn.append(c)
-            inp, exp_in = torch.cat(outs, 2), g.h                                # (T, N, D*H)
+            inp = outs[0] if len(outs) == 1 else torch.cat(outs, 2)             # (T, N, D*H)
+            exp_in = g.h
+            exp_x = iqrnn.hidden_exp(self._bits_h)
             if self.dropout and layer < self.num_layers - 1:
                 inp = fake_quant(F.dropout(inp, self.dropout, True), g.h, g.bits_h)
         y = inp.transpose(0, 1) if batch_first else inp
