@@ -315,7 +315,7 @@ class _Recurrence:
         acc, idx = np.empty((n, w.shape[1]), dtype), np.empty((n, w.shape[1]), I64)
         c = np.empty(acc.shape, dtype)                          # no broadcasting per step
         c[...] = self.c
-        dot, add, floor, copyto = np.dot, np.add, np.floor, np.copyto
+        dot, add, floor = np.dot, np.add, np.floor
         lo, hi = -(1 << 15), (1 << 15) - 1
 
         def head(p, b_t):
@@ -325,7 +325,7 @@ class _Recurrence:
             if clip:
                 _clip(acc, lo, hi, acc)
             add(acc, b_t, acc)
-            copyto(idx, acc, casting="unsafe")
+            idx[...] = acc
         return acc, idx, head
 
     def _lstm_steps(self, state, bias, c0, ended, fold: bool):
@@ -355,7 +355,7 @@ class _Recurrence:
             cell = np.empty((n, hs))
         cell[...] = c0
         if fold:
-            w, dot, add_, copyto_ = self.w, np.dot, np.add, np.copyto
+            w, dot, add_ = self.w, np.dot, np.add
             take_s, take_tg = tab["sig"].take, tab["tanh_g"].take
             i_s, i_g = (idx[:, :3 * hs], idx[:, 3 * hs:]) if one else \
                 (np.empty((n, 3 * hs), I64), np.empty((n, hs), I64))
@@ -365,10 +365,10 @@ class _Recurrence:
                 dot(p, w, acc)
                 add_(acc, b_t, acc)
                 if one:
-                    copyto_(idx, acc, casting="unsafe")
+                    idx[...] = acc
                 else:
-                    copyto_(i_s, a_s, casting="unsafe")
-                    copyto_(i_g, a_g, casting="unsafe")
+                    i_s[...] = a_s
+                    i_g[...] = a_g
         prod, s, q, d = np.empty((n, 2 * hs)), np.empty((n, hs)), np.empty((n, hs)), \
             np.empty((n, hs))
         p_ig, p_fc = prod[:, :hs], prod[:, hs:]
@@ -376,10 +376,11 @@ class _Recurrence:
         take_g, take_t, take_c, take_h = tab["gates"].take, tab["tanh_cell"].take, \
             tab["cell"].take, tab["state"].astype(self.dtype).take
         mul, add, copyto = np.multiply, np.add, np.copyto
-        half, off = 0.5 + (1 << (CELL_BITS - 1)), (1 << self.e) + 0.5
+        half, off = _consts(n, hs, 0.5 + (1 << (CELL_BITS - 1)), (1 << self.e) + 0.5)
         c_new = None if ended is None else np.empty((n, hs))
+        views = list(state)                                     # (indexing is a call)
         for t, b_t in enumerate(bias):
-            p, p_new = state[t], state[t + 1]
+            p, p_new = views[t], views[t + 1]
             head(p, b_t)
             if fold:
                 take_s(i_s, None, g_s, "clip")
@@ -394,7 +395,7 @@ class _Recurrence:
                 mul(g_f, cell, q)
                 add(s, q, s)
             add(s, half, s)
-            copyto(i_h, s, casting="unsafe")                    # c' + 2**15 before sat16
+            i_h[...] = s                                        # c' + 2**15 before sat16
             take_t(i_h, None, q, "clip")
             if ended is None:
                 take_c(i_h, None, cell, "clip")
@@ -403,7 +404,7 @@ class _Recurrence:
                 copyto(cell, c_new, where=~ended[t])
             mul(o, q, d)
             add(d, off, d)
-            copyto(i_h, d, casting="unsafe")                    # floor: d > 0
+            i_h[...] = d                                        # floor: d > 0
             take_h(i_h, None, p_new, "clip")
             if ended is not None:
                 copyto(p_new, p, where=ended[t])
@@ -416,14 +417,14 @@ class _Recurrence:
         n, hs, tab = state.shape[1], self.hidden, self.tables
         acc, idx, head = self._gh_index(n)
         if fold:
-            w, dot, add_, copyto_, floor_ = self.w, np.dot, np.add, np.copyto, np.floor
+            w, dot, add_, floor_ = self.w, np.dot, np.add, np.floor
             a_rz, a_n, i_rz = acc[:, :2 * hs], acc[:, 2 * hs:], idx[:, :2 * hs]
 
             def head(p, b_t):                                   # noqa: F811 (the folded one)
                 dot(p, w, acc)
                 add_(acc, b_t, acc)
                 floor_(a_n, a_n)
-                copyto_(i_rz, a_rz, casting="unsafe")
+                i_rz[...] = a_rz
         rz, mu, p64, d = np.empty((n, 2 * hs)), np.empty((n, hs)), np.empty((n, hs)), \
             np.empty((n, hs))
         p64[...] = state[0]
@@ -434,24 +435,32 @@ class _Recurrence:
             (tab["rz"].take, tab["n"].take)
         take_h, take_h64 = tab["state"].astype(self.dtype).take, tab["state"].take
         mul, add, copyto, sub = np.multiply, np.add, np.copyto, np.subtract
+        views = list(state)
         for t, b_t in enumerate(bias):
-            p, p_new = state[t], state[t + 1]
+            p, p_new = views[t], views[t + 1]
             head(p, b_t)
             take_rz(i_rz, None, rz, "clip")                    # r, z (* 2**-15)
             mul(a_n, r, d)
             add(d, n_in[t], d)
-            copyto(i_h, d, casting="unsafe")
+            i_h[...] = d
             take_n(i_h, None, mu, "clip")                       # mu
             sub(p64, mu, d)
             mul(d, z, d)
             add(d, mu, d)
-            copyto(i_h, d, casting="unsafe")                    # floor: d > 0
+            i_h[...] = d                                        # floor: d > 0
             take_h(i_h, None, p_new, "clip")
             if ended is None:
                 take_h64(i_h, None, p64, "clip")
             else:
                 copyto(p_new, p, where=ended[t])
                 copyto(p64, p_new)
+
+
+def _consts(n: int, hs: int, *values):
+    """Per-step constants as operands: for one sequence (n, hs) arrays (a ufunc converts a
+    Python float on every call, ~0.1 us of a ~0.3 us call), else the floats (a broadcast
+    operand reads less memory than an array)."""
+    return tuple(np.full((n, hs), v) for v in values) if n == 1 else values
 
 
 #: ``np.clip``'s ufunc without its Python wrapper (a few us per call at batch 1), if available.
