@@ -496,7 +496,8 @@ class _Direction:
         self.bits_h, self.exp_h = bits_h, hidden_exp(bits_h)
         self.rec = _Recurrence.make(mode, self.w_hh, self.b_hh, exp_whh, self.exp_h, bits_h)
         # gi = sat16(floor(x W_ih^T 2**-s + (b_ih + 2**(s-1)) 2**-s)) in float32 when
-        # max|x| * max_j sum_k |W_ih[j, k]| + max|b_ih + 2**(s-1)| <= 2**24 (checked per run)
+        # max|x| * max_j sum_k |W_ih[j, k]| + max|b_ih + 2**(s-1)| <= 2**24 (checked per run;
+        # below 2**(15+s) nothing saturates: no clip)
         # (columns in the recurrence's gate order, so its steps need no permuted copy)
         s = exp_in + exp_wih - GATE_Q
         self.proj = None
@@ -508,7 +509,7 @@ class _Direction:
                                               .astype(np.float32)),
                          (shifted[cols] * 2.0 ** -s).astype(np.float32),
                          int(np.abs(self.w_ih).sum(axis=1).max(initial=0)),
-                         int(np.abs(shifted).max(initial=0)))
+                         int(np.abs(shifted).max(initial=0)), s)
 
     def matches(self, weights) -> bool:
         """Prepared from these very (still read-only) arrays."""
@@ -527,7 +528,7 @@ class _Direction:
         """:meth:`input_gates` and whether its gate columns are in the recurrence's order
         (``_Recurrence.order``) rather than PyTorch's."""
         if self.proj is not None:
-            w, c, rows, shifted = self.proj
+            w, c, rows, shifted, s = self.proj
             if x2d.dtype.itemsize <= 2:                         # int8/16, uint8/16: by dtype
                 lim = 1 << (8 * x2d.dtype.itemsize - (x2d.dtype.kind == "i"))
             else:
@@ -536,7 +537,9 @@ class _Direction:
                 gi = np.matmul(x2d.astype(np.float32), w)
                 np.add(gi, c, out=gi)
                 np.floor(gi, out=gi)
-                return _clip(gi, -(1 << 15), (1 << 15) - 1, out=gi), True
+                if lim * rows + shifted >= 1 << (15 + s):       # else every gi fits int16
+                    _clip(gi, -(1 << 15), (1 << 15) - 1, out=gi)
+                return gi, True
         return gate_q11(iqmath.as_int(x2d), self.w_ih, self.b_ih, self.exp_in,
                         self.exp_wih), False
 

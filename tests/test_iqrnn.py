@@ -137,12 +137,15 @@ def test_rnn_equals_reference_composition(mode, exp_whh, bits_h, prepared, lengt
         assert np.array_equal(got[2], want[2])
 
 
-@pytest.mark.parametrize("x_lim", [1 << 7, 1 << 20])     # float32 proven / int64 fallback
-def test_input_gates_equal_gate_q11(x_lim):
-    rng = np.random.default_rng(x_lim)
+@pytest.mark.parametrize("x_lim, w_lim", [(1 << 7, 128),   # float32 proven, gi saturates
+                                          (1 << 7, 4),     # no gi can saturate: no clip
+                                          (1 << 20, 128)])  # int64 fallback
+def test_input_gates_equal_gate_q11(x_lim, w_lim):
+    rng = np.random.default_rng(x_lim + w_lim)
     x = rng.integers(-x_lim, x_lim, (30, 40))
-    x[0] = x_lim - 1                                            # saturates gi
-    w_ih, w_hh = rng.integers(-127, 128, (12, 40)), rng.integers(-127, 128, (12, 3))
+    x[0] = x_lim - 1                                            # the largest gi
+    w_ih, w_hh = rng.integers(-w_lim + 1, w_lim, (12, 40)), rng.integers(-127, 128, (12, 3))
+    w_ih[0] = w_lim - 1                                         # (w_lim 128: saturates)
     b_ih = rng.integers(-(1 << 14), 1 << 14, 12)
     prep = iqrnn._Direction("LSTM", (w_ih, w_hh, b_ih, None), 7, 7, 9, 8)
     got = prep.input_gates(x)
