@@ -309,8 +309,9 @@ class _Recurrence:
         return y, h_n, (cell if gru else cell.astype(I64))
 
     def _gh_index(self, n):
-        """Buffers of the recurrent product and the step's first lines (shared by both modes):
-        ``(acc, idx, c, head)``, ``head(p, b_t)`` leaving ``gh + gi + offset`` in ``idx``."""
+        """Buffers of the recurrent product and the step's first lines (both modes, without
+        the fold): ``(acc, idx, head)``, ``head(p, b_t)`` leaving ``gh + gi + offset`` in
+        ``idx`` (``floor(A)``, clipped where needed, plus ``b_t``)."""
         dtype, w, clip = self.dtype, self.w, self.clip
         acc, idx = np.empty((n, w.shape[1]), dtype), np.empty((n, w.shape[1]), I64)
         c = np.empty(acc.shape, dtype)                          # no broadcasting per step
