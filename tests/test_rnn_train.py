@@ -55,20 +55,22 @@ def _reference(mode, gi, h, c, w_hh, b_hh, lengths, bits_h):
     return torch.stack(ys), h, c
 
 
+def _grid(t, exp):
+    """``t`` rounded half up onto the grid ``2**-exp``."""
+    return torch.floor(t * 2.0 ** exp + 0.5) / 2.0 ** exp
+
+
 def _case(mode, bias, scale, seed):
     g = torch.Generator().manual_seed(seed)
     steps, n, hs = 7, 5, 6
     gates = iqrnn.GATES[mode] * hs
 
-    def grid(t, exp):
-        return torch.floor(t * 2.0 ** exp + 0.5) / 2.0 ** exp
-
     # the node's contract: gi on the Q11 grid, in int16 range (the layer fake-quantizes it)
-    gi = grid(scale * torch.randn(steps, n, gates, generator=g), GATE_Q).clamp(-16, 32767 / 2048)
-    h0 = grid(0.5 * torch.randn(n, hs, generator=g), 7).clamp(-1, 127 / 128)
-    c0 = grid(torch.randn(n, hs, generator=g), iqrnn.CELL_Q)
-    w = grid(scale * 0.4 * torch.randn(gates, hs, generator=g), 6)
-    b = grid(0.3 * torch.randn(gates, generator=g), 13) if bias else None
+    gi = _grid(scale * torch.randn(steps, n, gates, generator=g), GATE_Q).clamp(-16, 32767 / 2048)
+    h0 = _grid(0.5 * torch.randn(n, hs, generator=g), 7).clamp(-1, 127 / 128)
+    c0 = _grid(torch.randn(n, hs, generator=g), iqrnn.CELL_Q)
+    w = _grid(scale * 0.4 * torch.randn(gates, hs, generator=g), 6)
+    b = _grid(0.3 * torch.randn(gates, generator=g), 13) if bias else None
     lengths = torch.tensor([7, 3, 0, 6, 1])
     dy = torch.randn(steps, n, hs, generator=g)
     dh = torch.randn(n, hs, generator=g)
@@ -253,12 +255,9 @@ def _projection_case(mode, scale, features, seed):
     g = torch.Generator().manual_seed(seed)
     steps, n, hs = 7, 5, 6
     gates = iqrnn.GATES[mode] * hs
-
-    def grid(t, exp):
-        return torch.floor(t * 2.0 ** exp + 0.5) / 2.0 ** exp
-    x = grid(scale * torch.randn(steps, n, features, generator=g), 4)
-    w_ih = grid(0.3 * torch.randn(gates, features, generator=g), 6)
-    b_ih = grid(0.2 * torch.randn(gates, generator=g), 10)
+    x = _grid(scale * torch.randn(steps, n, features, generator=g), 4)
+    w_ih = _grid(0.3 * torch.randn(gates, features, generator=g), 6)
+    b_ih = _grid(0.2 * torch.randn(gates, generator=g), 10)
     return x, w_ih, b_ih
 
 
