@@ -171,8 +171,8 @@ def _quantized_affine(xp, bn, gamma, beta, mean, var, exp_x):
         aq, inside_a, cq, inside_c = _fq_pair(a, c, na, exp_x + na,
                                               bn.linger_cfg.parameter_bits, numerics.BIAS_BITS)
     else:
-        aq, inside_a = _fq(xp, a, na, bn.linger_cfg.parameter_bits)
-        cq, inside_c = _fq(xp, c, exp_x + na, numerics.BIAS_BITS)
+        aq, inside_a = _fq(a, na, bn.linger_cfg.parameter_bits)
+        cq, inside_c = _fq(c, exp_x + na, numerics.BIAS_BITS)
     return s, a, unclamped, na, aq, inside_a, cq, inside_c
 
 
@@ -238,17 +238,17 @@ def _weight_exp(bn, a, on_cpu: bool):
     return n if floor is None else max(n, floor)
 
 
-def _fq(xp, t, exp, bits):
-    """``(fake-quantized values, inside mask)`` of a small tensor: the arithmetic of
-    ``functions._FakeQuantMask`` (int ``exp``) or ``functions._FakeQuantT`` (tensor ``exp``)."""
+def _fq(t: torch.Tensor, exp, bits):
+    """``(fake-quantized values, inside mask)`` of a small tensor (the tensor path; numpy's is
+    :func:`_fq_pair`): the arithmetic of ``functions._FakeQuantMask`` (int ``exp``) or
+    ``functions._FakeQuantT`` (tensor ``exp``)."""
     if isinstance(exp, torch.Tensor):
         e = exp.to(t.dtype)
         up, down = torch.exp2(e), torch.exp2(-e)
     else:
         up, down = 2.0 ** exp, 2.0 ** -exp
-    v = xp.floor(t * up + 0.5)
-    q = xp.minimum(xp.maximum(v, numerics.qmin(bits)), numerics.qmax(bits)) if xp is np \
-        else v.clamp(numerics.qmin(bits), numerics.qmax(bits))
+    v = torch.floor(t * up + 0.5)
+    q = v.clamp(numerics.qmin(bits), numerics.qmax(bits))
     return q * down, q == v
 
 
@@ -256,7 +256,7 @@ _FQ_CONSTANTS: dict = {}
 
 
 def _fq_pair(a, c, exp_a: int, exp_c: int, bits_a: int, bits_c: int):
-    """``_fq(np, a, exp_a, bits_a) + _fq(np, c, exp_c, bits_c)`` in one pass over both arrays:
+    """:func:`_fq` of ``a`` and of ``c`` in numpy, in one pass over both arrays:
     the same float operations with per-element constants (powers of two and the integer
     bounds, as the arrays' dtype rounds them), so the same values. The results are the halves
     of one array (``.base``)."""
