@@ -145,20 +145,32 @@ def _segment(fn, scale: float, add: float = 0.0) -> np.ndarray:
     return _lut(fn)[k & 0xFFFF] * scale + add
 
 
+def _plateaus(fn) -> tuple:
+    """``(a, b)``: the last point of ``fn``'s lower plateau over int16 and the first of its
+    upper one (``fn`` constant below ``a`` and above ``b``; cached)."""
+    ab = _PLATEAUS.get(fn)
+    if ab is None:
+        v = _lut(fn)[np.arange(-(1 << 15), 1 << 15) & 0xFFFF]
+        first = int(np.flatnonzero(v != v[0])[0])           # v[:first] == v[0]
+        last = int(np.flatnonzero(v != v[-1])[-1])          # v[last + 1:] == v[-1]
+        ab = _PLATEAUS[fn] = (first - 1 - (1 << 15), last + 1 - (1 << 15))
+    return ab
+
+
+_PLATEAUS: dict = {}
+
+
+def _reach(fn) -> int:
+    """The offset a :func:`_compact` table's index adds: ``-a``."""
+    return -_plateaus(fn)[0]
+
+
 def _compact(fn, scale: float, add: float = 0.0) -> np.ndarray:
-    """float64 ``fn(x) * scale + add`` for ``x`` from the last point of ``fn``'s lower plateau
-    to the first of its upper one, ``[a, b]`` (:data:`_REACH` ``[fn] = -a``): read at ``x - a``
-    clipped to the table, it gives ``fn(sat16(x))`` for every integer ``x`` (below ``a`` or
-    above ``b`` the plateau values), a fraction of a segment's size."""
-    v = _lut(fn)[np.arange(-(1 << 15), 1 << 15) & 0xFFFF]
-    first = int(np.flatnonzero(v != v[0])[0])               # v[:first] == v[0]
-    last = int(np.flatnonzero(v != v[-1])[-1])              # v[last + 1:] == v[-1]
-    _REACH[fn] = (1 << 15) - (first - 1)                    # -a
-    return v[first - 1:last + 2] * scale + add
-
-
-#: ``-a`` of each :func:`_compact` table (the offset its index adds).
-_REACH: dict = {}
+    """float64 ``fn(x) * scale + add`` for ``x`` in ``[a, b]`` (:func:`_plateaus`): read at
+    ``x + _reach(fn)`` clipped to the table, it gives ``fn(sat16(x))`` for every integer ``x``
+    (below ``a`` or above ``b`` the plateau values), a fraction of a segment's size."""
+    a, b = _plateaus(fn)
+    return _lut(fn)[np.arange(a, b + 1) & 0xFFFF] * scale + add
 
 
 def _tables(mode: str, e: int) -> dict:
@@ -265,9 +277,9 @@ class _Recurrence:
         self.fold = None
         if not self.clip and bound + (1 << (s + 17)) <= (
                 1 << 24 if dtype == np.float32 else 1 << 53):
-            reach = np.full(w.shape[0], float(_REACH[sigmoid_q15]))
+            reach = np.full(w.shape[0], float(_reach(sigmoid_q15)))
             if mode == "LSTM":
-                reach[3 * hs:] = _REACH[tanh_q15]
+                reach[3 * hs:] = _reach(tanh_q15)
             else:
                 reach[2 * hs:] = 0.0
             self.fold = (self.c.astype(np.float64) + reach).astype(dtype)   # exact: bound
@@ -285,7 +297,7 @@ class _Recurrence:
         bias = gi if own and gi.dtype == dtype else np.empty(gi.shape, dtype)
         fold = self.fold is not None                            # see _lstm/_gru_steps
         if gru:    # r gh_n 2**-15 + gi_n + 1/2, offset into the n table
-            n_in = np.add(gi[:, :, 2 * hs:], 0.5 + (_REACH[tanh_q15] if fold else 1 << 16),
+            n_in = np.add(gi[:, :, 2 * hs:], 0.5 + (_reach(tanh_q15) if fold else 1 << 16),
                           dtype=np.float64)
         np.add(gi, self.fold if fold else self.offset, out=bias)   # gi + table offset
         if gru:
@@ -308,13 +320,17 @@ class _Recurrence:
         h_n = (state[steps] - off).astype(I64)
         return y, h_n, (cell if gru else cell.astype(I64))
 
-    def _gh_index(self, n):
-        """Buffers of the recurrent product and the step's first lines (both modes, without
-        the fold): ``(acc, idx, head)``, ``head(p, b_t)`` leaving ``gh + gi + offset`` in
-        ``idx`` (``floor(A)``, clipped where needed, plus ``b_t``)."""
-        dtype, w, clip = self.dtype, self.w, self.clip
-        acc, idx = np.empty((n, w.shape[1]), dtype), np.empty((n, w.shape[1]), I64)
-        c = np.empty(acc.shape, dtype)                          # no broadcasting per step
+    def _gh_buffers(self, n):
+        """``(acc, idx)``: the recurrent product (in the matmul's dtype) and the gate-table
+        indices (int64), ``(n, G)`` each."""
+        g = self.w.shape[1]
+        return np.empty((n, g), self.dtype), np.empty((n, g), I64)
+
+    def _gh_head(self, acc, idx):
+        """The step's first lines without the fold (both modes): ``head(p, b_t)`` leaving
+        ``gh + gi + offset`` in ``idx`` (``floor(A)``, clipped where needed, plus ``b_t``)."""
+        w, clip = self.w, self.clip
+        c = np.empty(acc.shape, acc.dtype)                      # no broadcasting per step
         c[...] = self.c
         dot, add, floor = np.dot, np.add, np.floor
         lo, hi = -(1 << 15), (1 << 15) - 1
@@ -327,7 +343,7 @@ class _Recurrence:
                 _clip(acc, lo, hi, acc)
             add(acc, b_t, acc)
             idx[...] = acc
-        return acc, idx, head
+        return head
 
     def _lstm_steps(self, state, bias, c0, ended, fold: bool):
         """The LSTM steps, writing ``state[1:]``; returns the final cell (float64). Gate columns
@@ -340,7 +356,7 @@ class _Recurrence:
         ``(-1, 0)``, both read entry 0), two takes instead of a floor, an add and one take
         from 2 MB of segments."""
         n, hs, tab = state.shape[1], self.hidden, self.tables
-        acc, idx, head = self._gh_index(n)
+        acc, idx = self._gh_buffers(n)
         # one sequence: [i f o g c] in one row, both cell products in one multiply; a batch:
         # whatever a take writes is contiguous (a take into a strided view copies)
         one = n == 1
@@ -362,7 +378,7 @@ class _Recurrence:
                 (np.empty((n, 3 * hs), I64), np.empty((n, hs), I64))
             a_s, a_g = acc[:, :3 * hs], acc[:, 3 * hs:]
 
-            def head(p, b_t):                                   # noqa: F811 (the folded one)
+            def head(p, b_t):
                 dot(p, w, acc)
                 add_(acc, b_t, acc)
                 if one:
@@ -370,6 +386,8 @@ class _Recurrence:
                 else:
                     i_s[...] = a_s
                     i_g[...] = a_g
+        else:
+            head = self._gh_head(acc, idx)
         prod, s, q, d = np.empty((n, 2 * hs)), np.empty((n, hs)), np.empty((n, hs)), \
             np.empty((n, hs))
         p_ig, p_fc = prod[:, :hs], prod[:, hs:]
@@ -416,21 +434,22 @@ class _Recurrence:
         ``fold`` (:attr:`fold` set): as in :meth:`_lstm_steps`, ``A + bias`` indexes the
         compact tables, and only ``gh_n`` is floored."""
         n, hs, tab = state.shape[1], self.hidden, self.tables
-        acc, idx, head = self._gh_index(n)
+        acc, idx = self._gh_buffers(n)
+        a_rz, a_n, i_rz = acc[:, :2 * hs], acc[:, 2 * hs:], idx[:, :2 * hs]
         if fold:
             w, dot, add_, floor_ = self.w, np.dot, np.add, np.floor
-            a_rz, a_n, i_rz = acc[:, :2 * hs], acc[:, 2 * hs:], idx[:, :2 * hs]
 
-            def head(p, b_t):                                   # noqa: F811 (the folded one)
+            def head(p, b_t):
                 dot(p, w, acc)
                 add_(acc, b_t, acc)
                 floor_(a_n, a_n)
                 i_rz[...] = a_rz
+        else:
+            head = self._gh_head(acc, idx)
         rz, mu, p64, d = np.empty((n, 2 * hs)), np.empty((n, hs)), np.empty((n, hs)), \
             np.empty((n, hs))
         p64[...] = state[0]
-        r, z, a_rz, a_n, i_rz = rz[:, :hs], rz[:, hs:], acc[:, :2 * hs], acc[:, 2 * hs:], \
-            idx[:, :2 * hs]
+        r, z = rz[:, :hs], rz[:, hs:]
         i_h = np.empty((n, hs), I64)
         take_rz, take_n = (tab["sig"].take, tab["n_c"].take) if fold else \
             (tab["rz"].take, tab["n"].take)

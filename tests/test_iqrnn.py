@@ -71,7 +71,7 @@ def test_folded_recurrence_equals_reference_steps(mode, n, spread):
     rec = iqrnn._Recurrence.make(mode, w_hh, b_hh, 9, 7, 8)
     assert rec.fold is not None and rec.dtype == np.float32
     gi = rng.integers(-spread, spread, (steps, n, g))
-    reach = [iqrnn._REACH[iqmath.sigmoid_q15], iqrnn._REACH[iqmath.tanh_q15]]
+    reach = [iqrnn._reach(iqmath.sigmoid_q15), iqrnn._reach(iqmath.tanh_q15)]
     gi[::3, :, ::5] = rng.choice([-1, 1], g // 5 + 1) * rng.choice(reach, g // 5 + 1) + \
         rng.integers(-2, 3, gi[::3, :, ::5].shape)             # sums at the tables' ends
     gi = iqmath.saturate(gi, 16)
