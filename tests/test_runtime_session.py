@@ -69,6 +69,14 @@ def test_unknown_op_names_node_op_and_domain():
     assert "block.fancy" in msg and "FancyInt" in msg and D in msg and "Conv2dInt" in msg
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_node_declaring_more_outputs_than_its_kernel_gives(fast):
+    nodes = [helper.make_node("Identity", ["x"], ["y", "extra"], name="copy")]
+    model = make_model(nodes, [vi("x")], [vi("extra")])
+    with pytest.raises(ModelFileError, match=r"'copy'.*'extra' at position 1.*only 1 output"):
+        InferenceSession(model, fast=fast).run(None, {"x": np.ones((1, 4), np.float32)})
+
+
 def test_bad_attributes_are_refused_at_load():
     missing = helper.make_node("Quant", ["x"], ["y"], name="q", domain=D, exp=4)
     with pytest.raises(ModelFileError, match="'q'.*bits"):

@@ -275,7 +275,7 @@ def _execute(program, initializers, feed, profile, keep, meter=None):
                 "+".join(n.op_type for n in [step.node, *step.folded])
             profile[label] = profile.get(label, 0.0) + clock() - t0
         if len(outs) < step.need:
-            _check_outputs(step.node, outs)
+            _too_few_outputs(step, outs)
         for key, arr in zip(step.outs, outs):
             if key:
                 values[key] = arr
@@ -288,12 +288,12 @@ def _execute(program, initializers, feed, profile, keep, meter=None):
     return {name: values[key] for name, key in program.results.items()}
 
 
-def _check_outputs(node, outs):
-    used = [k for k, o in enumerate(node.outputs) if o]  # "" marks an unused optional output
-    if used and used[-1] >= len(outs):
-        raise ModelFileError(f"{node.where} declares output '{node.outputs[used[-1]]}' at"
-                             f" position {used[-1]}; the runtime's kernel produces only"
-                             f" {len(outs)} output(s)")
+def _too_few_outputs(step, outs):
+    """A plain kernel returned fewer outputs than its node's last used one (``step.need``)."""
+    last = step.need - 1
+    raise ModelFileError(f"{step.node.where} declares output '{step.node.outputs[last]}' at"
+                         f" position {last}; the runtime's kernel produces only"
+                         f" {len(outs)} output(s)")
 
 
 def _explain(program, step, args, values, error):
